@@ -1,0 +1,151 @@
+//! The wire format shared by every requester (host agents, CUDA kernels, WGSL shaders) and
+//! the daemon. These `#[repr(C)]` records are the one source of truth; `include/warpfs_abi.h`
+//! mirrors them and a test fails if a size or field offset drifts.
+//!
+//! Layout in a shared region (all little-endian, naturally aligned):
+//! ring header (192 B) · `capacity` request slots (64 B each) · completion records (32 B each).
+
+/// Version of this wire format; bumped on any layout change.
+pub const WFS_ABI_VERSION: u32 = 1;
+/// Magic number at the start of a ring header ("WFSR").
+pub const WFS_RING_MAGIC: u32 = 0x5753_4652;
+
+/// Read `len` bytes at `offset` of a file into the data region at `buf`.
+pub const WFS_OP_READ: u32 = 1;
+/// Write `len` bytes from the data region at `buf` to the file at `offset`.
+pub const WFS_OP_WRITE: u32 = 2;
+/// Make the file's acknowledged writes durable (write back dirty pages, then `fdatasync`).
+pub const WFS_OP_FSYNC: u32 = 3;
+/// Return the file's size in bytes.
+pub const WFS_OP_SIZE: u32 = 4;
+/// Hint: bring `[offset, offset+len)` into the cache; served after demand requests.
+pub const WFS_OP_PREFETCH: u32 = 5;
+
+/// Completion state: the record is not in use.
+pub const WFS_COMP_FREE: u32 = 0;
+/// Completion state: a request naming this record is in flight.
+pub const WFS_COMP_PENDING: u32 = 1;
+/// Completion state: the daemon wrote `result`; the requester may read it.
+pub const WFS_COMP_DONE: u32 = 2;
+/// Bit or-ed into a PENDING state by a host requester that sleeps on the word (futex).
+pub const WFS_COMP_SLEEPING: u32 = 0x8000_0000;
+
+/// One request, as a requester writes it into a ring slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WfsRequest {
+    /// One of the `WFS_OP_*` codes.
+    pub op: u32,
+    /// Reserved for per-request flags; must be 0.
+    pub flags: u32,
+    /// File handle granted by the host (a capability; paths never cross).
+    pub handle: u32,
+    /// Index of the completion record that receives the outcome.
+    pub completion: u32,
+    /// Requester's stamp, echoed in the completion so a stale record is never mistaken.
+    pub ticket: u32,
+    /// Reserved; must be 0.
+    pub reserved: u32,
+    /// Byte offset in the file.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Byte offset of the data buffer inside the channel's data region.
+    pub buf: u64,
+}
+
+/// A ring slot: Vyukov sequence word followed by the request, one cache line.
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+pub struct WfsSlot {
+    /// Publication sequence: `pos` when free for the producer at `pos`, `pos + 1` once published.
+    pub seq: u64,
+    /// The request.
+    pub req: WfsRequest,
+}
+
+/// Outcome of one request.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WfsCompletion {
+    /// One of the `WFS_COMP_*` states (possibly with `WFS_COMP_SLEEPING`).
+    pub state: u32,
+    /// Copy of the request's `ticket`.
+    pub ticket: u32,
+    /// Bytes transferred (or file size for SIZE), or a negative errno.
+    pub result: i64,
+    /// Op-specific extra word (reserved, 0 today).
+    pub aux: u64,
+    /// Padding to 32 bytes.
+    pub reserved: u64,
+}
+
+/// Ring header: geometry, then consumer and producer cursors on their own cache lines.
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+pub struct WfsRingHeader {
+    /// `WFS_RING_MAGIC`.
+    pub magic: u32,
+    /// `WFS_ABI_VERSION`.
+    pub version: u32,
+    /// Number of slots (a power of two).
+    pub capacity: u32,
+    /// `capacity - 1`.
+    pub mask: u32,
+    /// Padding to the end of the first cache line.
+    pub pad0: [u64; 6],
+    /// Next position a consumer takes.
+    pub head: u64,
+    /// Padding to the end of the second cache line.
+    pub pad1: [u64; 7],
+    /// Next position a producer claims.
+    pub tail: u64,
+    /// Padding to the end of the third cache line.
+    pub pad2: [u64; 7],
+}
+
+/// Sizes and field offsets of every wire record, in the order `include/warpfs_abi.h`'s
+/// `WFS_LAYOUT` table lists them; the drift test compares the two.
+pub fn layout_table() -> Vec<(&'static str, usize)> {
+    use core::mem::{offset_of, size_of};
+    vec![
+        ("sizeof(WfsRequest)", size_of::<WfsRequest>()),
+        ("WfsRequest.op", offset_of!(WfsRequest, op)),
+        ("WfsRequest.flags", offset_of!(WfsRequest, flags)),
+        ("WfsRequest.handle", offset_of!(WfsRequest, handle)),
+        ("WfsRequest.completion", offset_of!(WfsRequest, completion)),
+        ("WfsRequest.ticket", offset_of!(WfsRequest, ticket)),
+        ("WfsRequest.reserved", offset_of!(WfsRequest, reserved)),
+        ("WfsRequest.offset", offset_of!(WfsRequest, offset)),
+        ("WfsRequest.len", offset_of!(WfsRequest, len)),
+        ("WfsRequest.buf", offset_of!(WfsRequest, buf)),
+        ("sizeof(WfsSlot)", size_of::<WfsSlot>()),
+        ("WfsSlot.seq", offset_of!(WfsSlot, seq)),
+        ("WfsSlot.req", offset_of!(WfsSlot, req)),
+        ("sizeof(WfsCompletion)", size_of::<WfsCompletion>()),
+        ("WfsCompletion.state", offset_of!(WfsCompletion, state)),
+        ("WfsCompletion.ticket", offset_of!(WfsCompletion, ticket)),
+        ("WfsCompletion.result", offset_of!(WfsCompletion, result)),
+        ("WfsCompletion.aux", offset_of!(WfsCompletion, aux)),
+        ("sizeof(WfsRingHeader)", size_of::<WfsRingHeader>()),
+        ("WfsRingHeader.magic", offset_of!(WfsRingHeader, magic)),
+        ("WfsRingHeader.version", offset_of!(WfsRingHeader, version)),
+        ("WfsRingHeader.capacity", offset_of!(WfsRingHeader, capacity)),
+        ("WfsRingHeader.mask", offset_of!(WfsRingHeader, mask)),
+        ("WfsRingHeader.head", offset_of!(WfsRingHeader, head)),
+        ("WfsRingHeader.tail", offset_of!(WfsRingHeader, tail)),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_have_the_documented_sizes() {
+        assert_eq!(core::mem::size_of::<WfsRequest>(), 48);
+        assert_eq!(core::mem::size_of::<WfsSlot>(), 64);
+        assert_eq!(core::mem::size_of::<WfsCompletion>(), 32);
+        assert_eq!(core::mem::size_of::<WfsRingHeader>(), 192);
+    }
+}

@@ -1,0 +1,3 @@
+//! Backends: how a class of requester (CPU agents, CUDA kernels, WGSL shaders) reaches the daemon.
+
+pub mod host;

@@ -1,0 +1,1 @@
+//! A channel: the rings, completion records and data region one requester group shares with the daemon.

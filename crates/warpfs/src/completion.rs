@@ -1,0 +1,319 @@
+//! Per-request completion records: where the daemon reports each outcome.
+//!
+//! A requester owns a record, arms it (PENDING + its ticket), names its index in a request,
+//! and waits for DONE. The daemon completes a record only if it is PENDING with the request's
+//! ticket, so garbage requests cannot complete someone else's record. Host requesters that wait
+//! long sleep on the state word (a futex on Linux) after marking it SLEEPING; GPU requesters
+//! poll. The layout is [`abi::WfsCompletion`].
+
+use crate::abi::{self, WFS_COMP_DONE, WFS_COMP_FREE, WFS_COMP_PENDING, WFS_COMP_SLEEPING};
+use crate::sync::{spin_hint, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[cfg(not(loom))]
+use crate::region::SharedMemory;
+
+/// In-memory form of [`abi::WfsCompletion`].
+#[repr(C)]
+struct Cell {
+    state: AtomicU32,
+    ticket: AtomicU32,
+    result: AtomicI64,
+    aux: AtomicU64,
+    _reserved: u64,
+}
+
+enum Backing {
+    Owned(#[allow(dead_code)] Box<[Cell]>),
+    #[cfg(not(loom))]
+    Region(#[allow(dead_code)] Arc<dyn SharedMemory>),
+}
+
+/// A table of completion records.
+pub struct Completions {
+    cells: NonNull<Cell>,
+    len: usize,
+    _backing: Backing,
+}
+
+// SAFETY: every field of a cell is atomic (or never touched); the table is immutable otherwise.
+unsafe impl Send for Completions {}
+// SAFETY: see `Send`.
+unsafe impl Sync for Completions {}
+
+impl std::fmt::Debug for Completions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Completions").field("len", &self.len).finish()
+    }
+}
+
+/// Why [`Completions::complete`] refused to write a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompleteError {
+    /// The index names no record.
+    OutOfRange,
+    /// The record is not pending for this ticket (stale, duplicate or garbage request).
+    NotPending,
+}
+
+impl Completions {
+    /// Bytes a table of `len` records occupies in a region.
+    pub const fn bytes_for(len: usize) -> usize {
+        len * core::mem::size_of::<abi::WfsCompletion>()
+    }
+
+    /// A table in owned heap memory.
+    pub fn with_len(len: usize) -> Self {
+        let cells: Box<[Cell]> = (0..len.max(1)).map(|_| Cell::new()).collect();
+        let ptr = NonNull::new(cells.as_ptr() as *mut Cell).expect("non-null");
+        Self {
+            cells: ptr,
+            len: len.max(1),
+            _backing: Backing::Owned(cells),
+        }
+    }
+
+    /// Formats `len` records at byte `offset` (8-aligned) of `region`; `None` if they don't fit.
+    #[cfg(not(loom))]
+    pub fn in_region(region: Arc<dyn SharedMemory>, offset: usize, len: usize) -> Option<Self> {
+        if offset % 8 != 0 || len == 0 {
+            return None;
+        }
+        let end = offset.checked_add(Self::bytes_for(len))?;
+        if end > region.len() {
+            return None;
+        }
+        // SAFETY: [offset, end) is inside the region (valid for its lifetime, which the Arc we
+        // keep guarantees) and 8-aligned, as Cell requires.
+        unsafe {
+            let cells = region.as_ptr().add(offset) as *mut Cell;
+            for i in 0..len {
+                cells.add(i).write(Cell::new());
+            }
+            Some(Self {
+                cells: NonNull::new_unchecked(cells),
+                len,
+                _backing: Backing::Region(region),
+            })
+        }
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the table has no records (never true: tables hold at least one).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn cell(&self, idx: u32) -> Option<&Cell> {
+        if (idx as usize) < self.len {
+            // SAFETY: idx < len and the cells live as long as `self`.
+            Some(unsafe { &*self.cells.as_ptr().add(idx as usize) })
+        } else {
+            None
+        }
+    }
+
+    /// Requester: marks record `idx` pending for `ticket`. Call before publishing the request
+    /// (the ring's Release publish orders this store before the daemon's read).
+    ///
+    /// # Panics
+    /// If `idx` is out of range (requesters own their indices; this is a caller bug).
+    pub fn arm(&self, idx: u32, ticket: u32) {
+        let c = self.cell(idx).expect("completion index out of range");
+        c.ticket.store(ticket, Ordering::Relaxed);
+        c.result.store(0, Ordering::Relaxed);
+        c.state.store(WFS_COMP_PENDING, Ordering::Release);
+    }
+
+    /// Daemon: delivers `result` to record `idx` if it is pending for `ticket`, waking a
+    /// sleeping host requester. Validates everything; never panics.
+    pub fn complete(&self, idx: u32, ticket: u32, result: i64) -> Result<(), CompleteError> {
+        let c = self.cell(idx).ok_or(CompleteError::OutOfRange)?;
+        let mut state = c.state.load(Ordering::Acquire);
+        loop {
+            if state & !WFS_COMP_SLEEPING != WFS_COMP_PENDING
+                || c.ticket.load(Ordering::Relaxed) != ticket
+            {
+                return Err(CompleteError::NotPending);
+            }
+            c.result.store(result, Ordering::Relaxed);
+            match c.state.compare_exchange(
+                state,
+                WFS_COMP_DONE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(s) => state = s,
+            }
+        }
+        if state & WFS_COMP_SLEEPING != 0 {
+            futex_wake(&c.state);
+        }
+        Ok(())
+    }
+
+    /// Requester: the result if record `idx` is done (the record is then free again).
+    pub fn poll(&self, idx: u32) -> Option<i64> {
+        let c = self.cell(idx)?;
+        if c.state.load(Ordering::Acquire) == WFS_COMP_DONE {
+            let r = c.result.load(Ordering::Relaxed);
+            c.state.store(WFS_COMP_FREE, Ordering::Relaxed);
+            Some(r)
+        } else {
+            None
+        }
+    }
+
+    /// Requester: waits for record `idx` (spin, then sleep on the state word). Returns `None`
+    /// if `timeout` passes first; the record then stays pending.
+    pub fn wait(&self, idx: u32, timeout: Option<Duration>) -> Option<i64> {
+        for _ in 0..256 {
+            if let Some(r) = self.poll(idx) {
+                return Some(r);
+            }
+            spin_hint();
+        }
+        let c = self.cell(idx)?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(r) = self.poll(idx) {
+                return Some(r);
+            }
+            let slice = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    (d - now).min(Duration::from_millis(50))
+                }
+                None => Duration::from_millis(50),
+            };
+            let s = c.state.load(Ordering::Acquire);
+            if s & !WFS_COMP_SLEEPING == WFS_COMP_PENDING {
+                let sleeping = s | WFS_COMP_SLEEPING;
+                if s == sleeping
+                    || c.state
+                        .compare_exchange(s, sleeping, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                {
+                    futex_wait(&c.state, sleeping, slice);
+                }
+            }
+        }
+    }
+}
+
+impl Cell {
+    fn new() -> Self {
+        Self {
+            state: AtomicU32::new(WFS_COMP_FREE),
+            ticket: AtomicU32::new(0),
+            result: AtomicI64::new(0),
+            aux: AtomicU64::new(0),
+            _reserved: 0,
+        }
+    }
+}
+
+/// Sleeps while `*word == expected`, at most `timeout` (spurious wake-ups are fine).
+#[cfg(all(target_os = "linux", not(loom)))]
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `word` is a valid, aligned u32 for the duration of the call; FUTEX_WAIT only
+    // reads it. A relative timeout is passed by pointer to a live local.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            &ts as *const libc::timespec,
+        );
+    }
+}
+
+/// Wakes every thread sleeping on `word`.
+#[cfg(all(target_os = "linux", not(loom)))]
+pub(crate) fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE only uses the address as a key.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+        );
+    }
+}
+
+/// Portable stand-in: a short sleep.
+#[cfg(any(not(target_os = "linux"), loom))]
+pub(crate) fn futex_wait(_word: &AtomicU32, _expected: u32, timeout: Duration) {
+    #[cfg(loom)]
+    {
+        let _ = timeout;
+        loom::thread::yield_now();
+    }
+    #[cfg(not(loom))]
+    std::thread::sleep(timeout.min(Duration::from_micros(100)));
+}
+
+/// Portable stand-in: nothing to wake (sleepers poll).
+#[cfg(any(not(target_os = "linux"), loom))]
+pub(crate) fn futex_wake(_word: &AtomicU32) {}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn layout_matches_the_wire_format() {
+        assert_eq!(size_of::<Cell>(), size_of::<abi::WfsCompletion>());
+        assert_eq!(offset_of!(Cell, result), offset_of!(abi::WfsCompletion, result));
+        assert_eq!(offset_of!(Cell, ticket), offset_of!(abi::WfsCompletion, ticket));
+    }
+
+    #[test]
+    fn only_the_pending_ticket_completes() {
+        let t = Completions::with_len(4);
+        assert_eq!(t.complete(9, 1, 5), Err(CompleteError::OutOfRange));
+        assert_eq!(t.complete(0, 1, 5), Err(CompleteError::NotPending));
+        t.arm(0, 7);
+        assert_eq!(t.complete(0, 8, 5), Err(CompleteError::NotPending));
+        assert_eq!(t.poll(0), None);
+        t.complete(0, 7, 42).unwrap();
+        assert_eq!(t.complete(0, 7, 43), Err(CompleteError::NotPending));
+        assert_eq!(t.poll(0), Some(42));
+        assert_eq!(t.poll(0), None);
+    }
+
+    #[test]
+    fn sleeping_waiter_is_woken() {
+        let t = Arc::new(Completions::with_len(1));
+        t.arm(0, 1);
+        let t2 = t.clone();
+        let h = std::thread::spawn(move || t2.wait(0, Some(Duration::from_secs(10))));
+        std::thread::sleep(Duration::from_millis(20));
+        t.complete(0, 1, -5).unwrap();
+        assert_eq!(h.join().unwrap(), Some(-5));
+    }
+
+    #[test]
+    fn wait_times_out_instead_of_hanging() {
+        let t = Completions::with_len(1);
+        t.arm(0, 1);
+        assert_eq!(t.wait(0, Some(Duration::from_millis(5))), None);
+    }
+}

@@ -1,0 +1,1 @@
+//! The daemon: worker threads that serve requests from channels.

@@ -1,0 +1,1 @@
+//! Portable thread-pool engine: `pread`/`pwrite`/`fdatasync` on pool threads.

@@ -1,0 +1,1 @@
+//! io_uring engine: batched submission, fixed buffers, retries of short transfers.

@@ -27,3 +27,4 @@ mod sync;
 
 pub use error::{Error, Result};
 pub use files::OpenOptions;
+pub use runtime::{FileHandle, Runtime, RuntimeConfig, Stats};

@@ -14,10 +14,11 @@
 //! - every submitted op is completed exactly once through [`IoEngine::reap`].
 
 use std::os::fd::RawFd;
+use std::sync::OnceLock;
 
+pub mod threads;
 #[cfg(target_os = "linux")]
 pub mod uring;
-pub mod threads;
 
 /// What an [`IoOp`] does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,17 +117,165 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { choice: EngineChoice::Auto, queue_depth: 128, threads: 4 }
+        Self {
+            choice: EngineChoice::Auto,
+            queue_depth: 128,
+            threads: 4,
+        }
     }
 }
 
+/// Environment variable that forces the engine for [`EngineChoice::Auto`]: `uring` or `threads`.
+pub const ENGINE_ENV: &str = "WARPFS_IO_ENGINE";
+
 /// The engine that will actually run for `choice` here, decided once per process for `Auto`
-/// (environment, then an io_uring probe). Logs the decision at info level.
+/// (environment, then an io_uring probe). Logs the decision at info level, once.
+///
+/// Cost: the first call that needs io_uring sets up (and drops) an 8-entry ring; later calls
+/// read a cached answer.
 pub fn probe(choice: EngineChoice) -> EngineChoice {
-    todo!("engine helper: env override, cached io_uring probe, fallback + log ({choice:?})")
+    match choice {
+        EngineChoice::Threads => EngineChoice::Threads,
+        EngineChoice::Uring => {
+            if uring_works() {
+                EngineChoice::Uring
+            } else {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(
+                        "io_uring was requested but cannot be set up here ({}); running the thread-pool engine instead",
+                        uring_error_words()
+                    )
+                });
+                EngineChoice::Threads
+            }
+        }
+        EngineChoice::Auto => {
+            static AUTO: OnceLock<EngineChoice> = OnceLock::new();
+            *AUTO.get_or_init(decide_auto)
+        }
+    }
 }
 
 /// Creates an engine per `cfg` (after [`probe`]); never fails: falls back to threads.
+///
+/// Cost: an io_uring setup (two mmaps) or spawning `cfg.threads` threads.
 pub fn create(cfg: &EngineConfig) -> Box<dyn IoEngine> {
-    todo!("engine helper ({cfg:?})")
+    match probe(cfg.choice) {
+        #[cfg(target_os = "linux")]
+        EngineChoice::Uring => match uring::UringEngine::new(cfg) {
+            Ok(e) => Box::new(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "io_uring setup failed; running the thread-pool engine instead");
+                Box::new(threads::ThreadsEngine::new(cfg))
+            }
+        },
+        _ => Box::new(threads::ThreadsEngine::new(cfg)),
+    }
+}
+
+fn decide_auto() -> EngineChoice {
+    match std::env::var(ENGINE_ENV) {
+        Ok(v) if v.trim().eq_ignore_ascii_case("threads") => {
+            tracing::info!(engine = "threads", "I/O engine forced by {ENGINE_ENV}");
+            return EngineChoice::Threads;
+        }
+        Ok(v) if v.trim().eq_ignore_ascii_case("uring") => {
+            let got = probe(EngineChoice::Uring);
+            if got == EngineChoice::Uring {
+                tracing::info!(engine = "uring", "I/O engine forced by {ENGINE_ENV}");
+            }
+            return got;
+        }
+        Ok(v) if !v.trim().is_empty() => {
+            tracing::warn!(
+                value = %v,
+                "{ENGINE_ENV} must be `uring` or `threads`; ignoring it and choosing automatically"
+            );
+        }
+        _ => {}
+    }
+    if uring_works() {
+        tracing::info!(engine = "uring", "I/O engine: io_uring is available");
+        EngineChoice::Uring
+    } else {
+        tracing::warn!(
+            engine = "threads",
+            "I/O engine: io_uring unavailable ({}); using the thread pool (set {ENGINE_ENV}=threads to silence this)",
+            uring_error_words()
+        );
+        EngineChoice::Threads
+    }
+}
+
+/// Result of trying to set up a small io_uring, once per process (`None`: it works).
+fn uring_probe() -> &'static Option<std::io::ErrorKind> {
+    static PROBE: OnceLock<Option<std::io::ErrorKind>> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        #[cfg(target_os = "linux")]
+        {
+            match io_uring::IoUring::new(8) {
+                Ok(_) => None,
+                Err(e) => {
+                    // EPERM: kernel.io_uring_disabled or seccomp; ENOSYS: kernel too old or
+                    // filtered; EINVAL: unsupported setup. Any error means "do not use it".
+                    tracing::debug!(error = %e, "io_uring probe failed");
+                    Some(e.kind())
+                }
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            Some(std::io::ErrorKind::Unsupported)
+        }
+    })
+}
+
+fn uring_works() -> bool {
+    uring_probe().is_none()
+}
+
+fn uring_error_words() -> String {
+    match uring_probe() {
+        None => "no error".into(),
+        Some(k) => format!(
+            "{k}: check the sysctl kernel.io_uring_disabled and the container's seccomp profile"
+        ),
+    }
+}
+
+/// Retries granted to EINTR/EAGAIN results of one op before the error is reported.
+pub(crate) const MAX_RETRIES: u32 = 1000;
+
+/// Whether a negative errno result is transient and the op should be retried.
+pub(crate) fn is_transient(errno: i32) -> bool {
+    errno == libc::EINTR || errno == libc::EAGAIN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forced_choices_are_honoured() {
+        assert_eq!(probe(EngineChoice::Threads), EngineChoice::Threads);
+        let u = probe(EngineChoice::Uring);
+        assert_eq!(u == EngineChoice::Uring, uring_works());
+        assert_ne!(probe(EngineChoice::Auto), EngineChoice::Auto);
+    }
+
+    #[test]
+    fn create_names_the_engine_it_runs() {
+        let e = create(&EngineConfig {
+            choice: EngineChoice::Threads,
+            ..Default::default()
+        });
+        assert_eq!(e.name(), "threads");
+        let e = create(&EngineConfig {
+            choice: EngineChoice::Uring,
+            ..Default::default()
+        });
+        assert_eq!(e.name(), if uring_works() { "uring" } else { "threads" });
+        assert_eq!(e.in_flight(), 0);
+    }
 }

@@ -1,0 +1,176 @@
+/*
+ * warpfs_abi.h — the warpfs wire format for C, C++ and CUDA.
+ *
+ * Hand-kept mirror of crates/warpfs/src/abi.rs, which is the one source of truth.
+ * crates/warpfs/tests/abi_header.rs compiles this header and fails if any constant, size or
+ * field offset differs from the Rust definitions. Change both together and bump
+ * WFS_ABI_VERSION on any layout change.
+ *
+ * Layout in a shared region (little-endian, naturally aligned):
+ *   ring header (192 B) · `capacity` request slots (64 B each) · completion records (32 B each).
+ */
+#ifndef WARPFS_ABI_H
+#define WARPFS_ABI_H
+
+#if defined(__CUDACC_RTC__)
+/* NVRTC has no C library headers: spell out the fixed-width types it needs. */
+typedef unsigned int uint32_t;
+typedef unsigned long long uint64_t;
+typedef long long int64_t;
+#ifndef offsetof
+#define offsetof(type, member) __builtin_offsetof(type, member)
+#endif
+#else
+#include <stddef.h>
+#include <stdint.h>
+#endif
+
+/* ---- alignment and compile-time checks, portable across C11, C++11, CUDA ---- */
+
+#if defined(__cplusplus) && __cplusplus >= 201103L
+#define WFS_ALIGNAS(n) alignas(n)
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+#define WFS_ALIGNAS(n) _Alignas(n)
+#elif defined(__GNUC__) || defined(__clang__)
+#define WFS_ALIGNAS(n) __attribute__((aligned(n)))
+#elif defined(_MSC_VER)
+#define WFS_ALIGNAS(n) __declspec(align(n))
+#else
+#error "warpfs_abi.h: no way to align a struct member with this compiler"
+#endif
+
+#if defined(__cplusplus) && __cplusplus >= 201103L
+#define WFS_STATIC_ASSERT(cond, msg) static_assert(cond, msg)
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+#define WFS_STATIC_ASSERT(cond, msg) _Static_assert(cond, msg)
+#else
+#define WFS_STATIC_ASSERT(cond, msg) /* no static assertions before C11/C++11 */
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- constants ---- */
+
+/** Version of this wire format; bumped on any layout change. */
+#define WFS_ABI_VERSION 1u
+/** Magic number at the start of a ring header ("WFSR"). */
+#define WFS_RING_MAGIC 0x57534652u
+
+/** Read `len` bytes at `offset` of a file into the data region at `buf`. */
+#define WFS_OP_READ 1u
+/** Write `len` bytes from the data region at `buf` to the file at `offset`. */
+#define WFS_OP_WRITE 2u
+/** Make the file's acknowledged writes durable (write back dirty pages, then fdatasync). */
+#define WFS_OP_FSYNC 3u
+/** Return the file's size in bytes. */
+#define WFS_OP_SIZE 4u
+/** Hint: bring [offset, offset+len) into the cache; served after demand requests. */
+#define WFS_OP_PREFETCH 5u
+
+/** Completion state: the record is not in use. */
+#define WFS_COMP_FREE 0u
+/** Completion state: a request naming this record is in flight. */
+#define WFS_COMP_PENDING 1u
+/** Completion state: the daemon wrote `result`; the requester may read it. */
+#define WFS_COMP_DONE 2u
+/** Bit or-ed into a PENDING state by a host requester that sleeps on the word (futex). */
+#define WFS_COMP_SLEEPING 0x80000000u
+
+/* ---- records ---- */
+
+/** One request, as a requester writes it into a ring slot (48 bytes). */
+typedef struct WfsRequest {
+    uint32_t op;         /**< One of the WFS_OP_* codes. */
+    uint32_t flags;      /**< Reserved for per-request flags; must be 0. */
+    uint32_t handle;     /**< File handle granted by the host (a capability). */
+    uint32_t completion; /**< Index of the completion record that receives the outcome. */
+    uint32_t ticket;     /**< Requester's stamp, echoed in the completion. */
+    uint32_t reserved;   /**< Reserved; must be 0. */
+    uint64_t offset;     /**< Byte offset in the file. */
+    uint64_t len;        /**< Length in bytes. */
+    uint64_t buf;        /**< Byte offset of the data buffer inside the channel's data region. */
+} WfsRequest;
+
+/** A ring slot: Vyukov sequence word followed by the request; one 64-byte cache line. */
+typedef struct WfsSlot {
+    /** `pos` when free for the producer at `pos`, `pos + 1` once published. */
+    WFS_ALIGNAS(64) uint64_t seq;
+    /** The request. */
+    WfsRequest req;
+} WfsSlot;
+
+/** Outcome of one request (32 bytes). */
+typedef struct WfsCompletion {
+    uint32_t state;    /**< One of the WFS_COMP_* states (possibly with WFS_COMP_SLEEPING). */
+    uint32_t ticket;   /**< Copy of the request's `ticket`. */
+    int64_t result;    /**< Bytes transferred (or file size for SIZE), or a negative errno. */
+    uint64_t aux;      /**< Op-specific extra word (reserved, 0 today). */
+    uint64_t reserved; /**< Padding to 32 bytes. */
+} WfsCompletion;
+
+/** Ring header: geometry, then consumer and producer cursors on their own cache lines. */
+typedef struct WfsRingHeader {
+    WFS_ALIGNAS(64) uint32_t magic; /**< WFS_RING_MAGIC. */
+    uint32_t version;               /**< WFS_ABI_VERSION. */
+    uint32_t capacity;              /**< Number of slots (a power of two). */
+    uint32_t mask;                  /**< capacity - 1. */
+    uint64_t pad0[6];               /**< Padding to the end of the first cache line. */
+    uint64_t head;                  /**< Next position a consumer takes. */
+    uint64_t pad1[7];               /**< Padding to the end of the second cache line. */
+    uint64_t tail;                  /**< Next position a producer claims. */
+    uint64_t pad2[7];               /**< Padding to the end of the third cache line. */
+} WfsRingHeader;
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+/*
+ * WFS_LAYOUT(X): every size and field offset, in the order of warpfs::abi::layout_table().
+ * X(name, value) is called once per entry; e.g. to print them:
+ *   #define ROW(name, value) printf("%s %zu\n", name, (size_t)(value));
+ *   WFS_LAYOUT(ROW)
+ */
+#define WFS_LAYOUT(X)                                                        \
+    X("sizeof(WfsRequest)", sizeof(WfsRequest))                              \
+    X("WfsRequest.op", offsetof(WfsRequest, op))                             \
+    X("WfsRequest.flags", offsetof(WfsRequest, flags))                       \
+    X("WfsRequest.handle", offsetof(WfsRequest, handle))                     \
+    X("WfsRequest.completion", offsetof(WfsRequest, completion))             \
+    X("WfsRequest.ticket", offsetof(WfsRequest, ticket))                     \
+    X("WfsRequest.reserved", offsetof(WfsRequest, reserved))                 \
+    X("WfsRequest.offset", offsetof(WfsRequest, offset))                     \
+    X("WfsRequest.len", offsetof(WfsRequest, len))                           \
+    X("WfsRequest.buf", offsetof(WfsRequest, buf))                           \
+    X("sizeof(WfsSlot)", sizeof(WfsSlot))                                    \
+    X("WfsSlot.seq", offsetof(WfsSlot, seq))                                 \
+    X("WfsSlot.req", offsetof(WfsSlot, req))                                 \
+    X("sizeof(WfsCompletion)", sizeof(WfsCompletion))                        \
+    X("WfsCompletion.state", offsetof(WfsCompletion, state))                 \
+    X("WfsCompletion.ticket", offsetof(WfsCompletion, ticket))               \
+    X("WfsCompletion.result", offsetof(WfsCompletion, result))               \
+    X("WfsCompletion.aux", offsetof(WfsCompletion, aux))                     \
+    X("sizeof(WfsRingHeader)", sizeof(WfsRingHeader))                        \
+    X("WfsRingHeader.magic", offsetof(WfsRingHeader, magic))                 \
+    X("WfsRingHeader.version", offsetof(WfsRingHeader, version))             \
+    X("WfsRingHeader.capacity", offsetof(WfsRingHeader, capacity))           \
+    X("WfsRingHeader.mask", offsetof(WfsRingHeader, mask))                   \
+    X("WfsRingHeader.head", offsetof(WfsRingHeader, head))                   \
+    X("WfsRingHeader.tail", offsetof(WfsRingHeader, tail))
+
+/* ---- the layout, checked at compile time where the language allows ---- */
+
+WFS_STATIC_ASSERT(sizeof(WfsRequest) == 48, "WfsRequest must be 48 bytes");
+WFS_STATIC_ASSERT(offsetof(WfsRequest, offset) == 24, "WfsRequest.offset must be at 24");
+WFS_STATIC_ASSERT(offsetof(WfsRequest, buf) == 40, "WfsRequest.buf must be at 40");
+WFS_STATIC_ASSERT(sizeof(WfsSlot) == 64, "WfsSlot must be one 64-byte cache line");
+WFS_STATIC_ASSERT(offsetof(WfsSlot, req) == 8, "WfsSlot.req must be at 8");
+WFS_STATIC_ASSERT(sizeof(WfsCompletion) == 32, "WfsCompletion must be 32 bytes");
+WFS_STATIC_ASSERT(offsetof(WfsCompletion, result) == 8, "WfsCompletion.result must be at 8");
+WFS_STATIC_ASSERT(sizeof(WfsRingHeader) == 192, "WfsRingHeader must be 192 bytes");
+WFS_STATIC_ASSERT(offsetof(WfsRingHeader, head) == 64, "WfsRingHeader.head must be at 64");
+WFS_STATIC_ASSERT(offsetof(WfsRingHeader, tail) == 128, "WfsRingHeader.tail must be at 128");
+
+#endif /* WARPFS_ABI_H */

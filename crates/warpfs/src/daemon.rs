@@ -1,1 +1,1053 @@
 //! The daemon: worker threads that serve requests from channels.
+//!
+//! Each worker loops: take a batch (deferred requests first, then demand rings, then — only
+//! when no demand request waits — prefetch rings), validate every field, resolve reads and
+//! writes against the host cache, submit all file I/O of the batch to its own engine in one go,
+//! and complete each request as soon as its own I/O is done. Concurrent misses on one page
+//! make one load: inside a batch the second request waits on the first's load; across workers
+//! the cache answers `Busy` and the request is retried next round. Idle workers back off from
+//! spinning to sleeping: worker 0 polls every `idle_poll`, the others sleep until woken, so an
+//! idle daemon costs a fraction of a percent of a core.
+//!
+//! Nothing in a ring is trusted: a bad op, handle, mode, range or completion index gets an
+//! error completion (or, for a bad completion index, is counted and dropped); the daemon only
+//! writes into a channel's data region after a bounds check and into its own cache pages.
+
+use crate::abi::{self, WfsRequest};
+use crate::cache::{HostCache, Lookup, PageIdx, Writeback};
+use crate::channel::Channel;
+use crate::completion::{futex_wait, futex_wake};
+use crate::engine::{self, EngineConfig, IoDone, IoEngine, IoKind, IoOp};
+use crate::files::{FileEntry, FileTable};
+use crate::readahead::Readahead;
+use crate::runtime::DaemonStats;
+use crate::span;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Settings of the daemon.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Worker threads.
+    pub workers: usize,
+    /// Most requests one worker takes per round.
+    pub batch: usize,
+    /// Reads of at least this many bytes skip the cache (write-through mode only).
+    pub bypass_bytes: usize,
+    /// Write-back: writes that hit a resident page only dirty it (written back on eviction,
+    /// fsync or flush). Otherwise every write reaches the OS before it is acknowledged.
+    pub write_back: bool,
+    /// Readahead window in pages (0: off).
+    pub readahead_pages: u32,
+    /// Engine of each worker.
+    pub engine: EngineConfig,
+    /// Longest sleep of the polling worker when idle (GPU requesters cannot ring the doorbell).
+    pub idle_poll: Duration,
+    /// A request that cannot get cache pages for this long fails with `EBUSY`.
+    pub defer_timeout: Duration,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            batch: 64,
+            bypass_bytes: 1 << 20,
+            write_back: false,
+            readahead_pages: 16,
+            engine: EngineConfig::default(),
+            idle_poll: Duration::from_millis(1),
+            defer_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    corrupt: AtomicU64,
+    batches: AtomicU64,
+    ios: AtomicU64,
+    prefetches: AtomicU64,
+}
+
+struct Shared {
+    cfg: DaemonConfig,
+    files: Arc<FileTable>,
+    cache: Arc<HostCache>,
+    readahead: Readahead,
+    channels: RwLock<Vec<Arc<Channel>>>,
+    channels_version: AtomicU64,
+    stop: AtomicBool,
+    doorbell: AtomicU32,
+    sleepers: AtomicU32,
+    counters: Counters,
+    engine_name: &'static str,
+    /// Engine for flushes requested from outside the workers.
+    control: Mutex<Box<dyn IoEngine>>,
+}
+
+/// Lets requesters that can make system calls (host agents) wake sleeping workers.
+#[derive(Clone)]
+pub struct Doorbell(Arc<Shared>);
+
+impl std::fmt::Debug for Doorbell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Doorbell")
+    }
+}
+
+impl Doorbell {
+    /// Call after publishing a request: wakes the workers if any sleeps (one load otherwise).
+    pub fn ring(&self) {
+        fence(Ordering::SeqCst);
+        if self.0.sleepers.load(Ordering::SeqCst) > 0 {
+            self.0.doorbell.fetch_add(1, Ordering::SeqCst);
+            futex_wake(&self.0.doorbell);
+        }
+    }
+    /// Whether the daemon is stopping (requesters should not wait for new requests).
+    pub fn stopping(&self) -> bool {
+        self.0.stop.load(Ordering::Acquire)
+    }
+}
+
+/// The running daemon. Dropping it shuts it down (see [`Daemon::shutdown`]).
+pub struct Daemon {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon").field("workers", &self.workers.len()).finish()
+    }
+}
+
+impl Daemon {
+    /// Starts `cfg.workers` worker threads serving files of `files` through `cache`.
+    pub fn start(cfg: DaemonConfig, files: Arc<FileTable>, cache: Arc<HostCache>) -> crate::Result<Self> {
+        if cfg.workers == 0 || cfg.batch == 0 {
+            return Err(crate::Error::Config("the daemon needs at least one worker and a batch of at least 1".into()));
+        }
+        let control = engine::create(&EngineConfig { queue_depth: 64, threads: 2, ..cfg.engine });
+        let shared = Arc::new(Shared {
+            readahead: Readahead::new(cfg.readahead_pages, 256),
+            engine_name: control.name(),
+            control: Mutex::new(control),
+            cfg,
+            files,
+            cache,
+            channels: RwLock::new(Vec::new()),
+            channels_version: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            doorbell: AtomicU32::new(0),
+            sleepers: AtomicU32::new(0),
+            counters: Counters::default(),
+        });
+        let mut workers = Vec::new();
+        for id in 0..shared.cfg.workers {
+            let s = shared.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("warpfs-daemon-{id}"))
+                .spawn(move || Worker::new(s, id).run())
+                .map_err(crate::Error::Io)?;
+            workers.push(h);
+        }
+        tracing::info!(workers = shared.cfg.workers, engine = shared.engine_name, "warpfs daemon started");
+        Ok(Self { shared, workers })
+    }
+
+    /// Starts serving `channel`.
+    pub fn attach(&self, channel: Arc<Channel>) {
+        self.shared.channels.write().unwrap_or_else(|p| p.into_inner()).push(channel);
+        self.shared.channels_version.fetch_add(1, Ordering::Release);
+        self.doorbell().ring();
+    }
+
+    /// Stops serving `channel` (requests left in it are failed with `ESHUTDOWN`).
+    pub fn detach(&self, channel: &Arc<Channel>) {
+        self.shared
+            .channels
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|c| !Arc::ptr_eq(c, channel));
+        self.shared.channels_version.fetch_add(1, Ordering::Release);
+        fail_pending(&self.shared, channel);
+    }
+
+    /// A doorbell for requesters that can wake the daemon.
+    pub fn doorbell(&self) -> Doorbell {
+        Doorbell(self.shared.clone())
+    }
+
+    /// Name of the engine the workers run.
+    pub fn engine_name(&self) -> &'static str {
+        self.shared.engine_name
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> DaemonStats {
+        let c = &self.shared.counters;
+        DaemonStats {
+            requests: c.requests.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+            corrupt_slots: c.corrupt.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            ios: c.ios.load(Ordering::Relaxed),
+            prefetches: c.prefetches.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Writes back the dirty pages of `file` (all files if `None`) and `fdatasync`s every file
+    /// that had some. Blocks until done.
+    pub fn flush(&self, file: Option<&Arc<FileEntry>>) -> crate::Result<()> {
+        flush(&self.shared, file)
+    }
+
+    /// Stops the workers, writes back dirty pages, and fails requests still in the rings with
+    /// `ESHUTDOWN` so no requester waits forever. Idempotent.
+    pub fn shutdown(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.doorbell.fetch_add(1, Ordering::SeqCst);
+        futex_wake(&self.shared.doorbell);
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+        if let Err(e) = flush(&self.shared, None) {
+            tracing::error!(error = %e, "write-back at shutdown failed");
+        }
+        let channels = self.shared.channels.read().unwrap_or_else(|p| p.into_inner()).clone();
+        for ch in &channels {
+            fail_pending(&self.shared, ch);
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Completes every request still in `ch`'s rings with `ESHUTDOWN`.
+fn fail_pending(shared: &Shared, ch: &Channel) {
+    for ring in [&ch.demand, &ch.prefetch] {
+        while let Some(p) = ring.try_pop() {
+            let req = match p {
+                crate::ring::Popped::Request(r) | crate::ring::Popped::Corrupt(r) => r,
+            };
+            shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+            let _ = ch.completions.complete(req.completion, req.ticket, -(libc::ESHUTDOWN as i64));
+        }
+    }
+}
+
+fn flush(shared: &Shared, file: Option<&Arc<FileEntry>>) -> crate::Result<()> {
+    let cache = &shared.cache;
+    let wbs = match file {
+        Some(f) => cache.dirty_pages_of(f.id),
+        None => cache.all_dirty(),
+    };
+    let mut engine = shared.control.lock().unwrap_or_else(|p| p.into_inner());
+    let mut files: HashMap<u64, Arc<FileEntry>> = HashMap::new();
+    let mut first_err = None;
+    let ops: Vec<IoOp> = wbs
+        .iter()
+        .enumerate()
+        .map(|(i, wb)| IoOp {
+            kind: IoKind::Write,
+            fd: wb.file.fd(),
+            offset: wb.offset,
+            buf: cache.page_ptr(wb.idx),
+            len: wb.len,
+            token: i as u64,
+        })
+        .collect();
+    // SAFETY: each page is pinned and marked writing-back until finish_writeback below, so
+    // its memory stays valid and unmodified; the file entries (fds) are held by `wbs`.
+    unsafe { engine.submit(&ops) };
+    let mut done = Vec::new();
+    while engine.in_flight() > 0 {
+        engine.reap(&mut done, true);
+        for d in done.drain(..) {
+            let wb = &wbs[d.token as usize];
+            let ok = d.result == wb.len as i64;
+            cache.finish_writeback(wb.idx, ok);
+            if ok {
+                files.insert(wb.file.id, wb.file.clone());
+            } else if first_err.is_none() {
+                first_err = Some(crate::Error::from_result("write-back", if d.result < 0 { d.result } else { -(libc::EIO as i64) }));
+            }
+        }
+    }
+    if let Some(f) = file {
+        files.insert(f.id, f.clone());
+    }
+    let syncs: Vec<(Arc<FileEntry>, IoOp)> = files
+        .into_values()
+        .enumerate()
+        .map(|(i, f)| {
+            let op = IoOp { kind: IoKind::Fsync, fd: f.fd(), offset: 0, buf: std::ptr::null_mut(), len: 0, token: i as u64 };
+            (f, op)
+        })
+        .collect();
+    let ops: Vec<IoOp> = syncs.iter().map(|(_, op)| *op).collect();
+    // SAFETY: fsync ops use no buffer; the fds stay open (entries held in `syncs`).
+    unsafe { engine.submit(&ops) };
+    while engine.in_flight() > 0 {
+        engine.reap(&mut done, true);
+        for d in done.drain(..) {
+            if d.result < 0 && first_err.is_none() {
+                first_err = Some(crate::Error::from_result("fdatasync", d.result));
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// A request taken from a ring, with what has been resolved about it.
+struct Job {
+    ch: Arc<Channel>,
+    req: WfsRequest,
+    file: Arc<FileEntry>,
+    first_seen: Instant,
+    /// Pages of a cached read/write: (page number, page index, how it is held).
+    pages: Vec<(u64, PageIdx, Held)>,
+    /// Outstanding I/Os this job waits for.
+    pending: usize,
+    /// First error seen.
+    error: Option<i64>,
+    /// Parts of a bypass read: (length asked, result) in file order.
+    parts: Vec<(usize, Option<i64>)>,
+    finished: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// Pinned by our lookup.
+    Hit,
+    /// Reserved by our lookup as a miss; the job writes through and then drops it.
+    Reserved,
+    /// Loaded by load `n` of this batch.
+    Load(usize),
+}
+
+struct Load {
+    idx: PageIdx,
+    result: Option<i64>,
+    /// Jobs of this batch that read from the page and have not finished.
+    refs: usize,
+}
+
+#[derive(Debug)]
+enum Tag {
+    Load(usize),
+    /// Part `n` of a bypass read of job `j`.
+    Part(usize, usize),
+    Write(usize),
+    Writeback(Writeback, Option<usize>),
+    Fsync(usize),
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    id: usize,
+    engine: Box<dyn IoEngine>,
+    channels: Vec<Arc<Channel>>,
+    version: u64,
+    rr: usize,
+    deferred: VecDeque<Job>,
+    jobs: Vec<Job>,
+    loads: Vec<Load>,
+    load_of: HashMap<(u64, u64), usize>,
+    ops: Vec<IoOp>,
+    tags: Vec<Option<Tag>>,
+    done: Vec<IoDone>,
+}
+
+enum Outcome {
+    /// Complete now with this result.
+    Now(i64),
+    /// Waits for I/O submitted by the plan.
+    Wait,
+    /// Retry in a later round.
+    Defer,
+}
+
+impl Worker {
+    fn new(shared: Arc<Shared>, id: usize) -> Self {
+        let mut engine = engine::create(&shared.cfg.engine);
+        let (ptr, len) = shared.cache.arena();
+        // SAFETY: the arena lives as long as the cache, which `shared` (held by this worker
+        // for the engine's whole life) keeps alive.
+        if let Err(e) = unsafe { engine.register_buffers(&[(ptr, len)]) } {
+            tracing::debug!(error = %e, "cache arena not registered as a fixed buffer");
+        }
+        Self {
+            shared,
+            id,
+            engine,
+            channels: Vec::new(),
+            version: u64::MAX,
+            rr: 0,
+            deferred: VecDeque::new(),
+            jobs: Vec::new(),
+            loads: Vec::new(),
+            load_of: HashMap::new(),
+            ops: Vec::new(),
+            tags: Vec::new(),
+            done: Vec::new(),
+        }
+    }
+
+    fn refresh_channels(&mut self) {
+        let v = self.shared.channels_version.load(Ordering::Acquire);
+        if v != self.version {
+            self.channels = self.shared.channels.read().unwrap_or_else(|p| p.into_inner()).clone();
+            self.version = v;
+        }
+    }
+
+    fn run(mut self) {
+        let mut idle_rounds = 0u32;
+        loop {
+            if self.shared.stop.load(Ordering::Acquire) {
+                for j in std::mem::take(&mut self.deferred) {
+                    self.complete(&j, -(libc::ESHUTDOWN as i64));
+                }
+                return;
+            }
+            self.refresh_channels();
+            let took = self.take_batch();
+            if took == 0 {
+                self.background_writeback();
+                idle_rounds = idle_rounds.saturating_add(1);
+                self.idle(idle_rounds);
+                continue;
+            }
+            idle_rounds = 0;
+            if took >= self.shared.cfg.batch && self.shared.sleepers.load(Ordering::Relaxed) > 0 {
+                // Plenty of work: wake the others.
+                self.shared.doorbell.fetch_add(1, Ordering::SeqCst);
+                futex_wake(&self.shared.doorbell);
+            }
+            self.shared.counters.batches.fetch_add(1, Ordering::Relaxed);
+            self.serve_batch();
+        }
+    }
+
+    fn idle(&mut self, rounds: u32) {
+        if rounds < 64 {
+            std::hint::spin_loop();
+            return;
+        }
+        if rounds < 80 {
+            std::thread::yield_now();
+            return;
+        }
+        let s = &self.shared;
+        let seen = s.doorbell.load(Ordering::SeqCst);
+        s.sleepers.fetch_add(1, Ordering::SeqCst);
+        let has_work = !self.deferred.is_empty()
+            || self.channels.iter().any(|c| !c.demand.is_empty() || !c.prefetch.is_empty());
+        if !has_work && !s.stop.load(Ordering::Acquire) {
+            // Worker 0 polls for requesters that cannot ring (GPUs); the others sleep long.
+            let t = if self.id == 0 {
+                let steps = (rounds - 80).min(20);
+                (Duration::from_micros(20) * (1 << (steps / 4))).min(s.cfg.idle_poll)
+            } else {
+                Duration::from_millis(100)
+            };
+            futex_wait(&s.doorbell, seen, t);
+        }
+        s.sleepers.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Fills `self.jobs`; returns how many requests were taken.
+    fn take_batch(&mut self) -> usize {
+        let max = self.shared.cfg.batch;
+        let mut took = 0;
+        let n = self.deferred.len();
+        for _ in 0..n.min(max) {
+            if let Some(j) = self.deferred.pop_front() {
+                self.jobs.push(j);
+                took += 1;
+            }
+        }
+        let channels = std::mem::take(&mut self.channels);
+        if !channels.is_empty() {
+            for prefetch in [false, true] {
+                if prefetch && took > 0 {
+                    break;
+                }
+                let mut empty = 0;
+                while took < max && empty < channels.len() {
+                    self.rr = (self.rr + 1) % channels.len();
+                    let ch = &channels[self.rr];
+                    let ring = if prefetch { &ch.prefetch } else { &ch.demand };
+                    match ring.try_pop() {
+                        Some(crate::ring::Popped::Request(req)) => {
+                            empty = 0;
+                            took += 1;
+                            self.accept(ch, req, prefetch);
+                        }
+                        Some(crate::ring::Popped::Corrupt(req)) => {
+                            empty = 0;
+                            took += 1;
+                            self.shared.counters.corrupt.fetch_add(1, Ordering::Relaxed);
+                            self.shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                            let _ = ch.completions.complete(req.completion, req.ticket, -(libc::EPROTO as i64));
+                        }
+                        None => empty += 1,
+                    }
+                }
+            }
+        }
+        self.channels = channels;
+        took
+    }
+
+    /// Validates a fresh request; queues it as a job or completes it with an error.
+    fn accept(&mut self, ch: &Arc<Channel>, req: WfsRequest, from_prefetch_ring: bool) {
+        let s = &self.shared;
+        s.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let fail = |errno: i32| {
+            s.counters.errors.fetch_add(1, Ordering::Relaxed);
+            let _ = ch.completions.complete(req.completion, req.ticket, -(errno as i64));
+        };
+        if req.completion as usize >= ch.completions.len() {
+            // Nobody can be told; count it and move on.
+            s.counters.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if req.flags != 0 || req.reserved != 0 {
+            return fail(libc::EINVAL);
+        }
+        let Some(file) = s.files.get(req.handle) else {
+            return fail(libc::EBADF);
+        };
+        if req.offset.checked_add(req.len).is_none_or(|end| end > i64::MAX as u64) {
+            return fail(libc::EINVAL);
+        }
+        match req.op {
+            abi::WFS_OP_READ | abi::WFS_OP_WRITE => {
+                let write = req.op == abi::WFS_OP_WRITE;
+                if (write && !file.writable()) || (!write && !file.readable()) {
+                    return fail(libc::EBADF);
+                }
+                if ch.data_range(req.buf, req.len).is_none() {
+                    return fail(libc::EFAULT);
+                }
+                if req.len == 0 {
+                    let _ = ch.completions.complete(req.completion, req.ticket, 0);
+                    return;
+                }
+            }
+            abi::WFS_OP_FSYNC | abi::WFS_OP_SIZE => {}
+            abi::WFS_OP_PREFETCH => {
+                if !file.readable() {
+                    return fail(libc::EBADF);
+                }
+            }
+            _ => return fail(libc::EINVAL),
+        }
+        let _ = from_prefetch_ring;
+        self.jobs.push(Job {
+            ch: ch.clone(),
+            req,
+            file,
+            first_seen: Instant::now(),
+            pages: Vec::new(),
+            pending: 0,
+            error: None,
+            parts: Vec::new(),
+            finished: false,
+        });
+    }
+
+    fn complete(&self, job: &Job, result: i64) {
+        if result < 0 {
+            self.shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = job.ch.completions.complete(job.req.completion, job.req.ticket, result);
+    }
+
+    fn push_op(&mut self, kind: IoKind, fd: i32, offset: u64, buf: *mut u8, len: usize, tag: Tag) {
+        let token = self.tags.len() as u64;
+        self.tags.push(Some(tag));
+        self.ops.push(IoOp { kind, fd, offset, buf, len, token });
+    }
+
+    fn serve_batch(&mut self) {
+        let n = self.jobs.len();
+        let mut prefetch_after: Vec<(Arc<FileEntry>, u64, u64, u32)> = Vec::new();
+        for j in 0..n {
+            let outcome = match self.jobs[j].req.op {
+                abi::WFS_OP_READ => self.plan_read(j, &mut prefetch_after),
+                abi::WFS_OP_WRITE => self.plan_write(j),
+                abi::WFS_OP_FSYNC => self.plan_fsync(j),
+                abi::WFS_OP_SIZE => Outcome::Now(match self.jobs[j].file.size() {
+                    Ok(sz) => sz as i64,
+                    Err(e) => -(e.raw_os_error().unwrap_or(libc::EIO) as i64),
+                }),
+                abi::WFS_OP_PREFETCH => {
+                    let job = &self.jobs[j];
+                    let ps = self.shared.cache.page_size() as u64;
+                    let pages = span::pages(job.req.offset, job.req.len, ps);
+                    let count = (pages.end - pages.start).min(4096) as u32;
+                    prefetch_after.push((job.file.clone(), pages.start, 1, count));
+                    self.shared.counters.prefetches.fetch_add(1, Ordering::Relaxed);
+                    Outcome::Now(0)
+                }
+                _ => Outcome::Now(-(libc::EINVAL as i64)),
+            };
+            match outcome {
+                Outcome::Now(r) => {
+                    self.complete(&self.jobs[j], r);
+                    self.jobs[j].finished = true;
+                }
+                Outcome::Wait => {}
+                Outcome::Defer => {}
+            }
+        }
+        for (file, start, stride, count) in prefetch_after {
+            self.plan_prefetch(&file, start, stride, count);
+        }
+        // Submit everything planned, then complete jobs as their I/O finishes.
+        if !self.ops.is_empty() {
+            self.shared.counters.ios.fetch_add(self.ops.len() as u64, Ordering::Relaxed);
+            let ops = std::mem::take(&mut self.ops);
+            // SAFETY: every buffer is either a cache page pinned for this batch (released only
+            // after its op completes) or a bounds-checked slice of a channel data region that
+            // the job's `Arc<Channel>` keeps alive; fds are kept open by the jobs' file entries.
+            unsafe { self.engine.submit(&ops) };
+            self.ops = ops;
+            self.ops.clear();
+        }
+        while self.engine.in_flight() > 0 {
+            let mut done = std::mem::take(&mut self.done);
+            self.engine.reap(&mut done, true);
+            for d in done.drain(..) {
+                self.on_done(d);
+            }
+            self.done = done;
+            if !self.ops.is_empty() {
+                let ops = std::mem::take(&mut self.ops);
+                self.shared.counters.ios.fetch_add(ops.len() as u64, Ordering::Relaxed);
+                // SAFETY: as above.
+                unsafe { self.engine.submit(&ops) };
+                self.ops = ops;
+                self.ops.clear();
+            }
+        }
+        // Loads nobody waits on (readahead, or whose readers finished) are ended here.
+        for l in &mut self.loads {
+            if l.refs == 0 {
+                if let Some(r) = l.result.take() {
+                    self.shared.cache.finish_load(l.idx, r);
+                }
+            }
+        }
+        for job in self.jobs.drain(..) {
+            if !job.finished {
+                self.deferred.push_back(job);
+            }
+        }
+        let now = Instant::now();
+        let timeout = self.shared.cfg.defer_timeout;
+        let mut kept = VecDeque::new();
+        for job in std::mem::take(&mut self.deferred) {
+            if now.duration_since(job.first_seen) > timeout {
+                self.complete(&job, -(libc::EBUSY as i64));
+            } else {
+                kept.push_back(job);
+            }
+        }
+        self.deferred = kept;
+        self.loads.clear();
+        self.load_of.clear();
+        self.tags.clear();
+    }
+
+    /// Resolves the pages of job `j`'s range; `Err` when a page is busy or the cache is full.
+    fn lookup_pages(&mut self, j: usize, for_write: bool) -> Result<(), Lookup> {
+        let cache = self.shared.cache.clone();
+        let ps = cache.page_size() as u64;
+        let (file, off, len) = {
+            let job = &self.jobs[j];
+            (job.file.clone(), job.req.offset, job.req.len)
+        };
+        let mut pages = Vec::new();
+        let mut fail = None;
+        for p in span::pages(off, len, ps) {
+            if let Some(&l) = self.load_of.get(&(file.id, p)) {
+                if for_write {
+                    fail = Some(Lookup::Busy);
+                    break;
+                }
+                self.loads[l].refs += 1;
+                pages.push((p, self.loads[l].idx, Held::Load(l)));
+                continue;
+            }
+            match cache.lookup(&file, p, false) {
+                Lookup::Hit(idx) => pages.push((p, idx, Held::Hit)),
+                Lookup::Miss(idx) if for_write => pages.push((p, idx, Held::Reserved)),
+                Lookup::Miss(idx) => {
+                    let l = self.loads.len();
+                    self.loads.push(Load { idx, result: None, refs: 1 });
+                    self.load_of.insert((file.id, p), l);
+                    pages.push((p, idx, Held::Load(l)));
+                    let (fd, ps_usize) = (load_fd(&file, ps), ps as usize);
+                    self.push_op(IoKind::Read, fd, p * ps, cache.page_ptr(idx), ps_usize, Tag::Load(l));
+                }
+                other => {
+                    fail = Some(other);
+                    break;
+                }
+            }
+        }
+        if let Some(f) = fail {
+            // Undo: release what we pinned; loads already queued run to completion and are
+            // finished at the end of the batch (the retried job will hit them).
+            for (_, idx, held) in pages {
+                match held {
+                    Held::Hit => cache.release(idx),
+                    Held::Reserved => cache.finish_load(idx, -(libc::ECANCELED as i64)),
+                    Held::Load(l) => self.loads[l].refs -= 1,
+                }
+            }
+            return Err(f);
+        }
+        self.jobs[j].pages = pages;
+        Ok(())
+    }
+
+    fn plan_read(&mut self, j: usize, prefetch: &mut Vec<(Arc<FileEntry>, u64, u64, u32)>) -> Outcome {
+        let (write_back, bypass_bytes) = (self.shared.cfg.write_back, self.shared.cfg.bypass_bytes);
+        let (len, off) = (self.jobs[j].req.len, self.jobs[j].req.offset);
+        let bypass = !write_back && len as usize >= bypass_bytes;
+        if !bypass {
+            match self.lookup_pages(j, false) {
+                Ok(()) => {}
+                Err(Lookup::Full) if !write_back => return self.plan_bypass_read(j),
+                Err(_) => return Outcome::Defer,
+            }
+            // Readahead on detected streams.
+            let ps = self.shared.cache.page_size() as u64;
+            let file = self.jobs[j].file.clone();
+            for p in span::pages(off, len, ps) {
+                if let Some(pf) = self.shared.readahead.observe(file.id, p) {
+                    prefetch.push((file.clone(), pf.start, pf.stride, pf.count));
+                }
+            }
+            let pending = self.jobs[j]
+                .pages
+                .iter()
+                .filter(|(_, _, h)| matches!(h, Held::Load(l) if self.loads[*l].result.is_none()))
+                .count();
+            self.jobs[j].pending = pending;
+            if pending == 0 {
+                self.finish_read(j);
+            }
+            return Outcome::Wait;
+        }
+        self.plan_bypass_read(j)
+    }
+
+    /// A read straight from the file into the data region (no cache).
+    fn plan_bypass_read(&mut self, j: usize) -> Outcome {
+        let job = &self.jobs[j];
+        let (off, len, file) = (job.req.offset, job.req.len, job.file.clone());
+        let Some(dst) = job.ch.data_range(job.req.buf, len) else {
+            return Outcome::Now(-(libc::EFAULT as i64));
+        };
+        let mut parts: Vec<(u64, u64, i32)> = Vec::new();
+        match file.direct_fd() {
+            Some(dfd) => {
+                let a = file.dio_align as u64;
+                let split = span::split_direct(off, len, a);
+                for (r, direct) in [(split.head, false), (split.middle, true), (split.tail, false)] {
+                    if let Some(r) = r {
+                        // SAFETY: r lies inside [off, off+len), so dst + (r.start - off) is in range.
+                        let p = unsafe { dst.add((r.start - off) as usize) };
+                        let aligned = p as usize % a as usize == 0;
+                        parts.push((r.start, r.end - r.start, if direct && aligned { dfd } else { file.fd() }));
+                    }
+                }
+            }
+            None => parts.push((off, len, file.fd())),
+        }
+        self.jobs[j].parts = parts.iter().map(|p| (p.1 as usize, None)).collect();
+        self.jobs[j].pending = parts.len();
+        for (n, (start, plen, fd)) in parts.into_iter().enumerate() {
+            // SAFETY: start - off < len; see above.
+            let p = unsafe { dst.add((start - off) as usize) };
+            self.push_op(IoKind::Read, fd, start, p, plen as usize, Tag::Part(j, n));
+        }
+        Outcome::Wait
+    }
+
+    fn plan_write(&mut self, j: usize) -> Outcome {
+        if self.lookup_pages(j, true).is_err() {
+            return Outcome::Defer;
+        }
+        let cache = self.shared.cache.clone();
+        let ps = cache.page_size() as u64;
+        let job = &self.jobs[j];
+        let (off, len) = (job.req.offset, job.req.len);
+        let Some(src) = job.ch.data_range(job.req.buf, len) else {
+            return Outcome::Now(-(libc::EFAULT as i64));
+        };
+        // SAFETY: src..src+len is a bounds-checked part of the data region; the requester does
+        // not touch its buffer while the request is pending.
+        let data = unsafe { std::slice::from_raw_parts(src, len as usize) };
+        let all_hit = job.pages.iter().all(|(_, _, h)| *h == Held::Hit);
+        let write_back = self.shared.cfg.write_back && all_hit;
+        for &(p, idx, held) in &job.pages {
+            if held != Held::Hit {
+                continue;
+            }
+            let (lo, hi) = ((p * ps).max(off), ((p + 1) * ps).min(off + len));
+            cache.write_into(idx, (lo - p * ps) as usize, &data[(lo - off) as usize..(hi - off) as usize], write_back);
+        }
+        if write_back {
+            for &(_, idx, _) in &job.pages {
+                cache.release(idx);
+            }
+            return Outcome::Now(len as i64);
+        }
+        let fd = job.file.fd();
+        self.jobs[j].pending = 1;
+        self.push_op(IoKind::Write, fd, off, src, len as usize, Tag::Write(j));
+        Outcome::Wait
+    }
+
+    fn plan_fsync(&mut self, j: usize) -> Outcome {
+        let file = self.jobs[j].file.clone();
+        let wbs = self.shared.cache.dirty_pages_of(file.id);
+        if wbs.is_empty() {
+            self.jobs[j].pending = 1;
+            self.push_op(IoKind::Fsync, file.fd(), 0, std::ptr::null_mut(), 0, Tag::Fsync(j));
+        } else {
+            self.jobs[j].pending = wbs.len();
+            for wb in wbs {
+                let (fd, off, ptr, len) = (wb.file.fd(), wb.offset, self.shared.cache.page_ptr(wb.idx), wb.len);
+                self.push_op(IoKind::Write, fd, off, ptr, len, Tag::Writeback(wb, Some(j)));
+            }
+        }
+        Outcome::Wait
+    }
+
+    fn plan_prefetch(&mut self, file: &Arc<FileEntry>, start: u64, stride: u64, count: u32) {
+        let cache = self.shared.cache.clone();
+        let ps = cache.page_size() as u64;
+        for k in 0..count as u64 {
+            let Some(p) = stride.checked_mul(k).and_then(|d| d.checked_add(start)) else { break };
+            if p.checked_mul(ps).is_none_or(|b| b > i64::MAX as u64) || self.load_of.contains_key(&(file.id, p)) {
+                continue;
+            }
+            match cache.lookup(file, p, true) {
+                Lookup::Hit(idx) => cache.release(idx),
+                Lookup::Miss(idx) => {
+                    let l = self.loads.len();
+                    self.loads.push(Load { idx, result: None, refs: 0 });
+                    self.load_of.insert((file.id, p), l);
+                    self.push_op(IoKind::Read, load_fd(file, ps), p * ps, cache.page_ptr(idx), ps as usize, Tag::Load(l));
+                }
+                Lookup::Busy => {}
+                Lookup::Full => break,
+            }
+        }
+    }
+
+    fn background_writeback(&mut self) {
+        if !self.shared.cfg.write_back {
+            return;
+        }
+        let wbs = self.shared.cache.take_writebacks(32);
+        if wbs.is_empty() {
+            return;
+        }
+        for wb in wbs {
+            let (fd, off, ptr, len) = (wb.file.fd(), wb.offset, self.shared.cache.page_ptr(wb.idx), wb.len);
+            self.push_op(IoKind::Write, fd, off, ptr, len, Tag::Writeback(wb, None));
+        }
+        self.serve_batch();
+    }
+
+    fn on_done(&mut self, d: IoDone) {
+        let Some(tag) = self.tags.get_mut(d.token as usize).and_then(Option::take) else {
+            tracing::error!(token = d.token, "engine returned an unknown token");
+            return;
+        };
+        match tag {
+            Tag::Load(l) => {
+                self.loads[l].result = Some(d.result);
+                let waiting: Vec<usize> = (0..self.jobs.len())
+                    .filter(|&j| {
+                        !self.jobs[j].finished && self.jobs[j].pages.iter().any(|(_, _, h)| *h == Held::Load(l))
+                    })
+                    .collect();
+                for j in waiting {
+                    self.jobs[j].pending -= 1;
+                    if self.jobs[j].pending == 0 {
+                        self.finish_read(j);
+                    }
+                }
+                if self.loads[l].refs == 0 {
+                    if let Some(r) = self.loads[l].result.take() {
+                        self.shared.cache.finish_load(self.loads[l].idx, r);
+                    }
+                }
+            }
+            Tag::Part(j, n) => {
+                self.jobs[j].parts[n].1 = Some(d.result);
+                self.jobs[j].pending -= 1;
+                if self.jobs[j].pending == 0 {
+                    let mut total = 0i64;
+                    let mut result = None;
+                    for &(asked, r) in &self.jobs[j].parts {
+                        let r = r.unwrap_or(-(libc::EIO as i64));
+                        if r < 0 {
+                            result = Some(if total > 0 { total } else { r });
+                            break;
+                        }
+                        total += r;
+                        if (r as usize) < asked {
+                            break;
+                        }
+                    }
+                    let r = result.unwrap_or(total);
+                    self.complete(&self.jobs[j], r);
+                    self.jobs[j].finished = true;
+                }
+            }
+            Tag::Write(j) => {
+                let cache = self.shared.cache.clone();
+                let job = &mut self.jobs[j];
+                for &(_, idx, held) in &job.pages {
+                    match held {
+                        Held::Hit => cache.release(idx),
+                        Held::Reserved => cache.finish_load(idx, -(libc::ECANCELED as i64)),
+                        Held::Load(_) => {}
+                    }
+                }
+                job.pages.clear();
+                if d.result < 0 {
+                    cache.invalidate_file(job.file.id, None);
+                } else if d.result > 0 {
+                    // A write that extends the file leaves the cached end-of-file page short.
+                    let end = job.req.offset + d.result as u64;
+                    if job.file.size().map(|s| s <= end).unwrap_or(true) {
+                        cache.invalidate_file(job.file.id, None);
+                    }
+                }
+                job.finished = true;
+                let job = &self.jobs[j];
+                self.complete(job, d.result);
+            }
+            Tag::Writeback(wb, job) => {
+                let ok = d.result == wb.len as i64;
+                self.shared.cache.finish_writeback(wb.idx, ok);
+                if let Some(j) = job {
+                    if !ok && self.jobs[j].error.is_none() {
+                        self.jobs[j].error = Some(if d.result < 0 { d.result } else { -(libc::EIO as i64) });
+                    }
+                    self.jobs[j].pending -= 1;
+                    if self.jobs[j].pending == 0 {
+                        let fd = self.jobs[j].file.fd();
+                        self.jobs[j].pending = 1;
+                        self.push_op(IoKind::Fsync, fd, 0, std::ptr::null_mut(), 0, Tag::Fsync(j));
+                    }
+                }
+            }
+            Tag::Fsync(j) => {
+                let r = self.jobs[j].error.unwrap_or(d.result.min(0));
+                self.jobs[j].finished = true;
+                self.complete(&self.jobs[j], r);
+            }
+        }
+    }
+
+    /// Copies a cached read's bytes into the data region, completes it and drops its pins.
+    fn finish_read(&mut self, j: usize) {
+        let cache = self.shared.cache.clone();
+        let ps = cache.page_size() as u64;
+        let job = &self.jobs[j];
+        let (off, len) = (job.req.offset, job.req.len);
+        let dst = job.ch.data_range(job.req.buf, len);
+        let mut total = 0u64;
+        let mut result = None;
+        for &(p, idx, held) in &job.pages {
+            let valid = match held {
+                Held::Load(l) => match self.loads[l].result {
+                    Some(r) if r < 0 => {
+                        result = Some(r);
+                        break;
+                    }
+                    Some(r) => (r as u64).min(ps),
+                    None => 0,
+                },
+                _ => cache.valid_len(idx) as u64,
+            };
+            let page_start = p * ps;
+            let lo = page_start.max(off);
+            let hi = (page_start + valid).min(off + len);
+            if hi > lo {
+                if let Some(dst) = dst {
+                    // SAFETY: [lo, hi) ⊂ [off, off+len) so the destination slice is inside the
+                    // bounds-checked data range; the source lies inside pinned page `idx`
+                    // (lo - page_start + (hi - lo) ≤ valid ≤ page size).
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            cache.page_ptr(idx).add((lo - page_start) as usize),
+                            dst.add((lo - off) as usize),
+                            (hi - lo) as usize,
+                        );
+                    }
+                }
+                total += hi - lo;
+            }
+            if valid < ps {
+                break; // end of file
+            }
+        }
+        let r = match result {
+            Some(e) if total == 0 => e,
+            _ => total as i64,
+        };
+        let pages = std::mem::take(&mut self.jobs[j].pages);
+        for (_, idx, held) in pages {
+            match held {
+                Held::Hit => cache.release(idx),
+                Held::Reserved => cache.finish_load(idx, -(libc::ECANCELED as i64)),
+                Held::Load(l) => {
+                    self.loads[l].refs -= 1;
+                    if self.loads[l].refs == 0 {
+                        if let Some(r) = self.loads[l].result.take() {
+                            cache.finish_load(self.loads[l].idx, r);
+                        }
+                    }
+                }
+            }
+        }
+        self.jobs[j].finished = true;
+        self.complete(&self.jobs[j], r);
+    }
+}
+
+/// The descriptor for loading whole cache pages: `O_DIRECT` when allowed and pages are aligned.
+fn load_fd(file: &FileEntry, page_size: u64) -> i32 {
+    match file.direct_fd() {
+        Some(d) if page_size as usize % file.dio_align == 0 => d,
+        _ => file.fd(),
+    }
+}

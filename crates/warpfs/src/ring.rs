@@ -214,7 +214,13 @@ impl Ring {
             } else if diff < 0 {
                 return Err(Full);
             } else {
-                pos = h.tail.load(Ordering::Relaxed);
+                let now = h.tail.load(Ordering::Relaxed);
+                if now == pos {
+                    // The tail did not move yet the slot is stamped ahead of it: garbage that
+                    // only a consumer pass can clear. Report it as full instead of spinning.
+                    return Err(Full);
+                }
+                pos = now;
                 spin_hint();
             }
         }
@@ -225,13 +231,23 @@ impl Ring {
         let mut spins = 0u32;
         while self.try_push(req).is_err() {
             spins += 1;
-            if spins < 64 {
-                spin_hint();
-            } else {
-                #[cfg(not(loom))]
-                std::thread::yield_now();
-                #[cfg(loom)]
-                loom::thread::yield_now();
+            backoff(spins);
+        }
+    }
+
+    /// Pushes `req`, backing off while the ring is full, for at most `timeout`.
+    #[cfg(not(loom))]
+    pub fn push_timeout(&self, req: &WfsRequest, timeout: std::time::Duration) -> Result<(), Full> {
+        let start = std::time::Instant::now();
+        let mut spins = 0u32;
+        loop {
+            match self.try_push(req) {
+                Ok(()) => return Ok(()),
+                Err(Full) if start.elapsed() >= timeout => return Err(Full),
+                Err(Full) => {
+                    spins += 1;
+                    backoff(spins);
+                }
             }
         }
     }
@@ -258,7 +274,12 @@ impl Ring {
                     spin_hint();
                     continue;
                 }
-                // The head did not move and the stamp is impossible: garbage in the slot.
+                // The head did not move and the stamp is impossible: garbage in the slot. Take it
+                // only if a producer claimed this position; never run ahead of the tail.
+                let tail = h.tail.load(Ordering::Acquire);
+                if tail.wrapping_sub(pos) as i64 <= 0 {
+                    return None;
+                }
                 true
             };
             match h.head.compare_exchange_weak(
@@ -287,6 +308,23 @@ impl Ring {
     #[cfg(all(test, not(loom)))]
     pub(crate) fn scribble_seq(&self, pos: u64, value: u64) {
         self.slot(pos).seq.store(value, Ordering::Release);
+    }
+}
+
+/// Spin, then yield, then nap: a producer facing a full ring backs off without waiting on
+/// any other producer.
+fn backoff(spins: u32) {
+    if spins < 64 {
+        spin_hint();
+    } else {
+        #[cfg(loom)]
+        loom::thread::yield_now();
+        #[cfg(not(loom))]
+        if spins < 1024 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
     }
 }
 

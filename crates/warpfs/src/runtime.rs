@@ -13,11 +13,17 @@
 //! ```
 
 pub use crate::backend::host::{Agent, Ticket};
-use crate::cache::{CacheConfig, CacheStats};
+use crate::backend::host::HostLanes;
+use crate::bulk::{BulkConfig, BulkIo};
+use crate::cache::{CacheConfig, CacheStats, HostCache};
+use crate::channel::{Channel, ChannelConfig};
+use crate::daemon::{Daemon, DaemonConfig};
 use crate::engine::EngineConfig;
-use crate::error::Result;
-use crate::files::OpenOptions;
+use crate::error::{Error, Result};
+use crate::files::{FileEntry, FileTable, OpenOptions};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Settings of a [`Runtime`]. `Default` sizes everything to the machine.
 #[derive(Debug, Clone)]
@@ -56,6 +62,10 @@ impl FileHandle {
     pub fn raw(&self) -> u32 {
         self.handle
     }
+    /// The process-unique id of the registration (cache keys use it).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
 }
 
 /// Daemon counters.
@@ -84,54 +94,193 @@ pub struct Stats {
     pub daemon: DaemonStats,
 }
 
-/// The warpfs runtime.
+/// The warpfs runtime: file table, daemon, host cache tier, host backend and bulk path.
 pub struct Runtime {
-    _todo: (),
+    cfg: RuntimeConfig,
+    files: Arc<FileTable>,
+    cache: Arc<HostCache>,
+    daemon: Daemon,
+    lanes: Arc<HostLanes>,
+    bulk: Mutex<Vec<BulkIo>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("cfg", &self.cfg).finish_non_exhaustive()
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            workers: (cores / 2).clamp(1, 8),
+            cache: CacheConfig { page_size: 4096, capacity: default_cache_bytes() },
+            engine: EngineConfig::default(),
+            readahead_pages: 32,
+            write_back: false,
+            ring_capacity: 4096,
+            max_agents: 64,
+            agent_queue_depth: 32,
+            request_buffer: 64 * 1024,
+            wait_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// An eighth of physical memory, between 64 MiB and 4 GiB.
+fn default_cache_bytes() -> usize {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+        if pages > 0 && size > 0 {
+            return ((pages as usize).saturating_mul(size as usize) / 8).clamp(64 << 20, 4 << 30);
+        }
+    }
+    256 << 20
 }
 
 impl Runtime {
-    /// Starts the daemon and the host backend. Costs the cache arena allocation and thread spawns.
+    /// Starts the daemon and the host backend. Costs the cache arena allocation (touched
+    /// lazily) and `workers` thread spawns.
     pub fn new(cfg: RuntimeConfig) -> Result<Self> {
-        todo!("{cfg:?}")
+        if cfg.max_agents == 0 || cfg.agent_queue_depth == 0 || cfg.request_buffer == 0 {
+            return Err(Error::Config("max_agents, agent_queue_depth and request_buffer must be positive".into()));
+        }
+        let request_buffer = cfg.request_buffer.div_ceil(4096) * 4096;
+        let records = cfg
+            .max_agents
+            .checked_mul(cfg.agent_queue_depth)
+            .filter(|&n| n <= u32::MAX as usize)
+            .ok_or_else(|| Error::Config("max_agents × agent_queue_depth is too large".into()))?;
+        let data_bytes = records
+            .checked_mul(request_buffer)
+            .ok_or_else(|| Error::Config("request buffers too large".into()))?;
+        let files = Arc::new(FileTable::new());
+        let cache = Arc::new(HostCache::new(cfg.cache)?);
+        let daemon = Daemon::start(
+            DaemonConfig {
+                workers: cfg.workers,
+                write_back: cfg.write_back,
+                readahead_pages: cfg.readahead_pages,
+                engine: cfg.engine,
+                ..DaemonConfig::default()
+            },
+            files.clone(),
+            cache.clone(),
+        )?;
+        // A ring at least as large as all records: host pushes never find it full.
+        let ring_capacity = cfg.ring_capacity.max(records).next_power_of_two();
+        let channel = Arc::new(Channel::new_host(ChannelConfig { ring_capacity, completions: records, data_bytes })?);
+        daemon.attach(channel.clone());
+        let lanes = Arc::new(HostLanes::new(
+            channel,
+            daemon.doorbell(),
+            cfg.max_agents,
+            cfg.agent_queue_depth,
+            request_buffer,
+            cfg.wait_timeout,
+        ));
+        Ok(Self { cfg, files, cache, daemon, lanes, bulk: Mutex::new(Vec::new()) })
     }
-    /// Registers `path` with the granted `options`.
+
+    fn entry(&self, file: &FileHandle) -> Result<Arc<FileEntry>> {
+        self.files.get(file.handle).ok_or(Error::BadHandle(file.handle))
+    }
+
+    /// Registers `path` with the granted `options`. Costs one or two `open` calls.
     pub fn open(&self, path: impl AsRef<Path>, options: OpenOptions) -> Result<FileHandle> {
-        todo!("{:?} {options:?}", path.as_ref())
+        let e = self.files.register(path, options)?;
+        Ok(FileHandle { handle: e.handle, id: e.id })
     }
-    /// Writes back the file's dirty pages and unregisters it.
+
+    /// Writes back the file's dirty pages, drops its cached pages and unregisters it.
+    /// Requests already in flight finish; later ones get `EBADF`.
     pub fn close(&self, file: &FileHandle) -> Result<()> {
-        todo!("{file:?}")
+        let e = self.files.unregister(file.handle)?;
+        let flushed = self.daemon.flush(Some(&e));
+        self.cache.invalidate_file(e.id, None);
+        flushed
     }
+
     /// A new host agent (fails when `max_agents` exist).
     pub fn agent(&self) -> Result<Agent> {
-        todo!()
+        self.lanes.agent()
     }
-    /// File size in bytes.
+
+    /// File size in bytes (one `fstat`).
     pub fn size(&self, file: &FileHandle) -> Result<u64> {
-        todo!("{file:?}")
+        Ok(self.entry(file)?.size()?)
     }
+
+    fn with_bulk<T>(&self, f: impl FnOnce(&mut BulkIo) -> Result<T>) -> Result<T> {
+        let pooled = self.bulk.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut io = match pooled {
+            Some(io) => io,
+            None => BulkIo::new(BulkConfig::default())?,
+        };
+        let r = f(&mut io);
+        self.bulk.lock().unwrap_or_else(|p| p.into_inner()).push(io);
+        r
+    }
+
     /// Bulk read of `dst.len()` bytes at `offset` into `dst`; returns bytes read (short at EOF).
+    /// Pipelined over the bulk engine; dirty pages of a write-back cache are written back first
+    /// so the file holds the latest bytes.
     pub fn read_bulk(&self, file: &FileHandle, offset: u64, dst: &mut [u8]) -> Result<usize> {
-        todo!("{file:?} {offset} {}", dst.len())
+        let e = self.entry(file)?;
+        if !e.readable() {
+            return Err(Error::WriteOnly);
+        }
+        if self.cfg.write_back {
+            self.daemon.flush(Some(&e))?;
+        }
+        self.with_bulk(|io| io.read_into(&e, offset, dst))
     }
-    /// Bulk write of `src` at `offset`; returns bytes written.
+
+    /// Bulk write of `src` at `offset`; returns bytes written. Cached pages of the file are
+    /// dropped afterwards so later cached reads see the new bytes.
     pub fn write_bulk(&self, file: &FileHandle, offset: u64, src: &[u8]) -> Result<usize> {
-        todo!("{file:?} {offset} {}", src.len())
+        let e = self.entry(file)?;
+        if !e.writable() {
+            return Err(Error::ReadOnly);
+        }
+        if self.cfg.write_back {
+            self.daemon.flush(Some(&e))?;
+        }
+        let r = self.with_bulk(|io| io.write_from(&e, offset, src));
+        self.cache.invalidate_file(e.id, None);
+        r
     }
+
     /// Writes back every dirty page and `fdatasync`s the files that had any.
     pub fn flush(&self) -> Result<()> {
-        todo!()
+        self.daemon.flush(None)
     }
+
     /// Counters.
     pub fn stats(&self) -> Stats {
-        todo!()
+        Stats { cache: self.cache.stats(), daemon: self.daemon.stats() }
     }
-    /// Name of the I/O engine running ("uring" or "threads").
+
+    /// Name of the I/O engine the daemon runs ("uring" or "threads").
     pub fn engine_name(&self) -> &'static str {
-        todo!()
+        self.daemon.engine_name()
     }
+
     /// The configuration in force.
     pub fn config(&self) -> &RuntimeConfig {
-        todo!()
+        &self.cfg
+    }
+
+    /// The host channel (for tests and tools that write raw requests).
+    pub fn host_channel(&self) -> &Arc<Channel> {
+        &self.lanes.channel
+    }
+
+    /// Wakes the daemon after writing raw requests into [`Runtime::host_channel`].
+    pub fn ring_doorbell(&self) {
+        self.lanes.doorbell.ring();
     }
 }

@@ -1,65 +1,340 @@
 //! The host backend: CPU agents that post requests through the very rings a GPU uses.
+//!
+//! A runtime has one host [`Channel`]. Each [`Agent`] owns a lane of it: `queue_depth`
+//! completion records and as many request buffers of `request_buffer` bytes in the data
+//! region. An agent arms a record, writes a request into the demand ring, rings the doorbell
+//! and later waits on the record (spin, then futex) — exactly the protocol of a GPU thread,
+//! except that a GPU polls instead of sleeping.
 
-use crate::error::Result;
+use crate::abi::{self, WfsRequest};
+use crate::channel::Channel;
+use crate::daemon::Doorbell;
+use crate::error::{Error, Result};
 use crate::runtime::FileHandle;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the lanes of a host channel share.
+pub(crate) struct HostLanes {
+    pub(crate) channel: Arc<Channel>,
+    pub(crate) doorbell: Doorbell,
+    pub(crate) queue_depth: usize,
+    pub(crate) request_buffer: usize,
+    pub(crate) timeout: Duration,
+    /// `true` where a lane is taken.
+    taken: Mutex<Vec<bool>>,
+}
+
+impl HostLanes {
+    /// Lanes over `channel`, whose completions and data region hold `lanes × queue_depth`
+    /// records and buffers.
+    pub(crate) fn new(
+        channel: Arc<Channel>,
+        doorbell: Doorbell,
+        lanes: usize,
+        queue_depth: usize,
+        request_buffer: usize,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            channel,
+            doorbell,
+            queue_depth,
+            request_buffer,
+            timeout,
+            taken: Mutex::new(vec![false; lanes]),
+        }
+    }
+
+    /// Takes a free lane for a new agent.
+    pub(crate) fn agent(self: &Arc<Self>) -> Result<Agent> {
+        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        let lane = taken.iter().position(|t| !t).ok_or_else(|| {
+            Error::Config(format!(
+                "all {} host agents are in use: drop one, or raise RuntimeConfig::max_agents",
+                taken.len()
+            ))
+        })?;
+        taken[lane] = true;
+        let qd = self.queue_depth;
+        Ok(Agent {
+            lanes: self.clone(),
+            lane,
+            base: (lane * qd) as u32,
+            free: (0..qd as u32).rev().collect(),
+            pending: vec![false; qd],
+            next_ticket: 1,
+        })
+    }
+}
 
 /// A pending request of an [`Agent`].
 #[derive(Debug)]
 #[must_use = "wait for the ticket, or the agent waits for it when dropped"]
 pub struct Ticket {
     pub(crate) slot: u32,
-    pub(crate) ticket: u32,
+    pub(crate) op: u32,
+    pub(crate) len: usize,
 }
 
 /// A host requester: owns `agent_queue_depth` completion records and request buffers.
 /// `Send`, not `Sync`: one thread drives an agent at a time.
 pub struct Agent {
-    _todo: (),
+    lanes: Arc<HostLanes>,
+    lane: usize,
+    base: u32,
+    free: Vec<u32>,
+    pending: Vec<bool>,
+    next_ticket: u32,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("lane", &self.lane).finish()
+    }
+}
+
+fn op_name(op: u32) -> &'static str {
+    match op {
+        abi::WFS_OP_READ => "read",
+        abi::WFS_OP_WRITE => "write",
+        abi::WFS_OP_FSYNC => "fsync",
+        abi::WFS_OP_SIZE => "size",
+        abi::WFS_OP_PREFETCH => "prefetch",
+        _ => "request",
+    }
 }
 
 impl Agent {
     /// Requests this agent may have in flight.
     pub fn queue_depth(&self) -> usize {
-        todo!()
+        self.lanes.queue_depth
     }
+
     /// Largest `len` one request may carry (bigger sync reads/writes are split).
     pub fn max_request(&self) -> usize {
-        todo!()
+        self.lanes.request_buffer
     }
-    /// Reads into `buf` at `offset`; returns bytes read (short at EOF). Blocks.
-    pub fn read(&mut self, file: &FileHandle, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        todo!("{file:?} {offset} {}", buf.len())
+
+    fn buf_offset(&self, slot: u32) -> u64 {
+        (self.base + slot) as u64 * self.lanes.request_buffer as u64
     }
-    /// Writes `buf` at `offset`; returns bytes written. Blocks.
-    pub fn write(&mut self, file: &FileHandle, offset: u64, buf: &[u8]) -> Result<usize> {
-        todo!("{file:?} {offset} {}", buf.len())
+
+    fn post(&mut self, op: u32, file: &FileHandle, offset: u64, len: usize, data: Option<&[u8]>) -> Result<Ticket> {
+        let carries_data = op == abi::WFS_OP_READ || op == abi::WFS_OP_WRITE;
+        if carries_data && len > self.max_request() {
+            return Err(Error::Range(format!(
+                "a request carries at most {} bytes (RuntimeConfig::request_buffer); got {len}",
+                self.max_request()
+            )));
+        }
+        if self.lanes.doorbell.stopping() {
+            return Err(Error::Shutdown);
+        }
+        let slot = self.free.pop().ok_or_else(|| {
+            Error::Config(format!(
+                "this agent already has {} requests in flight: wait for one before submitting more",
+                self.queue_depth()
+            ))
+        })?;
+        let ch = &self.lanes.channel;
+        let buf = self.buf_offset(slot);
+        if let Some(data) = data {
+            let dst = ch.data_range(buf, data.len() as u64).expect("agent buffers lie inside the data region");
+            // SAFETY: dst is this agent's own request buffer (no request in flight uses it),
+            // bounds-checked by data_range.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket = self.next_ticket.wrapping_add(1).max(1);
+        let completion = self.base + slot;
+        ch.completions.arm(completion, ticket);
+        let req = WfsRequest {
+            op,
+            flags: 0,
+            handle: file.handle,
+            completion,
+            ticket,
+            reserved: 0,
+            offset,
+            len: len as u64,
+            buf,
+        };
+        let ring = if op == abi::WFS_OP_PREFETCH { &ch.prefetch } else { &ch.demand };
+        if ring.push_timeout(&req, self.lanes.timeout).is_err() {
+            // Nothing was published: the record can be reused once disarmed by a later arm.
+            self.free.push(slot);
+            return Err(Error::Timeout(self.lanes.timeout));
+        }
+        self.lanes.doorbell.ring();
+        self.pending[slot as usize] = true;
+        Ok(Ticket { slot, op, len })
     }
-    /// Makes acknowledged writes durable. Blocks.
-    pub fn fsync(&mut self, file: &FileHandle) -> Result<()> {
-        todo!("{file:?}")
+
+    /// Waits for `t`; returns the raw result (≥ 0) and keeps the slot reserved until the
+    /// caller has read its buffer (`release`).
+    fn wait_raw(&mut self, t: &Ticket) -> Result<i64> {
+        let idx = self.base + t.slot;
+        match self.lanes.channel.completions.wait(idx, Some(self.lanes.timeout)) {
+            Some(r) => {
+                self.pending[t.slot as usize] = false;
+                if r < 0 {
+                    self.free.push(t.slot);
+                    Err(Error::from_result(op_name(t.op), r))
+                } else {
+                    Ok(r)
+                }
+            }
+            // The record stays pending: the slot is not reused (the daemon may still write it).
+            None => Err(Error::Timeout(self.lanes.timeout)),
+        }
     }
-    /// File size. Blocks.
-    pub fn size(&mut self, file: &FileHandle) -> Result<u64> {
-        todo!("{file:?}")
-    }
-    /// Hints that `[offset, offset+len)` will be read soon.
-    pub fn prefetch(&mut self, file: &FileHandle, offset: u64, len: u64) -> Result<()> {
-        todo!("{file:?} {offset} {len}")
-    }
-    /// Posts a read of `len` (≤ `max_request`) bytes; blocks only while the queue is full.
+
+    /// Posts a read of `len` (≤ `max_request`) bytes. Fails at once if `queue_depth` requests
+    /// are in flight.
     pub fn submit_read(&mut self, file: &FileHandle, offset: u64, len: usize) -> Result<Ticket> {
-        todo!("{file:?} {offset} {len}")
+        self.post(abi::WFS_OP_READ, file, offset, len, None)
     }
-    /// Posts a write of `data` (≤ `max_request` bytes).
+
+    /// Posts a write of `data` (≤ `max_request` bytes); `data` is copied into the request buffer.
     pub fn submit_write(&mut self, file: &FileHandle, offset: u64, data: &[u8]) -> Result<Ticket> {
-        todo!("{file:?} {offset} {}", data.len())
+        self.post(abi::WFS_OP_WRITE, file, offset, data.len(), Some(data))
     }
-    /// Waits for a read and copies its bytes into `dst` (at least the read's length).
+
+    /// Waits for a read and copies its bytes into `dst` (which must hold the read's length).
     pub fn wait_read(&mut self, ticket: Ticket, dst: &mut [u8]) -> Result<usize> {
-        todo!("{ticket:?} {}", dst.len())
+        if dst.len() < ticket.len {
+            // Still wait, so the slot is not left with a request in flight.
+            let _ = self.wait(ticket);
+            return Err(Error::Range("wait_read's destination is shorter than the read".into()));
+        }
+        let r = self.wait_raw(&ticket)? as usize;
+        let n = r.min(ticket.len);
+        let src = self
+            .lanes
+            .channel
+            .data_range(self.buf_offset(ticket.slot), n as u64)
+            .expect("agent buffers lie inside the data region");
+        // SAFETY: the daemon finished with this buffer (completion observed with Acquire);
+        // n ≤ request_buffer and ≤ dst.len().
+        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), n) };
+        self.free.push(ticket.slot);
+        Ok(n)
     }
+
     /// Waits for any request; returns its result (bytes, size, or 0).
     pub fn wait(&mut self, ticket: Ticket) -> Result<u64> {
-        todo!("{ticket:?}")
+        let r = self.wait_raw(&ticket)?;
+        self.free.push(ticket.slot);
+        Ok(r as u64)
+    }
+
+    /// Reads into `buf` at `offset`; returns bytes read (short at EOF). Splits large reads
+    /// into requests of `max_request` bytes, up to `queue_depth` in flight.
+    pub fn read(&mut self, file: &FileHandle, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let chunk = self.max_request();
+        let mut done = 0usize;
+        let mut queued: std::collections::VecDeque<(Ticket, usize)> = Default::default();
+        let mut next = 0usize;
+        let mut eof = false;
+        while done < buf.len() || !queued.is_empty() {
+            while !eof && next < buf.len() && queued.len() < self.queue_depth() {
+                let len = chunk.min(buf.len() - next);
+                let t = self.submit_read(file, offset + next as u64, len)?;
+                queued.push_back((t, next));
+                next += len;
+            }
+            let Some((t, at)) = queued.pop_front() else { break };
+            let want = t.len;
+            let n = self.wait_read(t, &mut buf[at..at + want]);
+            let n = match n {
+                Ok(n) => n,
+                Err(e) => {
+                    for (t, _) in queued {
+                        let _ = self.wait(t);
+                    }
+                    return Err(e);
+                }
+            };
+            if !eof {
+                done = at + n;
+            }
+            if n < want {
+                eof = true;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Writes `buf` at `offset`; returns bytes written. Splits like [`Agent::read`].
+    pub fn write(&mut self, file: &FileHandle, offset: u64, buf: &[u8]) -> Result<usize> {
+        let chunk = self.max_request();
+        let mut tickets = std::collections::VecDeque::new();
+        let mut total = 0usize;
+        let mut first_err = None;
+        for (i, part) in buf.chunks(chunk.max(1)).enumerate() {
+            if tickets.len() == self.queue_depth() {
+                match self.wait(tickets.pop_front().expect("non-empty")) {
+                    Ok(n) => total += n as usize,
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            if first_err.is_some() {
+                break;
+            }
+            tickets.push_back(self.submit_write(file, offset + (i * chunk) as u64, part)?);
+        }
+        for t in tickets {
+            match self.wait(t) {
+                Ok(n) => total += n as usize,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
+    }
+
+    /// Makes acknowledged writes of `file` durable (dirty pages written back, then fdatasync).
+    pub fn fsync(&mut self, file: &FileHandle) -> Result<()> {
+        let t = self.post(abi::WFS_OP_FSYNC, file, 0, 0, None)?;
+        self.wait(t).map(|_| ())
+    }
+
+    /// File size in bytes, as the daemon sees it.
+    pub fn size(&mut self, file: &FileHandle) -> Result<u64> {
+        let t = self.post(abi::WFS_OP_SIZE, file, 0, 0, None)?;
+        self.wait(t)
+    }
+
+    /// Hints that `[offset, offset+len)` will be read soon (served after demand requests).
+    pub fn prefetch(&mut self, file: &FileHandle, offset: u64, len: u64) -> Result<()> {
+        let t = self.post(abi::WFS_OP_PREFETCH, file, offset, len as usize, None)?;
+        self.wait(t).map(|_| ())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let mut clean = true;
+        for slot in 0..self.pending.len() {
+            if self.pending[slot] {
+                let idx = self.base + slot as u32;
+                if self.lanes.channel.completions.wait(idx, Some(self.lanes.timeout)).is_none() {
+                    clean = false;
+                }
+            }
+        }
+        if clean {
+            let mut taken = self.lanes.taken.lock().unwrap_or_else(|p| p.into_inner());
+            taken[self.lane] = false;
+        } else {
+            tracing::warn!(lane = self.lane, "agent dropped with requests the daemon never answered; its lane is retired");
+        }
     }
 }

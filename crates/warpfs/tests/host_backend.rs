@@ -1,0 +1,289 @@
+//! End-to-end tests of the request path through the host backend: agents → rings → daemon →
+//! cache → engine → files, with both engines forced in turn. Every byte read is checked
+//! against the file's pattern (a function of the offset); buffers are poisoned before reads.
+
+use rand::{Rng, SeedableRng};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use warpfs::cache::CacheConfig;
+use warpfs::engine::{EngineChoice, EngineConfig};
+use warpfs::{Error, OpenOptions, Runtime, RuntimeConfig};
+
+const POISON: u8 = 0xA5;
+
+/// Byte at file offset `off` of a pattern file.
+fn pat(off: u64) -> u8 {
+    (off ^ (off >> 8) ^ (off >> 16) ^ (off >> 24)).wrapping_mul(31) as u8
+}
+
+fn pattern(off: u64, len: usize) -> Vec<u8> {
+    (0..len as u64).map(|i| pat(off + i)).collect()
+}
+
+fn dir() -> PathBuf {
+    // Under the target dir (a real disk filesystem: O_DIRECT works there, unlike tmpfs).
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("host-backend-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn pattern_file(name: &str, len: u64) -> PathBuf {
+    let p = dir().join(name);
+    std::fs::write(&p, pattern(0, len as usize)).unwrap();
+    p
+}
+
+fn runtime(engine: EngineChoice, page_size: usize, cache_pages: usize, write_back: bool) -> Runtime {
+    Runtime::new(RuntimeConfig {
+        workers: 2,
+        cache: CacheConfig { page_size, capacity: page_size * cache_pages },
+        engine: EngineConfig { choice: engine, ..EngineConfig::default() },
+        write_back,
+        max_agents: 72,
+        agent_queue_depth: 8,
+        request_buffer: 64 * 1024,
+        ..RuntimeConfig::default()
+    })
+    .unwrap()
+}
+
+const ENGINES: [EngineChoice; 2] = [EngineChoice::Threads, EngineChoice::Uring];
+
+#[test]
+fn sixty_four_agents_random_reads_match_the_pattern() {
+    for engine in ENGINES {
+        // File size not a multiple of the page size; cache much smaller than the file.
+        let len = 3 * 1024 * 1024 + 1234;
+        let path = pattern_file(&format!("rand-{engine:?}"), len);
+        let rt = Arc::new(runtime(engine, 4096, 256, false));
+        let f = rt.open(&path, OpenOptions::read_only()).unwrap();
+        let threads: Vec<_> = (0..64u64)
+            .map(|t| {
+                let rt = rt.clone();
+                let f = f.clone();
+                std::thread::spawn(move || {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(t);
+                    let mut agent = rt.agent().unwrap();
+                    let mut buf = vec![0u8; 20000];
+                    for _ in 0..60 {
+                        let off = rng.random_range(0..len + 100);
+                        let n = rng.random_range(0..buf.len());
+                        buf.fill(POISON);
+                        let got = agent.read(&f, off, &mut buf[..n]).unwrap();
+                        let expect = (len.saturating_sub(off) as usize).min(n);
+                        assert_eq!(got, expect, "short count at {off}+{n}");
+                        assert!(buf[..got] == pattern(off, got)[..], "wrong bytes at {off}+{n}");
+                        assert!(buf[got..n].iter().all(|&b| b == POISON), "bytes past the count were written");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let st = rt.stats();
+        assert!(st.cache.misses > 0 && st.cache.hits > 0, "{st:?}");
+        assert!(st.cache.evictions > 0, "cache smaller than the file must evict: {st:?}");
+        assert_eq!(st.daemon.errors, 0, "{st:?}");
+    }
+}
+
+#[test]
+fn async_tickets_many_in_flight() {
+    for engine in ENGINES {
+        let len = 1 << 20;
+        let path = pattern_file(&format!("async-{engine:?}"), len);
+        let rt = runtime(engine, 4096, 64, false);
+        let f = rt.open(&path, OpenOptions::read_only()).unwrap();
+        let mut agent = rt.agent().unwrap();
+        let offs: Vec<u64> = (0..agent.queue_depth() as u64).map(|i| i * 12345 % (len - 4096)).collect();
+        let tickets: Vec<_> = offs.iter().map(|&o| agent.submit_read(&f, o, 4096).unwrap()).collect();
+        // The queue is full now: one more is refused, not blocked on.
+        assert!(agent.submit_read(&f, 0, 4096).is_err());
+        for (t, &o) in tickets.into_iter().zip(&offs) {
+            let mut buf = vec![POISON; 4096];
+            assert_eq!(agent.wait_read(t, &mut buf).unwrap(), 4096);
+            assert_eq!(buf, pattern(o, 4096));
+        }
+    }
+}
+
+#[test]
+fn writes_then_reads_back_fsync_and_size() {
+    for engine in ENGINES {
+        for write_back in [false, true] {
+            let len = 200_000u64;
+            let path = pattern_file(&format!("rw-{engine:?}-{write_back}"), len);
+            let rt = runtime(engine, 4096, 32, write_back);
+            let f = rt.open(&path, OpenOptions::read_write()).unwrap();
+            let mut agent = rt.agent().unwrap();
+            let mut model = pattern(0, len as usize);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            for i in 0..200 {
+                let off = rng.random_range(0..len - 70_000);
+                let n = rng.random_range(1..70_000usize);
+                // Warm some pages first so writes hit resident pages too.
+                if i % 3 == 0 {
+                    let mut tmp = vec![POISON; n];
+                    agent.read(&f, off, &mut tmp).unwrap();
+                    assert_eq!(tmp, model[off as usize..off as usize + n]);
+                }
+                let data: Vec<u8> = (0..n).map(|k| (k as u8).wrapping_mul(7).wrapping_add(i as u8)).collect();
+                assert_eq!(agent.write(&f, off, &data).unwrap(), n);
+                model[off as usize..off as usize + n].copy_from_slice(&data);
+                let mut back = vec![POISON; n];
+                assert_eq!(agent.read(&f, off, &mut back).unwrap(), n);
+                assert!(back == data, "read-back mismatch at {off}+{n}");
+            }
+            agent.fsync(&f).unwrap();
+            assert_eq!(agent.size(&f).unwrap(), len);
+            // After fsync, the file itself holds every acknowledged byte.
+            assert!(std::fs::read(&path).unwrap() == model, "file differs after fsync");
+            // Extending write, then read across the old end of file.
+            let tail = vec![9u8; 5000];
+            agent.write(&f, len + 3000, &tail).unwrap();
+            let mut back = vec![POISON; 9000];
+            assert_eq!(agent.read(&f, len - 1000, &mut back).unwrap(), 9000);
+            assert_eq!(&back[..1000], &model[len as usize - 1000..]);
+            assert!(back[1000..4000].iter().all(|&b| b == 0), "hole must read as zeros");
+            assert!(back[4000..].iter().all(|&b| b == 9));
+            rt.close(&f).unwrap();
+        }
+    }
+}
+
+#[test]
+fn zero_byte_files_eof_and_zero_length() {
+    for engine in ENGINES {
+        let empty = pattern_file(&format!("empty-{engine:?}"), 0);
+        let odd = pattern_file(&format!("odd-{engine:?}"), 4097);
+        let rt = runtime(engine, 4096, 16, false);
+        let e = rt.open(&empty, OpenOptions::read_only()).unwrap();
+        let o = rt.open(&odd, OpenOptions::read_only()).unwrap();
+        let mut agent = rt.agent().unwrap();
+        let mut buf = vec![POISON; 10000];
+        assert_eq!(agent.read(&e, 0, &mut buf).unwrap(), 0);
+        assert_eq!(agent.size(&e).unwrap(), 0);
+        assert_eq!(agent.read(&o, 4000, &mut buf).unwrap(), 97);
+        assert_eq!(&buf[..97], &pattern(4000, 97)[..]);
+        assert!(buf[97..].iter().all(|&b| b == POISON));
+        assert_eq!(agent.read(&o, 1 << 40, &mut buf).unwrap(), 0);
+        assert_eq!(agent.read(&o, 10, &mut buf[..0]).unwrap(), 0);
+        let mut all = vec![POISON; 5000];
+        assert_eq!(rt.read_bulk(&o, 0, &mut all).unwrap(), 4097);
+        assert_eq!(&all[..4097], &pattern(0, 4097)[..]);
+    }
+}
+
+#[test]
+fn direct_io_files_serve_unaligned_ranges() {
+    for engine in ENGINES {
+        let len = 1_000_000u64;
+        let path = pattern_file(&format!("direct-{engine:?}"), len);
+        let rt = runtime(engine, 4096, 64, false);
+        let f = rt.open(&path, OpenOptions::read_only().direct(true)).unwrap();
+        let mut agent = rt.agent().unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for _ in 0..100 {
+            let off = rng.random_range(0..len);
+            let n = rng.random_range(1..300_000usize);
+            let mut buf = vec![POISON; n];
+            let got = agent.read(&f, off, &mut buf).unwrap();
+            assert_eq!(got, ((len - off) as usize).min(n));
+            assert!(buf[..got] == pattern(off, got)[..], "direct read wrong at {off}+{n}");
+        }
+        let mut all = vec![POISON; len as usize + 17];
+        assert_eq!(rt.read_bulk(&f, 13, &mut all).unwrap(), len as usize - 13);
+        assert!(all[..len as usize - 13] == pattern(13, len as usize - 13)[..]);
+    }
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let rt = runtime(EngineChoice::Auto, 4096, 16, false);
+    // Nonexistent file.
+    let e = rt.open("/nonexistent/warpfs/file", OpenOptions::read_only()).unwrap_err();
+    assert!(matches!(e, Error::Open { .. }), "{e}");
+    // Permission denied: a file with no permissions, opened with an unprivileged filesystem
+    // uid (so the check bites even when the tests run as root).
+    let locked = pattern_file("locked", 10);
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    let e = std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setfsuid only changes this thread's filesystem uid.
+            let old = unsafe { libc::setfsuid(65534) };
+            let r = rt.open(&locked, OpenOptions::read_only());
+            // SAFETY: as above, restoring the previous value.
+            unsafe { libc::setfsuid(old as libc::uid_t) };
+            r
+        })
+        .join()
+        .unwrap()
+    })
+    .unwrap_err();
+    assert!(matches!(&e, Error::Open { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied), "{e}");
+    assert!(e.to_string().contains("locked"), "{e}");
+    let path = pattern_file("bad-input", 10_000);
+    let ro = rt.open(&path, OpenOptions::read_only()).unwrap();
+    let mut agent = rt.agent().unwrap();
+    // Write on a read-only handle.
+    let e = agent.write(&ro, 0, b"nope").unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EBADF), "{e}");
+    assert!(std::fs::read(&path).unwrap() == pattern(0, 10_000), "file changed");
+    // Invalid (closed) handle.
+    let stale = ro.clone();
+    rt.close(&ro).unwrap();
+    let mut buf = vec![POISON; 100];
+    let e = agent.read(&stale, 0, &mut buf).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EBADF), "{e}");
+    assert!(buf.iter().all(|&b| b == POISON));
+    // Write-only handle cannot read.
+    let wo = rt.open(&path, OpenOptions::write_only()).unwrap();
+    assert_eq!(agent.read(&wo, 0, &mut buf).unwrap_err().errno(), Some(libc::EBADF));
+    // The runtime still works afterwards.
+    let ok = rt.open(&path, OpenOptions::read_only()).unwrap();
+    assert_eq!(agent.read(&ok, 100, &mut buf).unwrap(), 100);
+    assert_eq!(buf, pattern(100, 100));
+}
+
+#[test]
+fn unregister_while_requests_are_in_flight_is_safe() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let len = 4 << 20;
+    let path = pattern_file("unregister", len);
+    let rt = Arc::new(runtime(EngineChoice::Auto, 4096, 64, false));
+    let f = rt.open(&path, OpenOptions::read_only()).unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let readers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (rt, f, served) = (rt.clone(), f.clone(), served.clone());
+            std::thread::spawn(move || {
+                let mut agent = rt.agent().unwrap();
+                let mut rng = rand::rngs::StdRng::seed_from_u64(t);
+                for _ in 0..10_000_000 {
+                    let off = rng.random_range(0..len - 4096);
+                    let mut buf = vec![POISON; 4096];
+                    match agent.read(&f, off, &mut buf) {
+                        Ok(n) => {
+                            assert_eq!(n, 4096);
+                            assert!(buf == pattern(off, 4096));
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            assert_eq!(e.errno(), Some(libc::EBADF), "{e}");
+                            return true;
+                        }
+                    }
+                }
+                false
+            })
+        })
+        .collect();
+    while served.load(Ordering::Relaxed) < 400 {
+        std::thread::yield_now();
+    }
+    rt.close(&f).unwrap();
+    for r in readers {
+        assert!(r.join().unwrap(), "reads after close must fail with EBADF");
+    }
+}

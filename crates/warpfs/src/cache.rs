@@ -758,7 +758,9 @@ impl HostCache {
             if let Some(len) = new_len {
                 let start = page.saturating_mul(ps);
                 if start < len {
-                    if m.state == PageState::Valid {
+                    // Clip unless a write-back of the old length is already in flight.
+                    let in_flight = m.state == PageState::WritingBack && !m.queued;
+                    if m.state != PageState::Loading && !in_flight {
                         let keep = usize::try_from(len - start).unwrap_or(usize::MAX);
                         m.valid_len = m.valid_len.min(keep);
                     }
@@ -796,6 +798,767 @@ impl HostCache {
             readahead_wasted: g(&c.readahead_wasted),
             writebacks: g(&c.writebacks),
             dirty_pages: g(&c.dirty_pages),
+        }
+    }
+}
+
+#[cfg(test)]
+impl HostCache {
+    /// Checks the structural invariants; call only while no other thread uses the cache.
+    fn check_invariants(&self) {
+        let n = self.slots.len();
+        let mut on_free_list = vec![false; n];
+        for &i in lock(&self.free).iter() {
+            assert!(!on_free_list[i as usize], "page {i} twice on the free list");
+            on_free_list[i as usize] = true;
+        }
+        let mut mapped = HashMap::new();
+        for shard in self.shards.iter() {
+            for (&key, &idx) in lock(&shard.0).iter() {
+                assert!(mapped.insert(key, idx).is_none());
+            }
+        }
+        let (mut resident, mut dirty) = (0, 0);
+        for (i, slot) in self.slots.iter().enumerate() {
+            let m = lock(&slot.0);
+            if m.state == PageState::Free {
+                assert!(on_free_list[i], "free page {i} is not on the free list");
+                assert!(m.key.is_none() && m.file.is_none() && m.pins == 0 && !m.dirty);
+                continue;
+            }
+            resident += 1;
+            assert!(
+                !on_free_list[i],
+                "page {i} in state {:?} is on the free list",
+                m.state
+            );
+            let key = m.key.expect("a resident page has a key");
+            assert_eq!(
+                mapped.get(&key),
+                Some(&(i as PageIdx)),
+                "page {i} is not mapped"
+            );
+            assert_eq!(m.file.as_ref().map(|f| f.id), Some(key.0));
+            assert!(m.valid_len <= self.page_size);
+            if matches!(m.state, PageState::Loading | PageState::WritingBack) {
+                assert!(m.pins >= 1, "page {i} in state {:?} is not pinned", m.state);
+            }
+            if m.state == PageState::WritingBack {
+                assert!(m.dirty, "page {i} is written back but not dirty");
+            }
+            dirty += u64::from(m.dirty);
+        }
+        // Every map entry names a resident page of its key and vice versa: one page per key.
+        assert_eq!(mapped.len(), resident, "map and pages disagree");
+        assert_eq!(dirty, self.counters.dirty_pages.load(Ordering::Relaxed));
+    }
+
+    /// (state, pins, dirty, key, valid_len) of page `idx`.
+    fn page_info(&self, idx: PageIdx) -> (PageState, u32, bool, Option<Key>, usize) {
+        let m = self.slot(idx);
+        (m.state, m.pins, m.dirty, m.key, m.valid_len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files::FileTable;
+    use crate::OpenOptions;
+    use proptest::prelude::*;
+    use std::path::PathBuf;
+
+    /// Byte `o` of page `p` of file `f` as first loaded.
+    fn pattern(f: u64, p: u64, o: usize) -> u8 {
+        (f.wrapping_mul(97) ^ p.wrapping_mul(31) ^ (o as u64).wrapping_mul(7) ^ (o as u64 >> 8))
+            as u8
+    }
+
+    /// `n` registered files (their contents are never read: tests "load" pages themselves).
+    fn files(n: usize) -> Vec<Arc<FileEntry>> {
+        let dir = std::env::temp_dir().join(format!("warpfs-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let table = FileTable::new();
+        (0..n)
+            .map(|i| {
+                let p: PathBuf = dir.join(format!("f{i}"));
+                std::fs::write(&p, b"x").unwrap();
+                table.register(&p, OpenOptions::read_only()).unwrap()
+            })
+            .collect()
+    }
+
+    fn page_bytes(c: &HostCache, idx: PageIdx, len: usize) -> Vec<u8> {
+        assert!(len <= c.page_size());
+        // SAFETY: `len` ≤ page size, so the range lies inside page `idx` of the arena; the
+        // caller holds a pin, so no one else rewrites it.
+        unsafe { std::slice::from_raw_parts(c.page_ptr(idx), len) }.to_vec()
+    }
+
+    fn fill(c: &HostCache, idx: PageIdx, bytes: &[u8]) {
+        assert!(bytes.len() <= c.page_size());
+        // SAFETY: as in `page_bytes`; the caller holds the page's Loading pin.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), c.page_ptr(idx), bytes.len()) };
+    }
+
+    fn small(pages: usize, page_size: usize) -> HostCache {
+        HostCache::new(CacheConfig {
+            page_size,
+            capacity: pages * page_size,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn config_and_region_are_checked() {
+        let bad = |page_size, capacity| {
+            HostCache::new(CacheConfig {
+                page_size,
+                capacity,
+            })
+        };
+        assert!(matches!(bad(1000, 1 << 20), Err(Error::Config(_))));
+        assert!(matches!(bad(256, 1 << 20), Err(Error::Config(_))));
+        let e = bad(4096, 3 * 4096).unwrap_err();
+        assert!(e.to_string().contains("at least 4"), "{e}");
+        let cfg = CacheConfig {
+            page_size: 4096,
+            capacity: 8 * 4096,
+        };
+        let region: Arc<dyn SharedMemory> = Arc::new(HostMemory::new(4 * 4096));
+        let e = HostCache::with_region(cfg, region).unwrap_err();
+        assert!(e.to_string().contains("larger region"), "{e}");
+        let region: Arc<dyn SharedMemory> = Arc::new(HostMemory::new(9 * 4096));
+        let start = region.as_ptr();
+        let c = HostCache::with_region(cfg, region).unwrap();
+        assert_eq!(c.pages(), 8);
+        assert_eq!(c.arena(), (start, 8 * 4096));
+        assert_eq!(c.page_ptr(3) as usize, start as usize + 3 * 4096);
+        let c = small(5, 512);
+        assert_eq!((c.pages(), c.page_size()), (5, 512));
+        assert_eq!(c.arena().0 as usize % REGION_ALIGN, 0);
+    }
+
+    #[test]
+    fn miss_load_hit_coalesce_and_fail() {
+        let f = files(1);
+        let c = small(4, 512);
+        let Lookup::Miss(i) = c.lookup(&f[0], 7, false) else {
+            panic!("expected a miss")
+        };
+        assert_eq!(c.lookup(&f[0], 7, false), Lookup::Busy);
+        assert_eq!(c.lookup_resident(f[0].id, 7), None);
+        fill(&c, i, &[9; 300]);
+        c.finish_load(i, 300);
+        assert_eq!(c.lookup(&f[0], 7, false), Lookup::Hit(i));
+        assert_eq!(c.valid_len(i), 300);
+        assert_eq!(page_bytes(&c, i, 300), vec![9; 300]);
+        c.release(i);
+        // A failed load frees the page and forgets the key.
+        let Lookup::Miss(j) = c.lookup(&f[0], 8, false) else {
+            panic!("expected a miss")
+        };
+        c.finish_load(j, -5);
+        assert!(matches!(c.lookup(&f[0], 8, false), Lookup::Miss(_)));
+        let s = c.stats();
+        assert_eq!(
+            (s.hits, s.misses, s.coalesced, s.loads, s.bytes_loaded),
+            (1, 3, 1, 1, 300)
+        );
+        c.check_invariants();
+    }
+
+    #[test]
+    fn clock_gives_second_chance_and_full_when_all_pinned() {
+        let f = files(1);
+        let c = small(4, 512);
+        for p in 0..4 {
+            let Lookup::Miss(i) = c.lookup(&f[0], p, false) else {
+                panic!()
+            };
+            assert_eq!(i, p as PageIdx);
+            c.finish_load(i, 512);
+            assert_eq!(c.lookup(&f[0], p, false), Lookup::Hit(i));
+        }
+        assert_eq!(
+            c.lookup(&f[0], 9, false),
+            Lookup::Full,
+            "every page is pinned"
+        );
+        for i in 0..4 {
+            c.release(i);
+        }
+        // The hand stands at page 1 (9 steps swept); every page is referenced: one sweep
+        // clears the bits, then page 1 goes.
+        let Lookup::Miss(k) = c.lookup(&f[0], 10, false) else {
+            panic!()
+        };
+        assert_eq!(k, 1);
+        c.finish_load(k, 512);
+        // Page 2 is used again: its reference bit saves it although the hand reaches it first.
+        let Lookup::Hit(i2) = c.lookup(&f[0], 2, false) else {
+            panic!()
+        };
+        c.release(i2);
+        let Lookup::Miss(k) = c.lookup(&f[0], 11, false) else {
+            panic!()
+        };
+        assert_eq!(k, 3, "the referenced page 2 was not given a second chance");
+        c.finish_load(k, 512);
+        assert_eq!(c.stats().evictions, 2);
+        assert_eq!(c.lookup_resident(f[0].id, 3), None);
+        assert_eq!(c.lookup_resident(f[0].id, 2), Some(2));
+        c.release(2);
+        c.check_invariants();
+    }
+
+    #[test]
+    fn dirty_victims_are_queued_not_reused() {
+        let f = files(1);
+        let c = small(4, 512);
+        for p in 0..4 {
+            let Lookup::Miss(i) = c.lookup(&f[0], p, false) else {
+                panic!()
+            };
+            c.finish_load(i, 512);
+            assert_eq!(c.lookup(&f[0], p, false), Lookup::Hit(i));
+            c.write_into(i, 0, &[p as u8 + 1; 16], true);
+            c.release(i);
+        }
+        assert_eq!(c.stats().dirty_pages, 4);
+        assert_eq!(c.lookup(&f[0], 9, false), Lookup::Full);
+        let wbs = c.take_writebacks(10);
+        assert_eq!(wbs.len(), 4);
+        assert!(c.take_writebacks(10).is_empty());
+        for w in &wbs {
+            assert_eq!(w.len, 512);
+            assert_eq!(w.offset % 512, 0);
+            let p = w.offset / 512;
+            assert_eq!(page_bytes(&c, w.idx, 16), vec![p as u8 + 1; 16]);
+        }
+        // A failed write-back keeps the page dirty; a successful one makes it reusable.
+        c.finish_writeback(wbs[0].idx, false);
+        for w in &wbs[1..] {
+            c.finish_writeback(w.idx, true);
+        }
+        assert_eq!(c.stats().dirty_pages, 1);
+        assert!(matches!(c.lookup(&f[0], 9, false), Lookup::Miss(i) if i != wbs[0].idx));
+        c.check_invariants();
+    }
+
+    #[test]
+    fn write_during_writeback_stays_dirty_and_gaps_read_zero() {
+        let f = files(1);
+        let c = small(4, 512);
+        let Lookup::Miss(i) = c.lookup(&f[0], 0, false) else {
+            panic!()
+        };
+        fill(&c, i, &[7; 100]);
+        c.finish_load(i, 100);
+        assert_eq!(c.lookup(&f[0], 0, false), Lookup::Hit(i));
+        c.write_into(i, 200, &[1; 10], true);
+        assert_eq!(c.valid_len(i), 210);
+        let b = page_bytes(&c, i, 210);
+        assert!(b[..100].iter().all(|&x| x == 7) && b[100..200].iter().all(|&x| x == 0));
+        c.release(i);
+        let wbs = c.dirty_pages_of(f[0].id);
+        assert_eq!(wbs.len(), 1);
+        assert!(c.dirty_pages_of(f[0].id).is_empty(), "handed out twice");
+        assert_eq!(c.lookup(&f[0], 0, false), Lookup::Busy);
+        let j = c
+            .lookup_resident(f[0].id, 0)
+            .expect("written-back pages stay readable");
+        c.write_into(j, 0, &[2; 4], false);
+        c.release(j);
+        c.finish_writeback(i, true);
+        assert_eq!(
+            c.stats().dirty_pages,
+            1,
+            "the write during write-back was lost"
+        );
+        assert_eq!(c.all_dirty().len(), 1);
+        c.finish_writeback(i, true);
+        assert_eq!(c.stats().dirty_pages, 0);
+        assert_eq!(c.stats().writebacks, 2);
+        c.check_invariants();
+    }
+
+    #[test]
+    fn invalidate_and_truncate() {
+        let f = files(2);
+        let c = small(8, 512);
+        for (fi, p) in [(0, 0), (0, 1), (0, 2), (1, 0)] {
+            let Lookup::Miss(i) = c.lookup(&f[fi], p, fi == 0 && p == 2) else {
+                panic!()
+            };
+            c.finish_load(i, 512);
+        }
+        c.invalidate_file(f[0].id, Some(700));
+        let Lookup::Hit(i) = c.lookup(&f[0], 1, false) else {
+            panic!("page 1 was dropped")
+        };
+        assert_eq!(c.valid_len(i), 700 - 512);
+        c.release(i);
+        assert!(matches!(c.lookup(&f[0], 0, false), Lookup::Hit(_)));
+        assert!(
+            matches!(c.lookup(&f[0], 2, false), Lookup::Miss(_)),
+            "page 2 was kept"
+        );
+        assert_eq!(c.stats().readahead_wasted, 1);
+        c.invalidate_file(f[0].id, None); // page 0 pinned, page 2 loading: kept
+        assert_eq!(c.lookup(&f[0], 2, false), Lookup::Busy);
+        assert!(matches!(c.lookup(&f[1], 0, false), Lookup::Hit(_)));
+        c.check_invariants();
+    }
+
+    // ---- property test against a model ----
+
+    const PS: usize = 512;
+    const FILES: usize = 3;
+    const FILE_PAGES: u64 = 6;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Lookup {
+            file: usize,
+            page: u64,
+            readahead: bool,
+        },
+        LookupResident {
+            file: usize,
+            page: u64,
+        },
+        FinishLoad {
+            pick: usize,
+            fail: bool,
+        },
+        Write {
+            pick: usize,
+            at: usize,
+            len: usize,
+            dirty: bool,
+            seed: u8,
+        },
+        Release {
+            pick: usize,
+        },
+        TakeWritebacks {
+            max: usize,
+        },
+        DirtyOf {
+            file: usize,
+        },
+        AllDirty,
+        FinishWriteback {
+            pick: usize,
+            ok: bool,
+        },
+        Invalidate {
+            file: usize,
+            new_len: Option<u64>,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let file = 0..FILES;
+        let page = 0..FILE_PAGES;
+        prop_oneof![
+            6 => (file.clone(), page.clone(), prop::bool::weighted(0.2))
+                .prop_map(|(file, page, readahead)| Op::Lookup { file, page, readahead }),
+            1 => (file.clone(), page).prop_map(|(file, page)| Op::LookupResident { file, page }),
+            4 => (any::<usize>(), prop::bool::weighted(0.1))
+                .prop_map(|(pick, fail)| Op::FinishLoad { pick, fail }),
+            3 => (any::<usize>(), 0..=PS, 0..=PS, prop::bool::weighted(0.7), any::<u8>())
+                .prop_map(|(pick, at, len, dirty, seed)| {
+                    let len = len.min(PS - at);
+                    Op::Write { pick, at, len, dirty, seed }
+                }),
+            5 => any::<usize>().prop_map(|pick| Op::Release { pick }),
+            1 => (0..4usize).prop_map(|max| Op::TakeWritebacks { max }),
+            1 => file.clone().prop_map(|file| Op::DirtyOf { file }),
+            1 => Just(Op::AllDirty),
+            3 => (any::<usize>(), prop::bool::weighted(0.8))
+                .prop_map(|(pick, ok)| Op::FinishWriteback { pick, ok }),
+            1 => (file, prop::option::of(0..(FILE_PAGES * PS as u64 + 100)))
+                .prop_map(|(file, new_len)| Op::Invalidate { file, new_len }),
+        ]
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum MState {
+        Loading,
+        Valid,
+    }
+
+    /// The model's view of a resident page.
+    #[derive(Debug)]
+    struct MPage {
+        key: Key,
+        state: MState,
+        /// Pins held by the test (hits, load, handed-out write-back).
+        pins: u32,
+        dirty: bool,
+        /// Known to be queued by a sweep (a lookup answered Busy, or the cache was Full).
+        queued: bool,
+        /// Handed out for write-back.
+        handed: bool,
+        redirty: bool,
+        readahead: bool,
+        loading_readahead: bool,
+        bytes: Vec<u8>,
+    }
+
+    #[derive(Default)]
+    struct Model {
+        pages: HashMap<PageIdx, MPage>,
+        resident: HashMap<Key, PageIdx>,
+        /// What the file holds ("disk"), per (file index, page).
+        disk: HashMap<(usize, u64), Vec<u8>>,
+        hit_pins: Vec<PageIdx>,
+        loading: Vec<PageIdx>,
+        writebacks: Vec<(PageIdx, Vec<u8>)>,
+        stats: CacheStats,
+        demand_ok: u64,
+    }
+
+    fn file_len(f: usize) -> u64 {
+        (FILE_PAGES - 1) * PS as u64 + 100 + 50 * f as u64
+    }
+
+    fn write_at(v: &mut Vec<u8>, at: usize, data: &[u8]) {
+        if v.len() < at + data.len() {
+            v.resize(at + data.len(), 0);
+        }
+        v[at..at + data.len()].copy_from_slice(data);
+    }
+
+    fn run_model(pages: usize, ops: Vec<Op>) {
+        let fs = files(FILES);
+        let c = small(pages, PS);
+        let fidx = |id: u64| fs.iter().position(|f| f.id == id).unwrap();
+        let mut m = Model::default();
+        for (f, _) in fs.iter().enumerate() {
+            for p in 0..FILE_PAGES {
+                let len = (file_len(f).saturating_sub(p * PS as u64)).min(PS as u64) as usize;
+                m.disk
+                    .insert((f, p), (0..len).map(|o| pattern(f as u64, p, o)).collect());
+            }
+        }
+        for op in ops {
+            match op {
+                Op::Lookup {
+                    file,
+                    page,
+                    readahead,
+                } => {
+                    let key = (fs[file].id, page);
+                    let r = c.lookup(&fs[file], page, readahead);
+                    if let Some(&idx) = m.resident.get(&key) {
+                        let mp = m.pages.get_mut(&idx).unwrap();
+                        match r {
+                            Lookup::Busy if mp.state == MState::Loading => {
+                                if !readahead {
+                                    m.stats.coalesced += 1;
+                                }
+                            }
+                            Lookup::Busy if mp.handed || mp.queued => {}
+                            Lookup::Busy if mp.dirty => mp.queued = true,
+                            Lookup::Hit(i) if mp.state == MState::Valid => {
+                                assert!(!mp.handed && !mp.queued, "hit on a page written back");
+                                assert_eq!(i, idx);
+                                assert_eq!(c.valid_len(i), mp.bytes.len());
+                                assert_eq!(page_bytes(&c, i, mp.bytes.len()), mp.bytes);
+                                mp.pins += 1;
+                                m.hit_pins.push(i);
+                                if !readahead {
+                                    m.stats.hits += 1;
+                                    m.demand_ok += 1;
+                                    if mp.readahead {
+                                        mp.readahead = false;
+                                        m.stats.readahead_used += 1;
+                                    }
+                                }
+                            }
+                            r => panic!("{r:?} for resident page {mp:?}"),
+                        }
+                        continue;
+                    }
+                    match r {
+                        Lookup::Miss(i) => {
+                            if let Some(old) = m.pages.remove(&i) {
+                                assert!(
+                                    old.state == MState::Valid
+                                        && old.pins == 0
+                                        && !old.dirty
+                                        && !old.handed,
+                                    "page {i} reused while {old:?}"
+                                );
+                                m.resident.remove(&old.key);
+                                m.stats.evictions += 1;
+                                m.stats.readahead_wasted += u64::from(old.readahead);
+                            }
+                            m.pages.insert(
+                                i,
+                                MPage {
+                                    key,
+                                    state: MState::Loading,
+                                    pins: 1,
+                                    dirty: false,
+                                    queued: false,
+                                    handed: false,
+                                    redirty: false,
+                                    readahead: false,
+                                    loading_readahead: readahead,
+                                    bytes: Vec::new(),
+                                },
+                            );
+                            m.resident.insert(key, i);
+                            m.loading.push(i);
+                            if !readahead {
+                                m.stats.misses += 1;
+                                m.demand_ok += 1;
+                            }
+                        }
+                        Lookup::Full => {
+                            assert_eq!(m.pages.len(), pages, "Full with free pages");
+                            for (i, mp) in m.pages.iter_mut() {
+                                let busy = mp.pins > 0 || mp.state == MState::Loading;
+                                assert!(busy || mp.dirty, "Full but page {i} is evictable");
+                                if mp.dirty && !mp.handed && mp.pins == 0 {
+                                    // The sweeps visited it: it is queued now.
+                                    mp.queued = true;
+                                }
+                            }
+                        }
+                        r => panic!("{r:?} for a page that is not resident"),
+                    }
+                }
+                Op::LookupResident { file, page } => {
+                    let key = (fs[file].id, page);
+                    let r = c.lookup_resident(key.0, page);
+                    match m
+                        .resident
+                        .get(&key)
+                        .map(|i| (*i, m.pages.get_mut(i).unwrap()))
+                    {
+                        Some((idx, mp)) if mp.state == MState::Valid => {
+                            assert_eq!(r, Some(idx));
+                            assert_eq!(page_bytes(&c, idx, mp.bytes.len()), mp.bytes);
+                            mp.pins += 1;
+                            m.hit_pins.push(idx);
+                            if mp.readahead {
+                                mp.readahead = false;
+                                m.stats.readahead_used += 1;
+                            }
+                        }
+                        _ => assert_eq!(r, None),
+                    }
+                }
+                Op::FinishLoad { pick, fail } => {
+                    if m.loading.is_empty() {
+                        continue;
+                    }
+                    let idx = m.loading.swap_remove(pick % m.loading.len());
+                    let mp = m.pages.get_mut(&idx).unwrap();
+                    if fail {
+                        c.finish_load(idx, -5);
+                        let key = mp.key;
+                        m.pages.remove(&idx);
+                        m.resident.remove(&key);
+                    } else {
+                        let data = &m.disk[&(fidx(mp.key.0), mp.key.1)];
+                        fill(&c, idx, data);
+                        c.finish_load(idx, data.len() as i64);
+                        mp.bytes = data.clone();
+                        mp.state = MState::Valid;
+                        mp.pins -= 1;
+                        m.stats.loads += 1;
+                        m.stats.bytes_loaded += data.len() as u64;
+                        if mp.loading_readahead {
+                            mp.readahead = true;
+                            m.stats.readahead_loaded += 1;
+                        }
+                    }
+                }
+                Op::Write {
+                    pick,
+                    at,
+                    len,
+                    dirty,
+                    seed,
+                } => {
+                    if m.hit_pins.is_empty() {
+                        continue;
+                    }
+                    let idx = m.hit_pins[pick % m.hit_pins.len()];
+                    let data: Vec<u8> = (0..len)
+                        .map(|o| seed.wrapping_add((o * 13) as u8))
+                        .collect();
+                    c.write_into(idx, at, &data, dirty);
+                    let mp = m.pages.get_mut(&idx).unwrap();
+                    if at > mp.bytes.len() {
+                        mp.bytes.resize(at, 0);
+                    }
+                    write_at(&mut mp.bytes, at, &data);
+                    if !dirty {
+                        // Write-through: the daemon also writes the file.
+                        let d = m.disk.get_mut(&(fidx(mp.key.0), mp.key.1)).unwrap();
+                        if at > d.len() {
+                            d.resize(at, 0);
+                        }
+                        write_at(d, at, &data);
+                    }
+                    if mp.handed || mp.queued {
+                        mp.redirty = true;
+                    } else if dirty && !mp.dirty {
+                        mp.dirty = true;
+                        m.stats.dirty_pages += 1;
+                    }
+                }
+                Op::Release { pick } => {
+                    if m.hit_pins.is_empty() {
+                        continue;
+                    }
+                    let idx = m.hit_pins.swap_remove(pick % m.hit_pins.len());
+                    c.release(idx);
+                    m.pages.get_mut(&idx).unwrap().pins -= 1;
+                }
+                Op::TakeWritebacks { .. } | Op::DirtyOf { .. } | Op::AllDirty => {
+                    let (wbs, want): (_, Box<dyn Fn(&MPage) -> bool>) = match op {
+                        Op::TakeWritebacks { max } => {
+                            let wbs = c.take_writebacks(max);
+                            assert!(wbs.len() <= max);
+                            (wbs, Box::new(|_| false))
+                        }
+                        Op::DirtyOf { file } => {
+                            let id = fs[file].id;
+                            (
+                                c.dirty_pages_of(id),
+                                Box::new(move |mp: &MPage| mp.key.0 == id),
+                            )
+                        }
+                        _ => (c.all_dirty(), Box::new(|_| true)),
+                    };
+                    let mut expect: Vec<PageIdx> = m
+                        .pages
+                        .iter()
+                        .filter(|(_, mp)| mp.dirty && !mp.handed && mp.state == MState::Valid)
+                        .filter(|(_, mp)| want(mp))
+                        .map(|(i, _)| *i)
+                        .collect();
+                    let mut got: Vec<PageIdx> = wbs.iter().map(|w| w.idx).collect();
+                    expect.sort_unstable();
+                    got.sort_unstable();
+                    if !matches!(op, Op::TakeWritebacks { .. }) {
+                        assert_eq!(got, expect, "dirty pages handed out");
+                    }
+                    for w in wbs {
+                        let mp = m.pages.get_mut(&w.idx).unwrap();
+                        assert!(
+                            mp.dirty && !mp.handed && mp.state == MState::Valid,
+                            "{mp:?}"
+                        );
+                        assert_eq!((w.file.id, w.offset), (mp.key.0, mp.key.1 * PS as u64));
+                        assert_eq!(w.len, mp.bytes.len());
+                        let snapshot = page_bytes(&c, w.idx, w.len);
+                        assert_eq!(snapshot, mp.bytes);
+                        mp.handed = true;
+                        mp.queued = false;
+                        mp.pins += 1;
+                        m.writebacks.push((w.idx, snapshot));
+                    }
+                }
+                Op::FinishWriteback { pick, ok } => {
+                    if m.writebacks.is_empty() {
+                        continue;
+                    }
+                    let (idx, snapshot) = m.writebacks.swap_remove(pick % m.writebacks.len());
+                    c.finish_writeback(idx, ok);
+                    let mp = m.pages.get_mut(&idx).unwrap();
+                    if ok {
+                        m.disk.insert((fidx(mp.key.0), mp.key.1), snapshot);
+                        m.stats.writebacks += 1;
+                        if !mp.redirty {
+                            mp.dirty = false;
+                            m.stats.dirty_pages -= 1;
+                        }
+                    }
+                    mp.redirty = false;
+                    mp.handed = false;
+                    mp.pins -= 1;
+                }
+                Op::Invalidate { file, new_len } => {
+                    let id = fs[file].id;
+                    c.invalidate_file(id, new_len);
+                    if let Some(len) = new_len {
+                        for p in 0..FILE_PAGES {
+                            let keep = len.saturating_sub(p * PS as u64).min(PS as u64);
+                            m.disk.get_mut(&(file, p)).unwrap().truncate(keep as usize);
+                        }
+                    }
+                    let mut dropped = Vec::new();
+                    for (i, mp) in m.pages.iter_mut() {
+                        if mp.key.0 != id {
+                            continue;
+                        }
+                        let start = mp.key.1 * PS as u64;
+                        if let Some(len) = new_len.filter(|&len| start < len) {
+                            if mp.state == MState::Valid && !mp.handed {
+                                mp.bytes.truncate((len - start).min(PS as u64) as usize);
+                            }
+                            continue;
+                        }
+                        if mp.state == MState::Valid && mp.pins == 0 && !mp.dirty {
+                            dropped.push(*i);
+                        }
+                    }
+                    for i in dropped {
+                        let mp = m.pages.remove(&i).unwrap();
+                        m.resident.remove(&mp.key);
+                        m.stats.readahead_wasted += u64::from(mp.readahead);
+                    }
+                }
+            }
+            // After every step: structure, page-by-page agreement, counters.
+            c.check_invariants();
+            let mut pinned = 0;
+            for i in 0..pages as PageIdx {
+                let (state, pins, dirty, key, valid_len) = c.page_info(i);
+                pinned += usize::from(pins > 0);
+                let Some(mp) = m.pages.get(&i) else {
+                    assert_eq!(state, PageState::Free, "page {i}");
+                    continue;
+                };
+                assert_eq!(key, Some(mp.key));
+                assert_eq!(dirty, mp.dirty, "page {i}");
+                let expect_state = match mp.state {
+                    MState::Loading => PageState::Loading,
+                    MState::Valid if mp.handed || mp.queued => PageState::WritingBack,
+                    MState::Valid if mp.dirty && state == PageState::WritingBack => {
+                        assert_eq!(pins, mp.pins + 1, "a queued page holds one pin");
+                        state
+                    }
+                    MState::Valid => PageState::Valid,
+                };
+                assert_eq!(state, expect_state, "page {i}: {mp:?}");
+                let queue_pin = u32::from(state == PageState::WritingBack && !mp.handed);
+                assert_eq!(pins, mp.pins + queue_pin, "page {i}: {mp:?}");
+                if mp.state == MState::Valid {
+                    assert_eq!(valid_len, mp.bytes.len(), "page {i}");
+                }
+            }
+            assert!(pinned <= pages);
+            let s = c.stats();
+            assert_eq!(s, m.stats);
+            assert_eq!(s.hits + s.misses, m.demand_ok);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        #[test]
+        fn cache_matches_model(pages in 4usize..=16, ops in prop::collection::vec(op(), 1..300)) {
+            run_model(pages, ops);
         }
     }
 }

@@ -1,0 +1,341 @@
+//! GPU tests of the CUDA bulk path. They skip (with a message) on machines without a CUDA
+//! driver; on the H100 machine they check every byte that lands in device memory or the file.
+#![cfg(feature = "cuda")]
+
+use rand::{Rng, SeedableRng};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use warpfs::backend::cuda::{
+    available, pattern, BulkConfig, BulkFile, ColdReads, CudaBulk, DeviceBuffer, Extent, Writes,
+};
+
+const POISON: u8 = 0xA5;
+
+fn gpu() -> bool {
+    // SAFETY: only tries to dlopen libcuda.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } || !available() {
+        println!("skipping: no CUDA driver on this machine");
+        return false;
+    }
+    true
+}
+
+/// Small chunks and few threads so that small files still cut into many chunks and every
+/// worker, buffer recycle and edge path runs.
+fn engine(cold: ColdReads, writes: Writes) -> Arc<CudaBulk> {
+    let cfg = BulkConfig {
+        threads: 4,
+        chunk_bytes: 64 * 1024,
+        buffers_per_thread: 2,
+        cold_reads: cold,
+        writes,
+        durable: true,
+    };
+    Arc::new(CudaBulk::new(0, cfg).expect("engine"))
+}
+
+fn default_engine() -> Arc<CudaBulk> {
+    static E: OnceLock<Arc<CudaBulk>> = OnceLock::new();
+    E.get_or_init(|| Arc::new(CudaBulk::new(0, BulkConfig::default()).expect("engine")))
+        .clone()
+}
+
+fn dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("warpfs-cuda-bulk-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn pattern_file(name: &str, len: usize) -> PathBuf {
+    let p = dir().join(name);
+    let mut v = vec![0u8; len];
+    pattern::fill(&mut v, 0);
+    std::fs::write(&p, v).unwrap();
+    p
+}
+
+fn drop_from_cache(p: &PathBuf) {
+    let f = std::fs::File::open(p).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain advisory call on a live descriptor.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
+fn poisoned(e: &CudaBulk, len: usize) -> DeviceBuffer {
+    let mut b = e.alloc(len).unwrap();
+    b.fill(POISON).unwrap();
+    b
+}
+
+fn host(b: &DeviceBuffer) -> Vec<u8> {
+    let mut v = vec![0u8; b.len()];
+    b.copy_to_host(0, &mut v).unwrap();
+    v
+}
+
+/// Checks dst[dst_off..dst_off+n] == pattern(file_off..) and that the rest is still poison.
+fn check(buf: &[u8], dst_off: usize, n: usize, file_off: u64, what: &str) {
+    if let Some(i) = pattern::first_mismatch(&buf[dst_off..dst_off + n], file_off) {
+        panic!(
+            "{what}: byte {i} of the range (file offset {}) is wrong",
+            file_off + i as u64
+        );
+    }
+    assert!(
+        buf[..dst_off].iter().all(|&x| x == POISON),
+        "{what}: bytes before the range were written"
+    );
+    assert!(
+        buf[dst_off + n..].iter().all(|&x| x == POISON),
+        "{what}: bytes after the range were written"
+    );
+}
+
+#[test]
+fn random_ranges_warm_and_cold() {
+    if !gpu() {
+        return;
+    }
+    let size = 3 * 1024 * 1024 + 12345;
+    let p = pattern_file("random", size);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for (cold, eng) in [
+        (false, engine(ColdReads::Direct, Writes::Direct)),
+        (true, engine(ColdReads::Direct, Writes::Direct)),
+        (true, engine(ColdReads::Buffered, Writes::Direct)),
+        (false, default_engine()),
+    ] {
+        let f = BulkFile::open(&p).unwrap();
+        assert!(
+            f.has_direct(),
+            "this filesystem refuses O_DIRECT; the direct path is untested"
+        );
+        for i in 0..40 {
+            if cold {
+                drop_from_cache(&p);
+            }
+            let off: u64 = match i % 4 {
+                0 => rng.random_range(0..size as u64),
+                1 => rng.random_range(0..(size as u64 / 4096)) * 4096,
+                2 => rng.random_range(0..size as u64) | 1,
+                _ => rng.random_range(size as u64 - 5000..size as u64 + 5000),
+            };
+            let len: u64 = match i % 3 {
+                0 => rng.random_range(0..200_000),
+                1 => rng.random_range(1..64) * 4096,
+                _ => rng.random_range(0..size as u64),
+            };
+            let dst_off = rng.random_range(0..4096usize);
+            let mut d = poisoned(&eng, dst_off + len as usize + 100);
+            let r = eng.read(&f, off, &mut d, dst_off as u64, len).unwrap();
+            let want = (size as u64).saturating_sub(off).min(len);
+            assert_eq!(r.bytes, want, "short count at offset {off} len {len}");
+            assert_eq!(r.path, "pipeline");
+            check(
+                &host(&d),
+                dst_off,
+                want as usize,
+                off,
+                &format!("read {off}+{len} cold={cold}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn whole_file_cold_uses_direct_warm_uses_cache() {
+    if !gpu() {
+        return;
+    }
+    let size = 8 * 1024 * 1024 + 4096 * 3 + 17;
+    let p = pattern_file("whole", size);
+    let eng = engine(ColdReads::Direct, Writes::Direct);
+    let f = BulkFile::open(&p).unwrap();
+    drop_from_cache(&p);
+    let mut d = poisoned(&eng, size);
+    let cold = eng.read(&f, 0, &mut d, 0, size as u64).unwrap();
+    check(&host(&d), 0, size, 0, "cold whole file");
+    println!("cold: {cold:?}");
+    assert!(
+        cold.direct_bytes > 0,
+        "a cold read should use O_DIRECT: {cold:?}"
+    );
+    // Read it buffered once so it is cached, then a warm read must come from the cache only.
+    let _ = std::fs::read(&p).unwrap();
+    d.fill(POISON).unwrap();
+    let warm = eng.read(&f, 0, &mut d, 0, size as u64).unwrap();
+    check(&host(&d), 0, size, 0, "warm whole file");
+    println!("warm: {warm:?}");
+    assert_eq!(
+        warm.cached_bytes, size as u64,
+        "a warm read must be served by the page cache: {warm:?}"
+    );
+    assert_eq!(warm.direct_bytes, 0);
+}
+
+#[test]
+fn empty_file_and_past_eof() {
+    if !gpu() {
+        return;
+    }
+    let eng = default_engine();
+    let p = pattern_file("empty", 0);
+    let f = BulkFile::open(&p).unwrap();
+    let mut d = poisoned(&eng, 8192);
+    assert_eq!(eng.read(&f, 0, &mut d, 0, 8192).unwrap().bytes, 0);
+    assert_eq!(eng.read(&f, 1 << 40, &mut d, 0, 8192).unwrap().bytes, 0);
+    assert_eq!(eng.read(&f, 0, &mut d, 0, 0).unwrap().bytes, 0);
+    check(&host(&d), 0, 0, 0, "empty file");
+    let p = pattern_file("small", 1000);
+    let f = BulkFile::open(&p).unwrap();
+    assert_eq!(eng.read(&f, 999, &mut d, 5, 4000).unwrap().bytes, 1);
+    assert_eq!(eng.read(&f, 1000, &mut d, 5, 4000).unwrap().bytes, 0);
+    check(&host(&d), 5, 1, 999, "last byte");
+    // A destination range that does not fit is a typed error, not a crash.
+    assert!(matches!(
+        eng.read(&f, 0, &mut d, 8000, 1000),
+        Err(warpfs::Error::Range(_))
+    ));
+}
+
+#[test]
+fn vectored_reads() {
+    if !gpu() {
+        return;
+    }
+    let size = 2 * 1024 * 1024 + 333;
+    let p = pattern_file("vec", size);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for eng in [engine(ColdReads::Direct, Writes::Direct), default_engine()] {
+        let f = BulkFile::open(&p).unwrap();
+        let mut ext = Vec::new();
+        let mut dst = 0u64;
+        for i in 0..200 {
+            let len = if i % 10 == 0 {
+                rng.random_range(0..300_000)
+            } else {
+                rng.random_range(0..5000)
+            };
+            let off = rng.random_range(0..size as u64 + 1000);
+            ext.push(Extent {
+                file_offset: off,
+                len,
+                dst_offset: dst,
+            });
+            dst += len + rng.random_range(0..64);
+        }
+        drop_from_cache(&p);
+        let mut d = poisoned(&eng, dst as usize + 10);
+        let (r, per) = eng.read_vectored(&f, &mut d, &ext).unwrap();
+        let h = host(&d);
+        let mut total = 0;
+        for (e, &n) in ext.iter().zip(&per) {
+            let want = (size as u64).saturating_sub(e.file_offset).min(e.len);
+            assert_eq!(n, want);
+            total += n;
+            let s = e.dst_offset as usize;
+            assert_eq!(
+                pattern::first_mismatch(&h[s..s + n as usize], e.file_offset),
+                None,
+                "extent {e:?}"
+            );
+            assert!(
+                h[s + n as usize..s + e.len as usize]
+                    .iter()
+                    .all(|&x| x == POISON),
+                "bytes past EOF written"
+            );
+        }
+        assert_eq!(r.bytes, total);
+    }
+}
+
+#[test]
+fn device_to_file_writes_read_back() {
+    if !gpu() {
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    for w in [Writes::Direct, Writes::Buffered] {
+        for eng in [engine(ColdReads::Direct, w), default_engine()] {
+            let p = dir().join(format!("write-{w:?}"));
+            let out = BulkFile::create(&p).unwrap();
+            // A device buffer holding the pattern of file offsets [0, n).
+            let n = 1024 * 1024 + 5555;
+            let mut src = eng.alloc(n).unwrap();
+            let mut v = vec![0u8; n];
+            pattern::fill(&mut v, 0);
+            src.copy_from_host(0, &v).unwrap();
+            // Whole buffer, then random sub-ranges rewritten in place at unaligned offsets.
+            let r = eng.write(&out, 0, &src, 0, n as u64).unwrap();
+            assert_eq!(r.bytes, n as u64);
+            for _ in 0..20 {
+                let a = rng.random_range(0..n as u64);
+                let len = rng.random_range(0..(n as u64 - a).min(300_000));
+                eng.write(&out, a, &src, a, len).unwrap();
+            }
+            // Extend past the end at an unaligned offset.
+            let tail_off = n as u64 + 77;
+            let mut t = vec![0u8; 10_000];
+            pattern::fill(&mut t, tail_off);
+            let mut tsrc = eng.alloc(t.len()).unwrap();
+            tsrc.copy_from_host(0, &t).unwrap();
+            eng.write(&out, tail_off, &tsrc, 0, t.len() as u64).unwrap();
+            drop(out);
+            let back = std::fs::read(&p).unwrap();
+            assert_eq!(back.len(), tail_off as usize + t.len());
+            assert_eq!(pattern::first_mismatch(&back[..n], 0), None, "{w:?}");
+            assert!(
+                back[n..tail_off as usize].iter().all(|&x| x == 0),
+                "hole must read as zeros"
+            );
+            assert_eq!(
+                pattern::first_mismatch(&back[tail_off as usize..], tail_off),
+                None
+            );
+            // And the bulk read path sees the same bytes.
+            let f = BulkFile::open(&p).unwrap();
+            let mut d = poisoned(&eng, n);
+            assert_eq!(
+                eng.read(&f, 0, &mut d, 0, n as u64).unwrap().bytes,
+                n as u64
+            );
+            check(&host(&d), 0, n, 0, "read back");
+        }
+    }
+}
+
+#[test]
+fn file_entry_and_background_transfer() {
+    if !gpu() {
+        return;
+    }
+    let size = 5 * 1024 * 1024 + 1;
+    let p = pattern_file("entry", size);
+    let table = warpfs::files::FileTable::new();
+    let entry = table
+        .register(&p, warpfs::OpenOptions::read_only().direct(true))
+        .unwrap();
+    let eng = default_engine();
+    let mut d = poisoned(&eng, size);
+    assert_eq!(
+        eng.read(&*entry, 0, &mut d, 0, size as u64).unwrap().bytes,
+        size as u64
+    );
+    check(&host(&d), 0, size, 0, "file entry");
+    d.fill(POISON).unwrap();
+    let t = eng.submit_read(entry.clone(), 3, d, size as u64);
+    let (d, r) = t.wait().unwrap();
+    assert_eq!(r.bytes, size as u64 - 3);
+    check(&host(&d), 0, size - 3, 3, "background");
+}
+
+#[test]
+fn gds_env_is_validated() {
+    // Runs everywhere: the mode parser needs no GPU.
+    assert_eq!(
+        warpfs::backend::cuda::GdsMode::from_env().is_ok(),
+        std::env::var("WARPFS_GDS").map_or(true, |v| ["", "auto", "on", "off", "0", "1"]
+            .contains(&v.trim()))
+    );
+}

@@ -1,0 +1,63 @@
+//! `--backend`: which way requesters reach the daemon. Only `host` exists in this build.
+
+use crate::error::{bail, Result};
+use clap::ValueEnum;
+
+/// Backends a command may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendArg {
+    /// The best backend this build has (today: host).
+    Auto,
+    /// CPU threads act as the GPU's agents, through the same rings.
+    Host,
+    /// NVIDIA GPUs through CUDA (mapped pinned memory).
+    Cuda,
+    /// Any GPU through wgpu (Vulkan, Metal, lavapipe).
+    Wgpu,
+}
+
+/// The backend that will run for `choice`, or an error telling the user what to do.
+pub fn resolve(choice: BackendArg) -> Result<BackendArg> {
+    match choice {
+        BackendArg::Auto | BackendArg::Host => Ok(BackendArg::Host),
+        BackendArg::Cuda if cfg!(feature = "cuda") => bail!(
+            "the cuda backend is not available in this version of warpfs yet (only the library's \
+             cuda feature is built); use --backend host"
+        ),
+        BackendArg::Cuda => {
+            bail!("this build has no cuda backend; rebuild with --features cuda, or use --backend host")
+        }
+        BackendArg::Wgpu => bail!(
+            "this build has no wgpu backend; rebuild with --features wgpu once the wgpu backend \
+             lands, or use --backend host"
+        ),
+    }
+}
+
+impl BackendArg {
+    /// The name printed in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendArg::Auto => "auto",
+            BackendArg::Host => "host",
+            BackendArg::Cuda => "cuda",
+            BackendArg::Wgpu => "wgpu",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_is_host_and_gpu_backends_say_how_to_get_them() {
+        assert_eq!(resolve(BackendArg::Auto).unwrap(), BackendArg::Host);
+        assert_eq!(resolve(BackendArg::Host).unwrap(), BackendArg::Host);
+        let e = resolve(BackendArg::Wgpu).unwrap_err().0;
+        assert!(e.contains("no wgpu backend"), "{e}");
+        let e = resolve(BackendArg::Cuda).unwrap_err().0;
+        assert!(e.contains("cuda"), "{e}");
+    }
+}

@@ -1,0 +1,414 @@
+//! `warpfs bench`: make (or take) a file, warm it, run the chosen phases — each through warpfs
+//! and the plain way, in this process — and print one table or JSON.
+
+pub mod rand;
+pub mod report;
+pub mod seq;
+pub mod table;
+pub mod write;
+
+use crate::backend;
+use crate::cli::{BenchArgs, Phase};
+use crate::error::{bail, Context, Result, EXIT_MISMATCH};
+use crate::expected::Expected;
+use crate::latency::Latencies;
+use crate::progress::Progress;
+use crate::system;
+use crate::testfile::TestFile;
+use crate::units::fmt_bytes;
+use indicatif::ProgressBar;
+use report::{ConfigReport, FileReport, Report, Skipped};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+use warpfs::cache::CacheConfig;
+use warpfs::engine::EngineConfig;
+use warpfs::{FileHandle, OpenOptions, Runtime, RuntimeConfig};
+
+/// Bytes per random read or write.
+pub const BLOCK: usize = 4096;
+
+/// How much work each side of a phase does, and with how many threads.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// OS threads (both sides).
+    pub threads: usize,
+    /// Total warpfs requests in flight.
+    pub qd: usize,
+    /// Agents, all threads together.
+    pub agents: usize,
+    /// Requests in flight per agent.
+    pub agent_depth: usize,
+    /// Seconds per side.
+    pub seconds: f64,
+    /// Fixed operations per side instead of a time limit.
+    pub ops: Option<u64>,
+    /// Writes between syncs.
+    pub fsync_every: u64,
+}
+
+impl Plan {
+    /// Derives the plan from the arguments; agents = max(threads, ⌈qd / agent-qd⌉).
+    pub fn from_args(a: &BenchArgs) -> Result<Self> {
+        let threads = a.threads.unwrap_or_else(system::cores);
+        if threads == 0 || a.qd == 0 || a.agent_qd == 0 || a.fsync_every == 0 {
+            bail!("--threads, --qd, --agent-qd and --fsync-every must be at least 1");
+        }
+        if !(a.seconds > 0.0 && a.seconds.is_finite()) {
+            bail!("--seconds must be a positive number, e.g. --seconds 3");
+        }
+        let agents = threads.max(a.qd.div_ceil(a.agent_qd));
+        let agent_depth = a.qd.div_ceil(agents).clamp(1, a.agent_qd);
+        Ok(Plan {
+            threads,
+            qd: agents * agent_depth,
+            agents,
+            agent_depth,
+            seconds: a.seconds,
+            ops: a.ops,
+            fsync_every: a.fsync_every,
+        })
+    }
+    /// `seconds` as a duration.
+    pub fn seconds_duration(&self) -> Duration {
+        Duration::from_secs_f64(self.seconds)
+    }
+    /// The limit of worker `i` of `n`: the time budget, or its share of `--ops`.
+    fn limit<'a>(&self, i: usize, n: usize, counter: &'a AtomicU64) -> Limit<'a> {
+        let quota = match self.ops {
+            Some(total) => total / n as u64 + u64::from((i as u64) < total % n as u64),
+            None => u64::MAX,
+        };
+        let deadline = self
+            .ops
+            .is_none()
+            .then(|| Instant::now() + self.seconds_duration());
+        Limit {
+            deadline,
+            quota,
+            counter,
+        }
+    }
+}
+
+/// When a worker stops: a deadline or an op quota. Also feeds the progress counter.
+#[derive(Debug)]
+pub struct Limit<'a> {
+    deadline: Option<Instant>,
+    quota: u64,
+    counter: &'a AtomicU64,
+}
+
+impl Limit<'_> {
+    /// Whether to start another operation after `done`.
+    #[inline]
+    pub fn more(&self, done: u64) -> bool {
+        done < self.quota && self.deadline.is_none_or(|d| Instant::now() < d)
+    }
+    /// Reports progress (cheaply: every 256 operations).
+    #[inline]
+    pub fn tick(&self, done: u64) {
+        if done % 256 == 0 {
+            self.counter.fetch_add(256, Ordering::Relaxed);
+        }
+    }
+    /// Samples worth reserving for latencies.
+    pub fn capacity_hint(&self) -> usize {
+        self.quota.min(1 << 20) as usize
+    }
+}
+
+/// What one worker (or a whole side, merged) did.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Operations completed.
+    pub ops: u64,
+    /// Bytes moved.
+    pub bytes: u64,
+    /// Operations with wrong or short data.
+    pub mismatches: u64,
+    /// Syncs issued.
+    pub syncs: u64,
+    /// Per-operation latencies.
+    pub lat: Latencies,
+    /// Blocks written (for verification after write phases).
+    pub touched: Vec<u64>,
+    /// Time the work took (the slowest worker's, when merged).
+    pub elapsed: Duration,
+}
+
+impl Tally {
+    /// An empty tally with room for `n` latency samples.
+    pub fn with_capacity(n: usize) -> Self {
+        Tally {
+            lat: Latencies::with_capacity(n),
+            ..Default::default()
+        }
+    }
+    /// Adds another worker's tally (elapsed: the longer one).
+    pub fn merge(&mut self, o: Tally) {
+        self.ops += o.ops;
+        self.bytes += o.bytes;
+        self.mismatches += o.mismatches;
+        self.syncs += o.syncs;
+        self.lat.merge(o.lat);
+        self.touched.extend(o.touched);
+        self.elapsed = self.elapsed.max(o.elapsed);
+    }
+}
+
+/// Everything a phase needs.
+pub struct Ctx<'a> {
+    /// The runtime under test.
+    pub rt: &'a Runtime,
+    /// The file, registered in `rt`.
+    pub fh: FileHandle,
+    /// The file.
+    pub file: &'a TestFile,
+    /// What reads must return.
+    pub expected: &'a Expected,
+    /// Work sizes.
+    pub plan: &'a Plan,
+    /// Progress bars.
+    pub progress: Progress,
+}
+
+/// Runs `work(state, limit, seed)` on one OS thread per element of `states`, all starting
+/// together; shows progress on `bar`; returns the merged tally (elapsed: the slowest worker).
+pub fn run_workers<S, F>(
+    plan: &Plan,
+    states: Vec<S>,
+    name: &str,
+    progress: Progress,
+    work: F,
+) -> Result<Tally>
+where
+    S: Send,
+    F: Fn(S, &Limit, u64) -> Result<Tally> + Sync,
+{
+    let n = states.len();
+    let counter = AtomicU64::new(0);
+    let bar: ProgressBar = match plan.ops {
+        Some(ops) => progress.ops(ops, name),
+        None => progress.timed((plan.seconds * 1000.0) as u64, name),
+    };
+    let barrier = Barrier::new(n + 1);
+    let seed_base: u64 = ::rand::random();
+    let results: Vec<Result<Tally>> = std::thread::scope(|s| {
+        let handles: Vec<_> = states
+            .into_iter()
+            .enumerate()
+            .map(|(i, st)| {
+                let (work, barrier, counter) = (&work, &barrier, &counter);
+                s.spawn(move || {
+                    barrier.wait();
+                    let limit = plan.limit(i, n, counter);
+                    let t0 = Instant::now();
+                    let mut t = work(st, &limit, seed_base.wrapping_add(i as u64 * 0x9E37_79B9))?;
+                    t.elapsed = t0.elapsed();
+                    Ok(t)
+                })
+            })
+            .collect();
+        barrier.wait();
+        let t0 = Instant::now();
+        while !handles.iter().all(|h| h.is_finished()) {
+            bar.set_position(match plan.ops {
+                Some(_) => counter.load(Ordering::Relaxed),
+                None => t0.elapsed().as_millis() as u64,
+            });
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(crate::error::CliError(format!(
+                        "{name}: a worker thread panicked"
+                    )))
+                })
+            })
+            .collect()
+    });
+    bar.finish_and_clear();
+    let mut total = Tally::default();
+    for r in results {
+        total.merge(r?);
+    }
+    Ok(total)
+}
+
+/// The runtime's settings for this run.
+fn runtime_config(args: &BenchArgs, plan: &Plan) -> RuntimeConfig {
+    let cores = system::cores();
+    let mut cache = CacheConfig::default();
+    if let Some(c) = args.cache {
+        cache.capacity = c as usize;
+    }
+    RuntimeConfig {
+        workers: args.workers.unwrap_or((cores / 2).clamp(1, 8)),
+        cache,
+        engine: EngineConfig {
+            choice: args.engine.choice(),
+            ..EngineConfig::default()
+        },
+        readahead_pages: args.readahead,
+        write_back: args.write_back,
+        ring_capacity: 1024,
+        max_agents: plan.agents + 4,
+        agent_queue_depth: plan.agent_depth.max(1),
+        request_buffer: 64 << 10,
+        wait_timeout: Duration::from_secs(30),
+    }
+}
+
+/// The phases to run, in the fixed order seq, rand-read, rand-write (writes last: they
+/// change the file).
+fn ordered(phases: &[Phase]) -> Vec<Phase> {
+    let mut v = phases.to_vec();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Status line on stderr (quiet with `--json`).
+fn say(args: &BenchArgs, msg: impl AsRef<str>) {
+    if !args.json {
+        eprintln!("{}", msg.as_ref());
+    }
+}
+
+/// `warpfs bench`. Returns the exit code.
+pub fn run(args: &BenchArgs) -> Result<i32> {
+    let wall = Instant::now();
+    let backend = backend::resolve(args.backend.backend)?;
+    let progress = Progress::new(!args.json);
+    let plan = Plan::from_args(args)?;
+    let phases = ordered(&args.phases);
+
+    let file = match &args.file {
+        Some(p) => TestFile::existing(p)?,
+        None => {
+            let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+            say(
+                args,
+                format!(
+                    "creating a {} test file in {}",
+                    fmt_bytes(args.size),
+                    dir.display()
+                ),
+            );
+            TestFile::create(&dir, args.size, &progress.bytes(args.size, "creating file"))?
+        }
+    };
+
+    let mut skipped = Vec::new();
+    let mut run_phases = Vec::new();
+    for p in phases {
+        if p == Phase::RandWrite && !file.pattern {
+            skipped.push(Skipped {
+                phase: p.name(),
+                reason: "--file is not a warpfs test file; writing would destroy its contents (run without --file)".into(),
+            });
+        } else {
+            run_phases.push(p);
+        }
+    }
+    if run_phases.contains(&Phase::Seq) {
+        let cache = args.cache.unwrap_or(CacheConfig::default().capacity as u64);
+        if let Some(avail) = system::mem_available() {
+            if file.size + cache > avail {
+                bail!(
+                    "the seq phase reads the whole file into one buffer: {} + {} cache, but only {} memory is available; use a smaller --size (or --file), or --phases rand-read,rand-write",
+                    fmt_bytes(file.size),
+                    fmt_bytes(cache),
+                    fmt_bytes(avail)
+                );
+            }
+        }
+    }
+
+    say(
+        args,
+        format!("warming {} into the page cache", file.shown.display()),
+    );
+    file.warm(&progress.bytes(file.size, "warming"))?;
+
+    let cfg = runtime_config(args, &plan);
+    let rt = Runtime::new(cfg).ctx(|| "starting the warpfs runtime".into())?;
+    let writes = run_phases.contains(&Phase::RandWrite);
+    let mode = if writes {
+        OpenOptions::read_write()
+    } else {
+        OpenOptions::read_only()
+    };
+    let fh = rt.open(file.open_path(), mode)?;
+    let expected = file.expected()?;
+    let ctx = Ctx {
+        rt: &rt,
+        fh: fh.clone(),
+        file: &file,
+        expected: &expected,
+        plan: &plan,
+        progress,
+    };
+
+    let mut results = Vec::new();
+    for p in &run_phases {
+        say(args, format!("phase {} ...", p.name()));
+        let r = match p {
+            Phase::Seq => seq::run(&ctx)?,
+            Phase::RandRead => rand::run(&ctx)?,
+            Phase::RandWrite => write::run(&ctx)?,
+        };
+        results.push(r);
+    }
+    let c = rt.config();
+    let config = ConfigReport {
+        threads: plan.threads,
+        queue_depth: plan.qd,
+        agents: plan.agents,
+        agent_queue_depth: plan.agent_depth,
+        block_size: BLOCK,
+        seconds: plan.seconds,
+        ops: plan.ops,
+        fsync_every: plan.fsync_every,
+        workers: c.workers,
+        cache_bytes: c.cache.capacity,
+        cache_page_size: c.cache.page_size,
+        readahead_pages: c.readahead_pages,
+        write_back: c.write_back,
+    };
+    let engine = rt.engine_name().to_string();
+    rt.close(&fh)?;
+    drop(rt);
+
+    let mismatches = results.iter().map(|r| r.mismatches()).sum();
+    let report = Report {
+        version: env!("CARGO_PKG_VERSION"),
+        engine,
+        backend: backend.name(),
+        cores: system::cores(),
+        file: FileReport {
+            path: file.shown.display().to_string(),
+            size: file.size,
+            temporary: file.temporary,
+            pattern: file.pattern,
+        },
+        config,
+        phases: results,
+        skipped,
+        mismatches,
+        wall_seconds: wall.elapsed().as_secs_f64(),
+    };
+    drop(file);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serialises")
+        );
+    } else {
+        print!("{}", table::render(&report));
+    }
+    Ok(if mismatches > 0 { EXIT_MISMATCH } else { 0 })
+}

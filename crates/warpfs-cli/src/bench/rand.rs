@@ -1,0 +1,149 @@
+//! `rand-read`: random 4 KiB reads through the request rings — several OS threads, each
+//! driving agents that keep `agent-qd` requests in flight (like GPU warps) — vs plain `pread`
+//! on the same number of threads. Every read is checked against the file's content.
+
+use super::report::{Figure, PhaseResult};
+use super::{run_workers, Ctx, Limit, Tally, BLOCK};
+use crate::baseline;
+use crate::error::{Context, Result};
+use crate::expected::Expected;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::VecDeque;
+use std::fs::File;
+use std::time::Instant;
+use warpfs::runtime::{Agent, Ticket};
+use warpfs::FileHandle;
+
+/// A request in flight: its ticket, file offset and submission time.
+type Pending = (Ticket, u64, Instant);
+
+/// Splits `n` agents over `threads` threads, round-robin.
+pub fn spread<T>(items: Vec<T>, threads: usize) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, it) in items.into_iter().enumerate() {
+        out[i % threads].push(it);
+    }
+    out
+}
+
+/// Creates the plan's agents, spread over its threads.
+pub fn agents(ctx: &Ctx) -> Result<Vec<Vec<Agent>>> {
+    let all = (0..ctx.plan.agents)
+        .map(|_| ctx.rt.agent())
+        .collect::<Result<Vec<_>, _>>()
+        .ctx(|| "creating host agents (lower --qd or raise --agent-qd)".into())?;
+    Ok(spread(all, ctx.plan.threads))
+}
+
+/// One thread's agents reading random blocks, each agent `depth` deep.
+fn agent_reader(
+    mut agents: Vec<Agent>,
+    file: &FileHandle,
+    blocks: u64,
+    depth: usize,
+    limit: &Limit,
+    expected: &Expected,
+    seed: u64,
+) -> Result<Tally> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut t = Tally::with_capacity(limit.capacity_hint());
+    let mut buf = vec![0u8; BLOCK];
+    let mut queues: Vec<VecDeque<Pending>> = agents
+        .iter()
+        .map(|_| VecDeque::with_capacity(depth))
+        .collect();
+    let mut submitted = 0u64;
+    let depth = agents
+        .first()
+        .map_or(depth, |a| depth.min(a.queue_depth()).max(1));
+    for (a, q) in agents.iter_mut().zip(&mut queues) {
+        while q.len() < depth && limit.more(submitted) {
+            let off = rng.random_range(0..blocks) * BLOCK as u64;
+            q.push_back((a.submit_read(file, off, BLOCK)?, off, Instant::now()));
+            submitted += 1;
+        }
+    }
+    loop {
+        let mut any = false;
+        for (a, q) in agents.iter_mut().zip(&mut queues) {
+            let Some((ticket, off, t0)) = q.pop_front() else {
+                continue;
+            };
+            any = true;
+            let n = a.wait_read(ticket, &mut buf)?;
+            t.lat.record(t0.elapsed());
+            if n != BLOCK || expected.wrong_bytes(off, &buf)? > 0 {
+                t.mismatches += 1;
+            }
+            t.ops += 1;
+            t.bytes += n as u64;
+            limit.tick(t.ops);
+            if limit.more(submitted) {
+                let off = rng.random_range(0..blocks) * BLOCK as u64;
+                q.push_back((a.submit_read(file, off, BLOCK)?, off, Instant::now()));
+                submitted += 1;
+            }
+        }
+        if !any {
+            return Ok(t);
+        }
+    }
+}
+
+/// Runs the phase: baseline first, then warpfs.
+pub fn run(ctx: &Ctx) -> Result<PhaseResult> {
+    let blocks = ctx.file.size / BLOCK as u64;
+    let plain =
+        File::open(ctx.file.open_path()).ctx(|| format!("opening {}", ctx.file.shown.display()))?;
+    let states: Vec<()> = vec![(); ctx.plan.threads];
+    let base = run_workers(
+        ctx.plan,
+        states,
+        "rand-read pread",
+        ctx.progress,
+        |(), limit, seed| {
+            baseline::pread_worker(&plain, blocks, BLOCK, limit, ctx.expected, seed)
+                .ctx(|| "baseline pread".into())
+        },
+    )?;
+
+    let per_thread = agents(ctx)?;
+    let before = ctx.rt.stats();
+    let depth = ctx.plan.agent_depth;
+    let w = run_workers(
+        ctx.plan,
+        per_thread,
+        "rand-read warpfs",
+        ctx.progress,
+        |agents, limit, seed| {
+            agent_reader(agents, &ctx.fh, blocks, depth, limit, ctx.expected, seed)
+        },
+    )?;
+    let after = ctx.rt.stats();
+
+    let mut r = PhaseResult::new("rand-read", Figure::iops(w), Figure::iops(base));
+    let hits = after.cache.hits - before.cache.hits;
+    let looked = hits
+        + (after.cache.misses - before.cache.misses)
+        + (after.cache.coalesced - before.cache.coalesced);
+    r.hit_rate = (looked > 0).then(|| hits as f64 / looked as f64);
+    r.notes.push(format!(
+        "qd {} vs 1 per thread, {} threads",
+        ctx.plan.qd, ctx.plan.threads
+    ));
+    let errors = after.daemon.errors - before.daemon.errors;
+    if errors > 0 {
+        r.notes.push(format!("{errors} daemon errors"));
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn spread_round_robin() {
+        let v = super::spread((0..5).collect(), 2);
+        assert_eq!(v, vec![vec![0, 2, 4], vec![1, 3]]);
+    }
+}

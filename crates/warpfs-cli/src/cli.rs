@@ -1,0 +1,213 @@
+//! Command-line arguments of `warpfs`.
+
+use crate::backend::BackendArg;
+use crate::units::parse_size;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use warpfs::engine::EngineChoice;
+
+const MAIN_EXAMPLES: &str = "\
+Examples:
+  warpfs bench                      benchmark warpfs against plain reads/writes (1 GiB temp file)
+  warpfs bench --size 256M --json   smaller file, machine-readable results
+  warpfs stat data.bin              size, page-cache residency, O_DIRECT support
+
+Exit codes: 0 ok · 1 a read or write returned wrong bytes · 2 error (the message says what to do)";
+
+const BENCH_EXAMPLES: &str = "\
+Examples:
+  warpfs bench                                  all phases, 1 GiB temporary file, 3 s per side
+  warpfs bench --size 256M --seconds 1          quicker
+  warpfs bench --phases rand-read --threads 4 --qd 128
+  warpfs bench --file /data/model.bin --phases seq,rand-read
+  warpfs bench --dir /mnt/nvme --json > result.json
+
+Each phase runs twice in this process on the same file: through warpfs and the plain way
+(read/pread/pwrite with the same sizes and thread count); the table shows both and the ratio.
+Every byte read is checked against the file's known content; writes are read back afterwards.
+The temporary file is unlinked as soon as it is created, so nothing is left behind.";
+
+/// Files for GPU programs: benchmark and inspect warpfs.
+#[derive(Debug, Parser)]
+#[command(name = "warpfs", version, about, after_help = MAIN_EXAMPLES)]
+pub struct Cli {
+    /// Log more (-v: info, -vv: debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands. (`load` and `graph` will join these.)
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Measure warpfs against plain reads and writes on a test file, side by side.
+    #[command(after_help = BENCH_EXAMPLES)]
+    Bench(BenchArgs),
+    /// Show a file's size, page-cache residency and whether O_DIRECT works on it.
+    Stat(StatArgs),
+}
+
+/// Backend selection, shared by every command that runs requests.
+#[derive(Debug, Clone, Args)]
+pub struct BackendOpt {
+    /// Backend: auto (best available), host (CPU agents), cuda, wgpu. This build has host only.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+}
+
+/// Benchmark phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Phase {
+    /// Whole file into one buffer: Runtime::read_bulk vs a 4 MiB read() loop.
+    Seq,
+    /// Random 4 KiB reads through agents vs multi-threaded pread.
+    RandRead,
+    /// Random 4 KiB writes + periodic fsync through agents vs pwrite + fdatasync.
+    RandWrite,
+}
+
+impl Phase {
+    /// Name as written on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Seq => "seq",
+            Phase::RandRead => "rand-read",
+            Phase::RandWrite => "rand-write",
+        }
+    }
+}
+
+/// I/O engine choice on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineArg {
+    /// io_uring if it works here, else threads (WARPFS_IO_ENGINE overrides).
+    Auto,
+    /// io_uring.
+    Uring,
+    /// Thread pool with pread/pwrite.
+    Threads,
+}
+
+impl EngineArg {
+    /// The library's value.
+    pub fn choice(self) -> EngineChoice {
+        match self {
+            EngineArg::Auto => EngineChoice::Auto,
+            EngineArg::Uring => EngineChoice::Uring,
+            EngineArg::Threads => EngineChoice::Threads,
+        }
+    }
+}
+
+/// `warpfs bench` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Size of the temporary test file (K/M/G/T = powers of 1024).
+    #[arg(long, value_parser = parse_size, default_value = "1G", value_name = "SIZE")]
+    pub size: u64,
+    /// Use this existing file instead of a temporary one (rand-write then only runs on a
+    /// file warpfs created; reads are checked against a plain re-read).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["size", "dir"])]
+    pub file: Option<PathBuf>,
+    /// Directory for the temporary test file [default: the system temp dir].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Phases to run, comma-separated; always run in the order seq, rand-read, rand-write.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "seq,rand-read,rand-write"
+    )]
+    pub phases: Vec<Phase>,
+    /// Seconds each side of each phase runs.
+    #[arg(long, default_value_t = 3.0, value_name = "S")]
+    pub seconds: f64,
+    /// Run a fixed number of operations per side instead of --seconds (seq: whole-file passes).
+    #[arg(long, value_name = "N")]
+    pub ops: Option<u64>,
+    /// OS threads issuing requests, for warpfs and the baseline alike [default: cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Total warpfs requests in flight across all threads.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub qd: usize,
+    /// Requests in flight per agent (agents = max(threads, qd / agent-qd)).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub agent_qd: usize,
+    /// rand-write: sync after every N writes per thread.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub fsync_every: u64,
+    /// I/O engine under warpfs.
+    #[arg(long, value_enum, default_value_t = EngineArg::Auto)]
+    pub engine: EngineArg,
+    /// Host cache tier size [default: the library's].
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub cache: Option<u64>,
+    /// Daemon worker threads [default: half the cores, 1..=8].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Readahead window in cache pages (0 = off).
+    #[arg(long, default_value_t = 0, value_name = "PAGES")]
+    pub readahead: u32,
+    /// Write-back cache (dirty pages written on eviction/fsync) instead of write-through.
+    #[arg(long)]
+    pub write_back: bool,
+    /// Print the results as JSON on stdout (no progress bars).
+    #[arg(long)]
+    pub json: bool,
+    /// Backend.
+    #[command(flatten)]
+    pub backend: BackendOpt,
+}
+
+/// `warpfs stat` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct StatArgs {
+    /// The file to inspect.
+    pub file: PathBuf,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bench_defaults() {
+        let cli = Cli::parse_from(["warpfs", "bench"]);
+        let Command::Bench(b) = cli.command else {
+            panic!("bench")
+        };
+        assert_eq!(b.size, 1 << 30);
+        assert_eq!(
+            b.phases,
+            vec![Phase::Seq, Phase::RandRead, Phase::RandWrite]
+        );
+        assert_eq!(b.qd, 64);
+        assert_eq!(b.backend.backend, BackendArg::Auto);
+        let cli = Cli::parse_from([
+            "warpfs",
+            "bench",
+            "--phases",
+            "rand-read,seq",
+            "--size",
+            "16M",
+        ]);
+        let Command::Bench(b) = cli.command else {
+            panic!("bench")
+        };
+        assert_eq!(b.phases, vec![Phase::RandRead, Phase::Seq]);
+        assert_eq!(b.size, 16 << 20);
+    }
+}

@@ -1,0 +1,102 @@
+//! The test file's content: every byte is a function of its offset (and a seed), so any read can
+//! be checked without keeping a copy. Word `i` (bytes `8i..8i+8`, little-endian) is a bijective
+//! mix of `i ^ seed`, so a read from the wrong offset never matches.
+
+/// Seed of the content a test file is created with.
+pub const FILE_SEED: u64 = 0x5746_5346_494c_4531; // "WFSFILE1"
+
+#[inline]
+fn word(seed: u64, i: u64) -> u64 {
+    let w = (i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    w ^ (w >> 29)
+}
+
+/// The expected byte at `offset`.
+#[inline]
+pub fn byte_at(seed: u64, offset: u64) -> u8 {
+    word(seed, offset / 8).to_le_bytes()[(offset % 8) as usize]
+}
+
+/// Fills `buf` with the content of `[offset, offset + buf.len())`.
+pub fn fill(seed: u64, offset: u64, buf: &mut [u8]) {
+    let len = buf.len();
+    let head = ((8 - offset % 8) % 8).min(len as u64) as usize;
+    let (first, rest) = buf.split_at_mut(head);
+    for (k, b) in first.iter_mut().enumerate() {
+        *b = byte_at(seed, offset + k as u64);
+    }
+    let base = (offset + head as u64) / 8;
+    let mut chunks = rest.chunks_exact_mut(8);
+    for (k, c) in (&mut chunks).enumerate() {
+        c.copy_from_slice(&word(seed, base + k as u64).to_le_bytes());
+    }
+    let tail_start = len - chunks.into_remainder().len();
+    let tail_off = offset + tail_start as u64;
+    for (k, b) in buf[tail_start..].iter_mut().enumerate() {
+        *b = byte_at(seed, tail_off + k as u64);
+    }
+}
+
+/// Number of bytes of `buf` that differ from the content of `[offset, offset + buf.len())`.
+pub fn count_wrong(seed: u64, offset: u64, buf: &[u8]) -> u64 {
+    let head = ((8 - offset % 8) % 8).min(buf.len() as u64) as usize;
+    let mut wrong = 0u64;
+    for (k, &b) in buf[..head].iter().enumerate() {
+        wrong += (b != byte_at(seed, offset + k as u64)) as u64;
+    }
+    let base = (offset + head as u64) / 8;
+    let chunks = buf[head..].chunks_exact(8);
+    let rem = chunks.remainder().len();
+    for (k, c) in chunks.enumerate() {
+        let expect = word(seed, base + k as u64).to_le_bytes();
+        if c != expect {
+            wrong += c.iter().zip(expect).filter(|(a, b)| **a != *b).count() as u64;
+        }
+    }
+    let tail_start = buf.len() - rem;
+    for (k, &b) in buf[tail_start..].iter().enumerate() {
+        wrong += (b != byte_at(seed, offset + (tail_start + k) as u64)) as u64;
+    }
+    wrong
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_matches_byte_at_at_any_alignment() {
+        for off in [0u64, 1, 7, 8, 4093, 1 << 20] {
+            for len in [0usize, 1, 5, 8, 13, 4096, 4099] {
+                let mut buf = vec![0u8; len];
+                fill(FILE_SEED, off, &mut buf);
+                for (k, &b) in buf.iter().enumerate() {
+                    assert_eq!(
+                        b,
+                        byte_at(FILE_SEED, off + k as u64),
+                        "off {off} len {len} k {k}"
+                    );
+                }
+                assert_eq!(count_wrong(FILE_SEED, off, &buf), 0);
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_bytes_and_wrong_offsets_are_caught() {
+        let mut buf = vec![0u8; 4096];
+        fill(FILE_SEED, 8192, &mut buf);
+        buf[100] ^= 1;
+        buf[4095] ^= 0xff;
+        assert_eq!(count_wrong(FILE_SEED, 8192, &buf), 2);
+        fill(FILE_SEED, 8192, &mut buf);
+        assert!(
+            count_wrong(FILE_SEED, 4096, &buf) > 4000,
+            "a block read from the wrong offset must not match"
+        );
+        assert!(
+            count_wrong(FILE_SEED ^ 1, 8192, &buf) > 4000,
+            "another seed must not match"
+        );
+    }
+}

@@ -1554,6 +1554,116 @@ mod tests {
         }
     }
 
+    /// 8 threads hammer overlapping keys; `loads_per_key[k]` counts the loads of key `k`.
+    /// Every hit is checked against the pattern of its key; returns (lookups, busy, full).
+    fn hammer(
+        c: &Arc<HostCache>,
+        fs: &[Arc<FileEntry>],
+        keys_per_file: u64,
+        iters: usize,
+        fail_every: u64,
+        loads_per_key: &Arc<Vec<AtomicU64>>,
+    ) -> (u64, u64, u64) {
+        let ps = c.page_size();
+        let len_of = move |f: usize, p: u64| if p % 3 == 2 { ps / 2 + f } else { ps };
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let (c, fs, loads) = (c.clone(), fs.to_vec(), loads_per_key.clone());
+                std::thread::spawn(move || {
+                    let mut x = t.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                    let (mut busy, mut full) = (0, 0);
+                    for n in 0..iters as u64 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let f = (x % fs.len() as u64) as usize;
+                        let p = (x >> 8) % keys_per_file;
+                        let ra = (x >> 20) % 8 == 0;
+                        match c.lookup(&fs[f], p, ra) {
+                            Lookup::Hit(i) => {
+                                let want: Vec<u8> =
+                                    (0..len_of(f, p)).map(|o| pattern(f as u64, p, o)).collect();
+                                assert_eq!(c.valid_len(i), want.len());
+                                assert_eq!(page_bytes(&c, i, want.len()), want, "page {f}/{p}");
+                                c.release(i);
+                            }
+                            Lookup::Miss(i) => {
+                                if fail_every > 0 && (n + t) % fail_every == 0 {
+                                    c.finish_load(i, -libc::EIO as i64);
+                                    continue;
+                                }
+                                let k = f as u64 * keys_per_file + p;
+                                loads[k as usize].fetch_add(1, Ordering::Relaxed);
+                                let data: Vec<u8> =
+                                    (0..len_of(f, p)).map(|o| pattern(f as u64, p, o)).collect();
+                                fill(&c, i, &data);
+                                std::thread::yield_now(); // let others find it loading
+                                c.finish_load(i, data.len() as i64);
+                            }
+                            Lookup::Busy => {
+                                busy += 1;
+                                std::thread::yield_now();
+                            }
+                            Lookup::Full => {
+                                full += 1;
+                                std::thread::yield_now();
+                            }
+                        }
+                    }
+                    (busy, full)
+                })
+            })
+            .collect();
+        let (mut busy, mut full) = (0, 0);
+        for t in threads {
+            let (b, f) = t.join().unwrap();
+            busy += b;
+            full += f;
+        }
+        (8 * iters as u64, busy, full)
+    }
+
+    #[test]
+    fn stress_concurrent_misses_load_each_key_once() {
+        // 16 keys fit in 16 pages: nothing is ever evicted, so each key must be loaded exactly
+        // once however the 8 threads race on it.
+        let fs = files(2);
+        let c = Arc::new(small(16, 4096));
+        let loads: Arc<Vec<AtomicU64>> = Arc::new((0..16).map(|_| AtomicU64::new(0)).collect());
+        let (lookups, busy, full) = hammer(&c, &fs, 8, 3000, 0, &loads);
+        assert_eq!(full, 0);
+        for (k, n) in loads.iter().enumerate() {
+            assert_eq!(n.load(Ordering::Relaxed), 1, "key {k} loaded more than once");
+        }
+        let s = c.stats();
+        assert_eq!((s.loads, s.evictions), (16, 0));
+        assert!(s.coalesced <= busy);
+        // Every lookup is a demand hit/miss, a readahead lookup, or Busy.
+        assert!(s.hits + s.misses + busy <= lookups);
+        c.check_invariants();
+        for i in 0..16 {
+            assert_eq!(c.page_info(i).1, 0, "page {i} left pinned");
+        }
+    }
+
+    #[test]
+    fn stress_with_eviction_and_failed_loads() {
+        let fs = files(3);
+        let c = Arc::new(small(8, 512));
+        let loads: Arc<Vec<AtomicU64>> = Arc::new((0..48).map(|_| AtomicU64::new(0)).collect());
+        let (lookups, busy, full) = hammer(&c, &fs, 16, 4000, 7, &loads);
+        let s = c.stats();
+        let loaded: u64 = loads.iter().map(|n| n.load(Ordering::Relaxed)).sum();
+        assert_eq!(s.loads, loaded);
+        assert!(s.evictions > 0 && s.evictions <= s.loads);
+        assert!(s.hits + s.misses + busy + full <= lookups);
+        assert!(s.readahead_used + s.readahead_wasted <= s.readahead_loaded);
+        c.check_invariants();
+        for i in 0..8 {
+            assert_eq!(c.page_info(i).1, 0, "page {i} left pinned");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
         #[test]

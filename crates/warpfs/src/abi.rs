@@ -130,7 +130,10 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
         ("sizeof(WfsRingHeader)", size_of::<WfsRingHeader>()),
         ("WfsRingHeader.magic", offset_of!(WfsRingHeader, magic)),
         ("WfsRingHeader.version", offset_of!(WfsRingHeader, version)),
-        ("WfsRingHeader.capacity", offset_of!(WfsRingHeader, capacity)),
+        (
+            "WfsRingHeader.capacity",
+            offset_of!(WfsRingHeader, capacity),
+        ),
         ("WfsRingHeader.mask", offset_of!(WfsRingHeader, mask)),
         ("WfsRingHeader.head", offset_of!(WfsRingHeader, head)),
         ("WfsRingHeader.tail", offset_of!(WfsRingHeader, tail)),

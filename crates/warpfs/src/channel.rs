@@ -47,7 +47,9 @@ impl ChannelConfig {
             )));
         }
         if self.completions == 0 || self.completions > u32::MAX as usize {
-            return Err(Error::Config("a channel needs 1 ..= 2^32-1 completion records".into()));
+            return Err(Error::Config(
+                "a channel needs 1 ..= 2^32-1 completion records".into(),
+            ));
         }
         let ring = Ring::bytes_for(self.ring_capacity);
         let demand = 0;
@@ -57,7 +59,13 @@ impl ChannelConfig {
         let total = data
             .checked_add(self.data_bytes)
             .ok_or_else(|| Error::Config("channel data region too large".into()))?;
-        Ok(ChannelLayout { demand, prefetch, completions, data, total })
+        Ok(ChannelLayout {
+            demand,
+            prefetch,
+            completions,
+            data,
+            total,
+        })
     }
 }
 
@@ -76,7 +84,9 @@ pub struct Channel {
 
 impl std::fmt::Debug for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Channel").field("layout", &self.layout).finish_non_exhaustive()
+        f.debug_struct("Channel")
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -93,10 +103,16 @@ impl Channel {
         }
         let bad = || Error::Config("channel layout does not fit its region".into());
         Ok(Self {
-            demand: Ring::in_region(region.clone(), layout.demand, cfg.ring_capacity).ok_or_else(bad)?,
-            prefetch: Ring::in_region(region.clone(), layout.prefetch, cfg.ring_capacity).ok_or_else(bad)?,
-            completions: Completions::in_region(region.clone(), layout.completions, cfg.completions)
+            demand: Ring::in_region(region.clone(), layout.demand, cfg.ring_capacity)
                 .ok_or_else(bad)?,
+            prefetch: Ring::in_region(region.clone(), layout.prefetch, cfg.ring_capacity)
+                .ok_or_else(bad)?,
+            completions: Completions::in_region(
+                region.clone(),
+                layout.completions,
+                cfg.completions,
+            )
+            .ok_or_else(bad)?,
             region,
             layout,
             data_len: cfg.data_bytes,
@@ -142,17 +158,31 @@ mod tests {
 
     #[test]
     fn layout_is_ordered_and_aligned() {
-        let cfg = ChannelConfig { ring_capacity: 64, completions: 100, data_bytes: 1 << 20 };
+        let cfg = ChannelConfig {
+            ring_capacity: 64,
+            completions: 100,
+            data_bytes: 1 << 20,
+        };
         let l = cfg.layout().unwrap();
         assert!(l.demand < l.prefetch && l.prefetch < l.completions && l.completions < l.data);
         assert_eq!(l.data % 4096, 0);
         assert_eq!(l.total, l.data + (1 << 20));
-        assert!(ChannelConfig { ring_capacity: 3, ..cfg }.layout().is_err());
+        assert!(ChannelConfig {
+            ring_capacity: 3,
+            ..cfg
+        }
+        .layout()
+        .is_err());
     }
 
     #[test]
     fn data_range_is_bounds_checked() {
-        let ch = Channel::new_host(ChannelConfig { ring_capacity: 4, completions: 4, data_bytes: 8192 }).unwrap();
+        let ch = Channel::new_host(ChannelConfig {
+            ring_capacity: 4,
+            completions: 4,
+            data_bytes: 8192,
+        })
+        .unwrap();
         assert!(ch.data_range(0, 8192).is_some());
         assert!(ch.data_range(1, 8192).is_none());
         assert!(ch.data_range(u64::MAX, 1).is_none());

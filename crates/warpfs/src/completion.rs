@@ -45,7 +45,9 @@ unsafe impl Sync for Completions {}
 
 impl std::fmt::Debug for Completions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Completions").field("len", &self.len).finish()
+        f.debug_struct("Completions")
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -281,8 +283,14 @@ mod tests {
     #[test]
     fn layout_matches_the_wire_format() {
         assert_eq!(size_of::<Cell>(), size_of::<abi::WfsCompletion>());
-        assert_eq!(offset_of!(Cell, result), offset_of!(abi::WfsCompletion, result));
-        assert_eq!(offset_of!(Cell, ticket), offset_of!(abi::WfsCompletion, ticket));
+        assert_eq!(
+            offset_of!(Cell, result),
+            offset_of!(abi::WfsCompletion, result)
+        );
+        assert_eq!(
+            offset_of!(Cell, ticket),
+            offset_of!(abi::WfsCompletion, ticket)
+        );
     }
 
     #[test]

@@ -124,17 +124,29 @@ pub struct Daemon {
 
 impl std::fmt::Debug for Daemon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Daemon").field("workers", &self.workers.len()).finish()
+        f.debug_struct("Daemon")
+            .field("workers", &self.workers.len())
+            .finish()
     }
 }
 
 impl Daemon {
     /// Starts `cfg.workers` worker threads serving files of `files` through `cache`.
-    pub fn start(cfg: DaemonConfig, files: Arc<FileTable>, cache: Arc<HostCache>) -> crate::Result<Self> {
+    pub fn start(
+        cfg: DaemonConfig,
+        files: Arc<FileTable>,
+        cache: Arc<HostCache>,
+    ) -> crate::Result<Self> {
         if cfg.workers == 0 || cfg.batch == 0 {
-            return Err(crate::Error::Config("the daemon needs at least one worker and a batch of at least 1".into()));
+            return Err(crate::Error::Config(
+                "the daemon needs at least one worker and a batch of at least 1".into(),
+            ));
         }
-        let control = engine::create(&EngineConfig { queue_depth: 64, threads: 2, ..cfg.engine });
+        let control = engine::create(&EngineConfig {
+            queue_depth: 64,
+            threads: 2,
+            ..cfg.engine
+        });
         let shared = Arc::new(Shared {
             readahead: Readahead::new(cfg.readahead_pages, 256),
             engine_name: control.name(),
@@ -158,13 +170,21 @@ impl Daemon {
                 .map_err(crate::Error::Io)?;
             workers.push(h);
         }
-        tracing::info!(workers = shared.cfg.workers, engine = shared.engine_name, "warpfs daemon started");
+        tracing::info!(
+            workers = shared.cfg.workers,
+            engine = shared.engine_name,
+            "warpfs daemon started"
+        );
         Ok(Self { shared, workers })
     }
 
     /// Starts serving `channel`.
     pub fn attach(&self, channel: Arc<Channel>) {
-        self.shared.channels.write().unwrap_or_else(|p| p.into_inner()).push(channel);
+        self.shared
+            .channels
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(channel);
         self.shared.channels_version.fetch_add(1, Ordering::Release);
         self.doorbell().ring();
     }
@@ -221,7 +241,12 @@ impl Daemon {
         if let Err(e) = flush(&self.shared, None) {
             tracing::error!(error = %e, "write-back at shutdown failed");
         }
-        let channels = self.shared.channels.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let channels = self
+            .shared
+            .channels
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         for ch in &channels {
             fail_pending(&self.shared, ch);
         }
@@ -242,7 +267,9 @@ fn fail_pending(shared: &Shared, ch: &Channel) {
                 crate::ring::Popped::Request(r) | crate::ring::Popped::Corrupt(r) => r,
             };
             shared.counters.errors.fetch_add(1, Ordering::Relaxed);
-            let _ = ch.completions.complete(req.completion, req.ticket, -(libc::ESHUTDOWN as i64));
+            let _ = ch
+                .completions
+                .complete(req.completion, req.ticket, -(libc::ESHUTDOWN as i64));
         }
     }
 }
@@ -281,7 +308,14 @@ fn flush(shared: &Shared, file: Option<&Arc<FileEntry>>) -> crate::Result<()> {
             if ok {
                 files.insert(wb.file.id, wb.file.clone());
             } else if first_err.is_none() {
-                first_err = Some(crate::Error::from_result("write-back", if d.result < 0 { d.result } else { -(libc::EIO as i64) }));
+                first_err = Some(crate::Error::from_result(
+                    "write-back",
+                    if d.result < 0 {
+                        d.result
+                    } else {
+                        -(libc::EIO as i64)
+                    },
+                ));
             }
         }
     }
@@ -292,7 +326,14 @@ fn flush(shared: &Shared, file: Option<&Arc<FileEntry>>) -> crate::Result<()> {
         .into_values()
         .enumerate()
         .map(|(i, f)| {
-            let op = IoOp { kind: IoKind::Fsync, fd: f.fd(), offset: 0, buf: std::ptr::null_mut(), len: 0, token: i as u64 };
+            let op = IoOp {
+                kind: IoKind::Fsync,
+                fd: f.fd(),
+                offset: 0,
+                buf: std::ptr::null_mut(),
+                len: 0,
+                token: i as u64,
+            };
             (f, op)
         })
         .collect();
@@ -411,7 +452,12 @@ impl Worker {
     fn refresh_channels(&mut self) {
         let v = self.shared.channels_version.load(Ordering::Acquire);
         if v != self.version {
-            self.channels = self.shared.channels.read().unwrap_or_else(|p| p.into_inner()).clone();
+            self.channels = self
+                .shared
+                .channels
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             self.version = v;
         }
     }
@@ -457,7 +503,10 @@ impl Worker {
         let seen = s.doorbell.load(Ordering::SeqCst);
         s.sleepers.fetch_add(1, Ordering::SeqCst);
         let has_work = !self.deferred.is_empty()
-            || self.channels.iter().any(|c| !c.demand.is_empty() || !c.prefetch.is_empty());
+            || self
+                .channels
+                .iter()
+                .any(|c| !c.demand.is_empty() || !c.prefetch.is_empty());
         if !has_work && !s.stop.load(Ordering::Acquire) {
             // Worker 0 polls for requesters that cannot ring (GPUs); the others sleep long.
             let t = if self.id == 0 {
@@ -504,7 +553,11 @@ impl Worker {
                             took += 1;
                             self.shared.counters.corrupt.fetch_add(1, Ordering::Relaxed);
                             self.shared.counters.errors.fetch_add(1, Ordering::Relaxed);
-                            let _ = ch.completions.complete(req.completion, req.ticket, -(libc::EPROTO as i64));
+                            let _ = ch.completions.complete(
+                                req.completion,
+                                req.ticket,
+                                -(libc::EPROTO as i64),
+                            );
                         }
                         None => empty += 1,
                     }
@@ -521,7 +574,9 @@ impl Worker {
         s.counters.requests.fetch_add(1, Ordering::Relaxed);
         let fail = |errno: i32| {
             s.counters.errors.fetch_add(1, Ordering::Relaxed);
-            let _ = ch.completions.complete(req.completion, req.ticket, -(errno as i64));
+            let _ = ch
+                .completions
+                .complete(req.completion, req.ticket, -(errno as i64));
         };
         if req.completion as usize >= ch.completions.len() {
             // Nobody can be told; count it and move on.
@@ -534,7 +589,11 @@ impl Worker {
         let Some(file) = s.files.get(req.handle) else {
             return fail(libc::EBADF);
         };
-        if req.offset.checked_add(req.len).is_none_or(|end| end > i64::MAX as u64) {
+        if req
+            .offset
+            .checked_add(req.len)
+            .is_none_or(|end| end > i64::MAX as u64)
+        {
             return fail(libc::EINVAL);
         }
         match req.op {
@@ -577,13 +636,23 @@ impl Worker {
         if result < 0 {
             self.shared.counters.errors.fetch_add(1, Ordering::Relaxed);
         }
-        let _ = job.ch.completions.complete(job.req.completion, job.req.ticket, result);
+        let _ = job
+            .ch
+            .completions
+            .complete(job.req.completion, job.req.ticket, result);
     }
 
     fn push_op(&mut self, kind: IoKind, fd: i32, offset: u64, buf: *mut u8, len: usize, tag: Tag) {
         let token = self.tags.len() as u64;
         self.tags.push(Some(tag));
-        self.ops.push(IoOp { kind, fd, offset, buf, len, token });
+        self.ops.push(IoOp {
+            kind,
+            fd,
+            offset,
+            buf,
+            len,
+            token,
+        });
     }
 
     fn serve_batch(&mut self) {
@@ -604,7 +673,10 @@ impl Worker {
                     let pages = span::pages(job.req.offset, job.req.len, ps);
                     let count = (pages.end - pages.start).min(4096) as u32;
                     prefetch_after.push((job.file.clone(), pages.start, 1, count));
-                    self.shared.counters.prefetches.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .counters
+                        .prefetches
+                        .fetch_add(1, Ordering::Relaxed);
                     Outcome::Now(0)
                 }
                 _ => Outcome::Now(-(libc::EINVAL as i64)),
@@ -623,7 +695,10 @@ impl Worker {
         }
         // Submit everything planned, then complete jobs as their I/O finishes.
         if !self.ops.is_empty() {
-            self.shared.counters.ios.fetch_add(self.ops.len() as u64, Ordering::Relaxed);
+            self.shared
+                .counters
+                .ios
+                .fetch_add(self.ops.len() as u64, Ordering::Relaxed);
             let ops = std::mem::take(&mut self.ops);
             // SAFETY: every buffer is either a cache page pinned for this batch (released only
             // after its op completes) or a bounds-checked slice of a channel data region that
@@ -641,7 +716,10 @@ impl Worker {
             self.done = done;
             if !self.ops.is_empty() {
                 let ops = std::mem::take(&mut self.ops);
-                self.shared.counters.ios.fetch_add(ops.len() as u64, Ordering::Relaxed);
+                self.shared
+                    .counters
+                    .ios
+                    .fetch_add(ops.len() as u64, Ordering::Relaxed);
                 // SAFETY: as above.
                 unsafe { self.engine.submit(&ops) };
                 self.ops = ops;
@@ -702,11 +780,22 @@ impl Worker {
                 Lookup::Miss(idx) if for_write => pages.push((p, idx, Held::Reserved)),
                 Lookup::Miss(idx) => {
                     let l = self.loads.len();
-                    self.loads.push(Load { idx, result: None, refs: 1 });
+                    self.loads.push(Load {
+                        idx,
+                        result: None,
+                        refs: 1,
+                    });
                     self.load_of.insert((file.id, p), l);
                     pages.push((p, idx, Held::Load(l)));
                     let (fd, ps_usize) = (load_fd(&file, ps), ps as usize);
-                    self.push_op(IoKind::Read, fd, p * ps, cache.page_ptr(idx), ps_usize, Tag::Load(l));
+                    self.push_op(
+                        IoKind::Read,
+                        fd,
+                        p * ps,
+                        cache.page_ptr(idx),
+                        ps_usize,
+                        Tag::Load(l),
+                    );
                 }
                 other => {
                     fail = Some(other);
@@ -730,7 +819,11 @@ impl Worker {
         Ok(())
     }
 
-    fn plan_read(&mut self, j: usize, prefetch: &mut Vec<(Arc<FileEntry>, u64, u64, u32)>) -> Outcome {
+    fn plan_read(
+        &mut self,
+        j: usize,
+        prefetch: &mut Vec<(Arc<FileEntry>, u64, u64, u32)>,
+    ) -> Outcome {
         let (write_back, bypass_bytes) = (self.shared.cfg.write_back, self.shared.cfg.bypass_bytes);
         let (len, off) = (self.jobs[j].req.len, self.jobs[j].req.offset);
         let bypass = !write_back && len as usize >= bypass_bytes;
@@ -774,12 +867,20 @@ impl Worker {
             Some(dfd) => {
                 let a = file.dio_align as u64;
                 let split = span::split_direct(off, len, a);
-                for (r, direct) in [(split.head, false), (split.middle, true), (split.tail, false)] {
+                for (r, direct) in [
+                    (split.head, false),
+                    (split.middle, true),
+                    (split.tail, false),
+                ] {
                     if let Some(r) = r {
                         // SAFETY: r lies inside [off, off+len), so dst + (r.start - off) is in range.
                         let p = unsafe { dst.add((r.start - off) as usize) };
                         let aligned = p as usize % a as usize == 0;
-                        parts.push((r.start, r.end - r.start, if direct && aligned { dfd } else { file.fd() }));
+                        parts.push((
+                            r.start,
+                            r.end - r.start,
+                            if direct && aligned { dfd } else { file.fd() },
+                        ));
                     }
                 }
             }
@@ -816,7 +917,12 @@ impl Worker {
                 continue;
             }
             let (lo, hi) = ((p * ps).max(off), ((p + 1) * ps).min(off + len));
-            cache.write_into(idx, (lo - p * ps) as usize, &data[(lo - off) as usize..(hi - off) as usize], write_back);
+            cache.write_into(
+                idx,
+                (lo - p * ps) as usize,
+                &data[(lo - off) as usize..(hi - off) as usize],
+                write_back,
+            );
         }
         if write_back {
             for &(_, idx, _) in &job.pages {
@@ -835,12 +941,31 @@ impl Worker {
         let wbs = self.shared.cache.dirty_pages_of(file.id);
         if wbs.is_empty() {
             self.jobs[j].pending = 1;
-            self.push_op(IoKind::Fsync, file.fd(), 0, std::ptr::null_mut(), 0, Tag::Fsync(j));
+            self.push_op(
+                IoKind::Fsync,
+                file.fd(),
+                0,
+                std::ptr::null_mut(),
+                0,
+                Tag::Fsync(j),
+            );
         } else {
             self.jobs[j].pending = wbs.len();
             for wb in wbs {
-                let (fd, off, ptr, len) = (wb.file.fd(), wb.offset, self.shared.cache.page_ptr(wb.idx), wb.len);
-                self.push_op(IoKind::Write, fd, off, ptr, len, Tag::Writeback(wb, Some(j)));
+                let (fd, off, ptr, len) = (
+                    wb.file.fd(),
+                    wb.offset,
+                    self.shared.cache.page_ptr(wb.idx),
+                    wb.len,
+                );
+                self.push_op(
+                    IoKind::Write,
+                    fd,
+                    off,
+                    ptr,
+                    len,
+                    Tag::Writeback(wb, Some(j)),
+                );
             }
         }
         Outcome::Wait
@@ -850,17 +975,32 @@ impl Worker {
         let cache = self.shared.cache.clone();
         let ps = cache.page_size() as u64;
         for k in 0..count as u64 {
-            let Some(p) = stride.checked_mul(k).and_then(|d| d.checked_add(start)) else { break };
-            if p.checked_mul(ps).is_none_or(|b| b > i64::MAX as u64) || self.load_of.contains_key(&(file.id, p)) {
+            let Some(p) = stride.checked_mul(k).and_then(|d| d.checked_add(start)) else {
+                break;
+            };
+            if p.checked_mul(ps).is_none_or(|b| b > i64::MAX as u64)
+                || self.load_of.contains_key(&(file.id, p))
+            {
                 continue;
             }
             match cache.lookup(file, p, true) {
                 Lookup::Hit(idx) => cache.release(idx),
                 Lookup::Miss(idx) => {
                     let l = self.loads.len();
-                    self.loads.push(Load { idx, result: None, refs: 0 });
+                    self.loads.push(Load {
+                        idx,
+                        result: None,
+                        refs: 0,
+                    });
                     self.load_of.insert((file.id, p), l);
-                    self.push_op(IoKind::Read, load_fd(file, ps), p * ps, cache.page_ptr(idx), ps as usize, Tag::Load(l));
+                    self.push_op(
+                        IoKind::Read,
+                        load_fd(file, ps),
+                        p * ps,
+                        cache.page_ptr(idx),
+                        ps as usize,
+                        Tag::Load(l),
+                    );
                 }
                 Lookup::Busy => {}
                 Lookup::Full => break,
@@ -877,7 +1017,12 @@ impl Worker {
             return;
         }
         for wb in wbs {
-            let (fd, off, ptr, len) = (wb.file.fd(), wb.offset, self.shared.cache.page_ptr(wb.idx), wb.len);
+            let (fd, off, ptr, len) = (
+                wb.file.fd(),
+                wb.offset,
+                self.shared.cache.page_ptr(wb.idx),
+                wb.len,
+            );
             self.push_op(IoKind::Write, fd, off, ptr, len, Tag::Writeback(wb, None));
         }
         self.serve_batch();
@@ -893,7 +1038,11 @@ impl Worker {
                 self.loads[l].result = Some(d.result);
                 let waiting: Vec<usize> = (0..self.jobs.len())
                     .filter(|&j| {
-                        !self.jobs[j].finished && self.jobs[j].pages.iter().any(|(_, _, h)| *h == Held::Load(l))
+                        !self.jobs[j].finished
+                            && self.jobs[j]
+                                .pages
+                                .iter()
+                                .any(|(_, _, h)| *h == Held::Load(l))
                     })
                     .collect();
                 for j in waiting {
@@ -959,7 +1108,11 @@ impl Worker {
                 self.shared.cache.finish_writeback(wb.idx, ok);
                 if let Some(j) = job {
                     if !ok && self.jobs[j].error.is_none() {
-                        self.jobs[j].error = Some(if d.result < 0 { d.result } else { -(libc::EIO as i64) });
+                        self.jobs[j].error = Some(if d.result < 0 {
+                            d.result
+                        } else {
+                            -(libc::EIO as i64)
+                        });
                     }
                     self.jobs[j].pending -= 1;
                     if self.jobs[j].pending == 0 {

@@ -30,15 +30,33 @@ pub struct OpenOptions {
 impl OpenOptions {
     /// Read-only access.
     pub fn read_only() -> Self {
-        Self { read: true, write: false, create: false, truncate: false, direct: false }
+        Self {
+            read: true,
+            write: false,
+            create: false,
+            truncate: false,
+            direct: false,
+        }
     }
     /// Read and write access.
     pub fn read_write() -> Self {
-        Self { read: true, write: true, create: false, truncate: false, direct: false }
+        Self {
+            read: true,
+            write: true,
+            create: false,
+            truncate: false,
+            direct: false,
+        }
     }
     /// Write-only access.
     pub fn write_only() -> Self {
-        Self { read: false, write: true, create: false, truncate: false, direct: false }
+        Self {
+            read: false,
+            write: true,
+            create: false,
+            truncate: false,
+            direct: false,
+        }
     }
     /// Sets `create`.
     pub fn create(mut self, yes: bool) -> Self {
@@ -140,12 +158,20 @@ impl FileTable {
     pub fn register(&self, path: impl AsRef<Path>, options: OpenOptions) -> Result<Arc<FileEntry>> {
         let path = path.as_ref();
         if !options.read && !options.write {
-            return Err(Error::Config("a file must be registered for reading, writing or both".into()));
+            return Err(Error::Config(
+                "a file must be registered for reading, writing or both".into(),
+            ));
         }
         if (options.create || options.truncate) && !options.write {
-            return Err(Error::Config("create and truncate need write access (OpenOptions::read_write())".into()));
+            return Err(Error::Config(
+                "create and truncate need write access (OpenOptions::read_write())".into(),
+            ));
         }
-        let open_err = |source| Error::Open { path: path.to_path_buf(), mode: options.mode_words(), source };
+        let open_err = |source| Error::Open {
+            path: path.to_path_buf(),
+            mode: options.mode_words(),
+            source,
+        };
         let file = std::fs::OpenOptions::new()
             .read(options.read)
             .write(options.write)
@@ -156,14 +182,20 @@ impl FileTable {
         if file.metadata().map_err(open_err)?.is_dir() {
             return Err(open_err(std::io::Error::from_raw_os_error(libc::EISDIR)));
         }
-        let direct = if options.direct { open_direct(path, &options) } else { None };
+        let direct = if options.direct {
+            open_direct(path, &options)
+        } else {
+            None
+        };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let mut s = self.slots.write().unwrap_or_else(|p| p.into_inner());
         let index = match s.free.pop() {
             Some(i) => i,
             None => {
                 if s.entries.len() >= MAX_FILES {
-                    return Err(Error::Config(format!("at most {MAX_FILES} files can be registered at once; close some")));
+                    return Err(Error::Config(format!(
+                        "at most {MAX_FILES} files can be registered at once; close some"
+                    )));
                 }
                 s.entries.push(None);
                 s.generations.push(0);
@@ -273,11 +305,16 @@ mod tests {
     #[test]
     fn bad_paths_and_modes_are_clear_errors() {
         let t = FileTable::new();
-        let e = t.register("/nonexistent/warpfs/x", OpenOptions::read_only()).unwrap_err();
+        let e = t
+            .register("/nonexistent/warpfs/x", OpenOptions::read_only())
+            .unwrap_err();
         assert!(matches!(e, Error::Open { .. }));
         assert!(e.to_string().contains("/nonexistent/warpfs/x"));
         let p = tmpfile("b", b"");
-        assert!(matches!(t.register(&p, OpenOptions::read_only().create(true)), Err(Error::Config(_))));
+        assert!(matches!(
+            t.register(&p, OpenOptions::read_only().create(true)),
+            Err(Error::Config(_))
+        ));
         let dir = std::env::temp_dir();
         assert!(t.register(&dir, OpenOptions::read_only()).is_err());
     }

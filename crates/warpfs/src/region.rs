@@ -78,7 +78,8 @@ unsafe impl SharedMemory for HostMemory {
 
 /// Checks that `[off, off + len)` lies inside a region of `region_len` bytes, without overflow.
 pub fn range_in(off: u64, len: u64, region_len: usize) -> bool {
-    off.checked_add(len).is_some_and(|end| end <= region_len as u64)
+    off.checked_add(len)
+        .is_some_and(|end| end <= region_len as u64)
 }
 
 #[cfg(test)]

@@ -124,7 +124,11 @@ impl Ring {
     /// Returns `None` if the ring would not fit, `offset` is not 64-byte aligned or `capacity`
     /// is not a power of two.
     #[cfg(not(loom))]
-    pub fn in_region(region: Arc<dyn SharedMemory>, offset: usize, capacity: usize) -> Option<Self> {
+    pub fn in_region(
+        region: Arc<dyn SharedMemory>,
+        offset: usize,
+        capacity: usize,
+    ) -> Option<Self> {
         if !capacity.is_power_of_two() || offset % 64 != 0 || capacity > u32::MAX as usize {
             return None;
         }
@@ -365,8 +369,14 @@ mod tests {
         assert_eq!(size_of::<Slot>(), size_of::<abi::WfsSlot>());
         assert_eq!(offset_of!(Slot, req), offset_of!(abi::WfsSlot, req));
         assert_eq!(size_of::<Header>(), size_of::<abi::WfsRingHeader>());
-        assert_eq!(offset_of!(Header, head), offset_of!(abi::WfsRingHeader, head));
-        assert_eq!(offset_of!(Header, tail), offset_of!(abi::WfsRingHeader, tail));
+        assert_eq!(
+            offset_of!(Header, head),
+            offset_of!(abi::WfsRingHeader, head)
+        );
+        assert_eq!(
+            offset_of!(Header, tail),
+            offset_of!(abi::WfsRingHeader, tail)
+        );
     }
 
     #[test]

@@ -12,8 +12,8 @@
 //! # Ok::<(), warpfs::Error>(())
 //! ```
 
-pub use crate::backend::host::{Agent, Ticket};
 use crate::backend::host::HostLanes;
+pub use crate::backend::host::{Agent, Ticket};
 use crate::bulk::{BulkConfig, BulkIo};
 use crate::cache::{CacheConfig, CacheStats, HostCache};
 use crate::channel::{Channel, ChannelConfig};
@@ -106,7 +106,9 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("cfg", &self.cfg).finish_non_exhaustive()
+        f.debug_struct("Runtime")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -115,7 +117,10 @@ impl Default for RuntimeConfig {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             workers: (cores / 2).clamp(1, 8),
-            cache: CacheConfig { page_size: 4096, capacity: default_cache_bytes() },
+            cache: CacheConfig {
+                page_size: 4096,
+                capacity: default_cache_bytes(),
+            },
             engine: EngineConfig::default(),
             readahead_pages: 32,
             write_back: false,
@@ -133,7 +138,12 @@ fn default_cache_bytes() -> usize {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: sysconf has no preconditions.
-        let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+        let (pages, size) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
         if pages > 0 && size > 0 {
             return ((pages as usize).saturating_mul(size as usize) / 8).clamp(64 << 20, 4 << 30);
         }
@@ -146,7 +156,9 @@ impl Runtime {
     /// lazily) and `workers` thread spawns.
     pub fn new(cfg: RuntimeConfig) -> Result<Self> {
         if cfg.max_agents == 0 || cfg.agent_queue_depth == 0 || cfg.request_buffer == 0 {
-            return Err(Error::Config("max_agents, agent_queue_depth and request_buffer must be positive".into()));
+            return Err(Error::Config(
+                "max_agents, agent_queue_depth and request_buffer must be positive".into(),
+            ));
         }
         let request_buffer = cfg.request_buffer.div_ceil(4096) * 4096;
         let records = cfg
@@ -172,7 +184,11 @@ impl Runtime {
         )?;
         // A ring at least as large as all records: host pushes never find it full.
         let ring_capacity = cfg.ring_capacity.max(records).next_power_of_two();
-        let channel = Arc::new(Channel::new_host(ChannelConfig { ring_capacity, completions: records, data_bytes })?);
+        let channel = Arc::new(Channel::new_host(ChannelConfig {
+            ring_capacity,
+            completions: records,
+            data_bytes,
+        })?);
         daemon.attach(channel.clone());
         let lanes = Arc::new(HostLanes::new(
             channel,
@@ -182,17 +198,29 @@ impl Runtime {
             request_buffer,
             cfg.wait_timeout,
         ));
-        Ok(Self { cfg, files, cache, daemon, lanes, bulk: Mutex::new(Vec::new()) })
+        Ok(Self {
+            cfg,
+            files,
+            cache,
+            daemon,
+            lanes,
+            bulk: Mutex::new(Vec::new()),
+        })
     }
 
     fn entry(&self, file: &FileHandle) -> Result<Arc<FileEntry>> {
-        self.files.get(file.handle).ok_or(Error::BadHandle(file.handle))
+        self.files
+            .get(file.handle)
+            .ok_or(Error::BadHandle(file.handle))
     }
 
     /// Registers `path` with the granted `options`. Costs one or two `open` calls.
     pub fn open(&self, path: impl AsRef<Path>, options: OpenOptions) -> Result<FileHandle> {
         let e = self.files.register(path, options)?;
-        Ok(FileHandle { handle: e.handle, id: e.id })
+        Ok(FileHandle {
+            handle: e.handle,
+            id: e.id,
+        })
     }
 
     /// Writes back the file's dirty pages, drops its cached pages and unregisters it.
@@ -261,7 +289,10 @@ impl Runtime {
 
     /// Counters.
     pub fn stats(&self) -> Stats {
-        Stats { cache: self.cache.stats(), daemon: self.daemon.stats() }
+        Stats {
+            cache: self.cache.stats(),
+            daemon: self.daemon.stats(),
+        }
     }
 
     /// Name of the I/O engine the daemon runs ("uring" or "threads").

@@ -32,10 +32,18 @@ pub fn split_direct(offset: u64, len: u64, align: u64) -> DirectSplit {
     let a0 = offset.div_ceil(align) * align;
     let a1 = end / align * align;
     if len == 0 {
-        return DirectSplit { head: None, middle: None, tail: None };
+        return DirectSplit {
+            head: None,
+            middle: None,
+            tail: None,
+        };
     }
     if a0 >= a1 {
-        return DirectSplit { head: Some(offset..end), middle: None, tail: None };
+        return DirectSplit {
+            head: Some(offset..end),
+            middle: None,
+            tail: None,
+        };
     }
     DirectSplit {
         head: (offset < a0).then_some(offset..a0),

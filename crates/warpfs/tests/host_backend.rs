@@ -22,7 +22,8 @@ fn pattern(off: u64, len: usize) -> Vec<u8> {
 
 fn dir() -> PathBuf {
     // Under the target dir (a real disk filesystem: O_DIRECT works there, unlike tmpfs).
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("host-backend-{}", std::process::id()));
+    let d =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("host-backend-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -33,11 +34,22 @@ fn pattern_file(name: &str, len: u64) -> PathBuf {
     p
 }
 
-fn runtime(engine: EngineChoice, page_size: usize, cache_pages: usize, write_back: bool) -> Runtime {
+fn runtime(
+    engine: EngineChoice,
+    page_size: usize,
+    cache_pages: usize,
+    write_back: bool,
+) -> Runtime {
     Runtime::new(RuntimeConfig {
         workers: 2,
-        cache: CacheConfig { page_size, capacity: page_size * cache_pages },
-        engine: EngineConfig { choice: engine, ..EngineConfig::default() },
+        cache: CacheConfig {
+            page_size,
+            capacity: page_size * cache_pages,
+        },
+        engine: EngineConfig {
+            choice: engine,
+            ..EngineConfig::default()
+        },
         write_back,
         max_agents: 72,
         agent_queue_depth: 8,
@@ -72,8 +84,14 @@ fn sixty_four_agents_random_reads_match_the_pattern() {
                         let got = agent.read(&f, off, &mut buf[..n]).unwrap();
                         let expect = (len.saturating_sub(off) as usize).min(n);
                         assert_eq!(got, expect, "short count at {off}+{n}");
-                        assert!(buf[..got] == pattern(off, got)[..], "wrong bytes at {off}+{n}");
-                        assert!(buf[got..n].iter().all(|&b| b == POISON), "bytes past the count were written");
+                        assert!(
+                            buf[..got] == pattern(off, got)[..],
+                            "wrong bytes at {off}+{n}"
+                        );
+                        assert!(
+                            buf[got..n].iter().all(|&b| b == POISON),
+                            "bytes past the count were written"
+                        );
                     }
                 })
             })
@@ -83,7 +101,10 @@ fn sixty_four_agents_random_reads_match_the_pattern() {
         }
         let st = rt.stats();
         assert!(st.cache.misses > 0 && st.cache.hits > 0, "{st:?}");
-        assert!(st.cache.evictions > 0, "cache smaller than the file must evict: {st:?}");
+        assert!(
+            st.cache.evictions > 0,
+            "cache smaller than the file must evict: {st:?}"
+        );
         assert_eq!(st.daemon.errors, 0, "{st:?}");
     }
 }
@@ -96,8 +117,13 @@ fn async_tickets_many_in_flight() {
         let rt = runtime(engine, 4096, 64, false);
         let f = rt.open(&path, OpenOptions::read_only()).unwrap();
         let mut agent = rt.agent().unwrap();
-        let offs: Vec<u64> = (0..agent.queue_depth() as u64).map(|i| i * 12345 % (len - 4096)).collect();
-        let tickets: Vec<_> = offs.iter().map(|&o| agent.submit_read(&f, o, 4096).unwrap()).collect();
+        let offs: Vec<u64> = (0..agent.queue_depth() as u64)
+            .map(|i| i * 12345 % (len - 4096))
+            .collect();
+        let tickets: Vec<_> = offs
+            .iter()
+            .map(|&o| agent.submit_read(&f, o, 4096).unwrap())
+            .collect();
         // The queue is full now: one more is refused, not blocked on.
         assert!(agent.submit_read(&f, 0, 4096).is_err());
         for (t, &o) in tickets.into_iter().zip(&offs) {
@@ -128,7 +154,9 @@ fn writes_then_reads_back_fsync_and_size() {
                     agent.read(&f, off, &mut tmp).unwrap();
                     assert_eq!(tmp, model[off as usize..off as usize + n]);
                 }
-                let data: Vec<u8> = (0..n).map(|k| (k as u8).wrapping_mul(7).wrapping_add(i as u8)).collect();
+                let data: Vec<u8> = (0..n)
+                    .map(|k| (k as u8).wrapping_mul(7).wrapping_add(i as u8))
+                    .collect();
                 assert_eq!(agent.write(&f, off, &data).unwrap(), n);
                 model[off as usize..off as usize + n].copy_from_slice(&data);
                 let mut back = vec![POISON; n];
@@ -138,14 +166,20 @@ fn writes_then_reads_back_fsync_and_size() {
             agent.fsync(&f).unwrap();
             assert_eq!(agent.size(&f).unwrap(), len);
             // After fsync, the file itself holds every acknowledged byte.
-            assert!(std::fs::read(&path).unwrap() == model, "file differs after fsync");
+            assert!(
+                std::fs::read(&path).unwrap() == model,
+                "file differs after fsync"
+            );
             // Extending write, then read across the old end of file.
             let tail = vec![9u8; 5000];
             agent.write(&f, len + 3000, &tail).unwrap();
             let mut back = vec![POISON; 9000];
             assert_eq!(agent.read(&f, len - 1000, &mut back).unwrap(), 9000);
             assert_eq!(&back[..1000], &model[len as usize - 1000..]);
-            assert!(back[1000..4000].iter().all(|&b| b == 0), "hole must read as zeros");
+            assert!(
+                back[1000..4000].iter().all(|&b| b == 0),
+                "hole must read as zeros"
+            );
             assert!(back[4000..].iter().all(|&b| b == 9));
             rt.close(&f).unwrap();
         }
@@ -181,7 +215,9 @@ fn direct_io_files_serve_unaligned_ranges() {
         let len = 1_000_000u64;
         let path = pattern_file(&format!("direct-{engine:?}"), len);
         let rt = runtime(engine, 4096, 64, false);
-        let f = rt.open(&path, OpenOptions::read_only().direct(true)).unwrap();
+        let f = rt
+            .open(&path, OpenOptions::read_only().direct(true))
+            .unwrap();
         let mut agent = rt.agent().unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         for _ in 0..100 {
@@ -190,7 +226,10 @@ fn direct_io_files_serve_unaligned_ranges() {
             let mut buf = vec![POISON; n];
             let got = agent.read(&f, off, &mut buf).unwrap();
             assert_eq!(got, ((len - off) as usize).min(n));
-            assert!(buf[..got] == pattern(off, got)[..], "direct read wrong at {off}+{n}");
+            assert!(
+                buf[..got] == pattern(off, got)[..],
+                "direct read wrong at {off}+{n}"
+            );
         }
         let mut all = vec![POISON; len as usize + 17];
         assert_eq!(rt.read_bulk(&f, 13, &mut all).unwrap(), len as usize - 13);
@@ -202,7 +241,9 @@ fn direct_io_files_serve_unaligned_ranges() {
 fn bad_input_gets_clear_errors() {
     let rt = runtime(EngineChoice::Auto, 4096, 16, false);
     // Nonexistent file.
-    let e = rt.open("/nonexistent/warpfs/file", OpenOptions::read_only()).unwrap_err();
+    let e = rt
+        .open("/nonexistent/warpfs/file", OpenOptions::read_only())
+        .unwrap_err();
     assert!(matches!(e, Error::Open { .. }), "{e}");
     // Permission denied: a file with no permissions, opened with an unprivileged filesystem
     // uid (so the check bites even when the tests run as root).
@@ -221,7 +262,10 @@ fn bad_input_gets_clear_errors() {
         .unwrap()
     })
     .unwrap_err();
-    assert!(matches!(&e, Error::Open { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied), "{e}");
+    assert!(
+        matches!(&e, Error::Open { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied),
+        "{e}"
+    );
     assert!(e.to_string().contains("locked"), "{e}");
     let path = pattern_file("bad-input", 10_000);
     let ro = rt.open(&path, OpenOptions::read_only()).unwrap();
@@ -229,7 +273,10 @@ fn bad_input_gets_clear_errors() {
     // Write on a read-only handle.
     let e = agent.write(&ro, 0, b"nope").unwrap_err();
     assert_eq!(e.errno(), Some(libc::EBADF), "{e}");
-    assert!(std::fs::read(&path).unwrap() == pattern(0, 10_000), "file changed");
+    assert!(
+        std::fs::read(&path).unwrap() == pattern(0, 10_000),
+        "file changed"
+    );
     // Invalid (closed) handle.
     let stale = ro.clone();
     rt.close(&ro).unwrap();
@@ -239,7 +286,10 @@ fn bad_input_gets_clear_errors() {
     assert!(buf.iter().all(|&b| b == POISON));
     // Write-only handle cannot read.
     let wo = rt.open(&path, OpenOptions::write_only()).unwrap();
-    assert_eq!(agent.read(&wo, 0, &mut buf).unwrap_err().errno(), Some(libc::EBADF));
+    assert_eq!(
+        agent.read(&wo, 0, &mut buf).unwrap_err().errno(),
+        Some(libc::EBADF)
+    );
     // The runtime still works afterwards.
     let ok = rt.open(&path, OpenOptions::read_only()).unwrap();
     assert_eq!(agent.read(&ok, 100, &mut buf).unwrap(), 100);

@@ -120,7 +120,14 @@ impl Agent {
         (self.base + slot) as u64 * self.lanes.request_buffer as u64
     }
 
-    fn post(&mut self, op: u32, file: &FileHandle, offset: u64, len: usize, data: Option<&[u8]>) -> Result<Ticket> {
+    fn post(
+        &mut self,
+        op: u32,
+        file: &FileHandle,
+        offset: u64,
+        len: usize,
+        data: Option<&[u8]>,
+    ) -> Result<Ticket> {
         let carries_data = op == abi::WFS_OP_READ || op == abi::WFS_OP_WRITE;
         if carries_data && len > self.max_request() {
             return Err(Error::Range(format!(
@@ -140,7 +147,9 @@ impl Agent {
         let ch = &self.lanes.channel;
         let buf = self.buf_offset(slot);
         if let Some(data) = data {
-            let dst = ch.data_range(buf, data.len() as u64).expect("agent buffers lie inside the data region");
+            let dst = ch
+                .data_range(buf, data.len() as u64)
+                .expect("agent buffers lie inside the data region");
             // SAFETY: dst is this agent's own request buffer (no request in flight uses it),
             // bounds-checked by data_range.
             unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
@@ -160,7 +169,11 @@ impl Agent {
             len: len as u64,
             buf,
         };
-        let ring = if op == abi::WFS_OP_PREFETCH { &ch.prefetch } else { &ch.demand };
+        let ring = if op == abi::WFS_OP_PREFETCH {
+            &ch.prefetch
+        } else {
+            &ch.demand
+        };
         if ring.push_timeout(&req, self.lanes.timeout).is_err() {
             // Nothing was published: the record can be reused once disarmed by a later arm.
             self.free.push(slot);
@@ -175,7 +188,12 @@ impl Agent {
     /// caller has read its buffer (`release`).
     fn wait_raw(&mut self, t: &Ticket) -> Result<i64> {
         let idx = self.base + t.slot;
-        match self.lanes.channel.completions.wait(idx, Some(self.lanes.timeout)) {
+        match self
+            .lanes
+            .channel
+            .completions
+            .wait(idx, Some(self.lanes.timeout))
+        {
             Some(r) => {
                 self.pending[t.slot as usize] = false;
                 if r < 0 {
@@ -206,7 +224,9 @@ impl Agent {
         if dst.len() < ticket.len {
             // Still wait, so the slot is not left with a request in flight.
             let _ = self.wait(ticket);
-            return Err(Error::Range("wait_read's destination is shorter than the read".into()));
+            return Err(Error::Range(
+                "wait_read's destination is shorter than the read".into(),
+            ));
         }
         let r = self.wait_raw(&ticket)? as usize;
         let n = r.min(ticket.len);
@@ -244,7 +264,9 @@ impl Agent {
                 queued.push_back((t, next));
                 next += len;
             }
-            let Some((t, at)) = queued.pop_front() else { break };
+            let Some((t, at)) = queued.pop_front() else {
+                break;
+            };
             let want = t.len;
             let n = self.wait_read(t, &mut buf[at..at + want]);
             let n = match n {
@@ -325,7 +347,13 @@ impl Drop for Agent {
         for slot in 0..self.pending.len() {
             if self.pending[slot] {
                 let idx = self.base + slot as u32;
-                if self.lanes.channel.completions.wait(idx, Some(self.lanes.timeout)).is_none() {
+                if self
+                    .lanes
+                    .channel
+                    .completions
+                    .wait(idx, Some(self.lanes.timeout))
+                    .is_none()
+                {
                     clean = false;
                 }
             }
@@ -334,7 +362,10 @@ impl Drop for Agent {
             let mut taken = self.lanes.taken.lock().unwrap_or_else(|p| p.into_inner());
             taken[self.lane] = false;
         } else {
-            tracing::warn!(lane = self.lane, "agent dropped with requests the daemon never answered; its lane is retired");
+            tracing::warn!(
+                lane = self.lane,
+                "agent dropped with requests the daemon never answered; its lane is retired"
+            );
         }
     }
 }

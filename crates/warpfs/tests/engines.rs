@@ -688,6 +688,63 @@ fn bulk_refuses_what_the_file_was_not_granted(choice: EngineChoice) {
     assert_eq!(std::fs::read(&p).unwrap(), pattern(1, 0, 100));
 }
 
+/// io_uring only: ops split over many SQEs (a tiny per-SQE cap) come back whole, which
+/// exercises the continuation of short transfers, for reads, writes and reads hitting EOF.
+#[cfg(target_os = "linux")]
+#[test]
+fn uring_continues_ops_split_over_many_sqes() {
+    use warpfs::engine::uring::{UringEngine, UringOptions};
+    let opts = UringOptions {
+        async_min_len: 0,
+        max_op_bytes: 4096 + 512,
+    };
+    let Ok(e) = UringEngine::with_options(
+        &EngineConfig {
+            queue_depth: 8,
+            ..Default::default()
+        },
+        opts,
+    ) else {
+        eprintln!("SKIP: io_uring unavailable here");
+        return;
+    };
+    let mut e: Box<dyn IoEngine> = Box::new(e);
+    let seed = 61;
+    let size = 300_001;
+    let p = make_file("uring-split", size, seed);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    let fd = f.as_raw_fd();
+    let mut bufs = vec![vec![POISON; 100_000]; 4];
+    let offs = [0u64, 12_345, 250_000, 299_999];
+    let ops: Vec<IoOp> = bufs
+        .iter_mut()
+        .zip(offs)
+        .enumerate()
+        .map(|(i, (b, o))| read_op(fd, o, b, i as u64))
+        .collect();
+    let res = run(&mut *e, &ops, 4);
+    for (i, o) in offs.iter().enumerate() {
+        let want = 100_000.min(size - *o as usize);
+        assert_eq!(res[&(i as u64)], want as i64, "split read at {o}");
+        check_read(seed, *o, &bufs[i], want, "split read");
+    }
+    let mut src = pattern(62, 1000, 50_000);
+    let op = IoOp {
+        kind: IoKind::Write,
+        fd,
+        offset: 1000,
+        buf: src.as_mut_ptr(),
+        len: src.len(),
+        token: 7,
+    };
+    assert_eq!(run(&mut *e, &[op], 1)[&7], 50_000);
+    assert_eq!(&std::fs::read(&p).unwrap()[1000..51_000], &src[..]);
+}
+
 macro_rules! suite {
     ($($engine:ident => $choice:expr),*) => {$(
         mod $engine {

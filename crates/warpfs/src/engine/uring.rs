@@ -29,6 +29,9 @@ pub struct UringOptions {
     /// worker threads instead of inline in `io_uring_enter` (0 = never). Spreads page-cache
     /// copies of large reads over cores, at the cost of a thread hand-off per op.
     pub async_min_len: usize,
+    /// Most bytes one SQE moves; larger ops go as several SQEs in sequence (0 = 1 GiB, also
+    /// the cap). Keep it a multiple of the `O_DIRECT` alignment when using direct descriptors.
+    pub max_op_bytes: usize,
 }
 
 struct Slot {
@@ -55,6 +58,8 @@ pub struct UringEngine {
     /// Registered iovecs (start address, length), index = buffer index; sorted by start.
     fixed: Vec<(usize, usize, u16)>,
     opts: UringOptions,
+    /// Bytes per SQE at most.
+    max_op: usize,
     /// Scratch for CQEs being handled (reused to avoid an allocation per reap).
     cqes: Vec<(u64, i32)>,
 }
@@ -92,6 +97,11 @@ impl UringEngine {
             done: Vec::new(),
             fixed: Vec::new(),
             opts,
+            max_op: if opts.max_op_bytes == 0 {
+                MAX_SQE
+            } else {
+                opts.max_op_bytes.min(MAX_SQE)
+            },
             cqes: Vec::new(),
         })
     }
@@ -148,7 +158,7 @@ impl UringEngine {
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
             IoKind::Read | IoKind::Write => {
-                let n = (op.len - s.done).min(MAX_SQE);
+                let n = (op.len - s.done).min(self.max_op);
                 // Pointer arithmetic only: done < len, so buf+done is inside the buffer.
                 let buf = op.buf.wrapping_add(s.done);
                 let off = op.offset + s.done as u64;

@@ -239,6 +239,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Lets another thread run between two steps of a race-prone sequence, in tests only (so the
+/// stress tests explore interleavings that 2 cores would rarely produce); free otherwise.
+#[inline(always)]
+fn race_point() {
+    #[cfg(test)]
+    std::thread::yield_now();
+}
+
 /// What probing a mapped page found.
 enum Probe {
     Hit,
@@ -416,6 +424,7 @@ impl HostCache {
                 }
                 Some(idx) => {
                     drop(map);
+                    race_point();
                     match self.probe(idx, key, !readahead, false) {
                         Probe::Hit => {
                             if !readahead {
@@ -439,6 +448,7 @@ impl HostCache {
                 }
             }
             drop(map);
+            race_point();
             let reserved = self.reserve(file, key, readahead);
             let mut map = lock(shard);
             // Only this call replaces or removes its RESERVING entry.

@@ -182,3 +182,178 @@ impl Readahead {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// Feeds `pages` of `file` and collects every prefetched page, checking none repeats.
+    fn feed(ra: &Readahead, file: u64, pages: impl IntoIterator<Item = u64>) -> Vec<u64> {
+        let mut out = Vec::new();
+        for p in pages {
+            if let Some(pf) = ra.observe(file, p) {
+                assert!(pf.count >= 1 && pf.count <= ra.window, "{pf:?}");
+                assert!(pf.start > p, "prefetch {pf:?} not ahead of {p}");
+                out.extend((0..u64::from(pf.count)).map(|k| pf.start + k * pf.stride));
+            }
+        }
+        let unique: BTreeSet<_> = out.iter().collect();
+        assert_eq!(
+            unique.len(),
+            out.len(),
+            "a page was prefetched twice: {out:?}"
+        );
+        out
+    }
+
+    #[test]
+    fn sequential_stream_prefetches_each_page_once() {
+        let ra = Readahead::new(8, 4);
+        assert_eq!(ra.observe(1, 0), None);
+        assert_eq!(ra.observe(1, 1), None, "one stride is not a stream");
+        assert_eq!(
+            ra.observe(1, 2),
+            Some(Prefetch {
+                start: 3,
+                stride: 1,
+                count: 8
+            })
+        );
+        assert_eq!(
+            ra.observe(1, 3),
+            Some(Prefetch {
+                start: 11,
+                stride: 1,
+                count: 1
+            })
+        );
+        assert_eq!(
+            ra.observe(1, 3),
+            None,
+            "a repeated access prefetches nothing"
+        );
+        let got = feed(&ra, 1, 4..100);
+        assert_eq!(got, (12..=107).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn strided_stream_and_out_of_order_accesses() {
+        let ra = Readahead::new(4, 4);
+        let got = feed(&ra, 7, (0..20).map(|k| 100 + 5 * k));
+        // Detected at the third access (100, 105, 110); then 4 strides ahead of each access.
+        assert_eq!(got, (0..4 + 17).map(|k| 115 + 5 * k).collect::<Vec<_>>());
+        // Out of order inside the prefetched window: a skip and a late access keep the stream.
+        let ra = Readahead::new(4, 4);
+        let got = feed(&ra, 7, [0, 1, 2, 4, 3, 5, 6]);
+        assert_eq!(got, (3..=10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn random_accesses_prefetch_nothing() {
+        let ra = Readahead::new(16, 8);
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            assert_eq!(ra.observe(3, x % 1_000_000), None);
+        }
+        assert!(
+            ra.table().streams.len() <= 8,
+            "the stream table grew past its bound"
+        );
+        let off = Readahead::new(0, 8);
+        assert!(
+            feed(&off, 1, 0..100).is_empty(),
+            "window 0 disables readahead"
+        );
+    }
+
+    #[test]
+    fn interleaved_streams_in_one_file() {
+        let ra = Readahead::new(4, 4);
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        for k in 0..50u64 {
+            if let Some(pf) = ra.observe(9, k) {
+                assert_eq!(pf.stride, 1);
+                a.extend(pf.start..pf.start + u64::from(pf.count));
+            }
+            if let Some(pf) = ra.observe(9, 10_000 + 3 * k) {
+                assert_eq!(pf.stride, 3);
+                b.extend((0..u64::from(pf.count)).map(|i| pf.start + 3 * i));
+            }
+        }
+        assert_eq!(a, (3..=53).collect::<Vec<_>>());
+        assert_eq!(b, (3..=53).map(|k| 10_000 + 3 * k).collect::<Vec<_>>());
+        // Two streams close together (pages 0.. and 10..) are told apart too.
+        let ra = Readahead::new(2, 4);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for k in 0..8u64 {
+            a.extend(ra.observe(5, k).map(|pf| (pf.start, pf.count)));
+            b.extend(ra.observe(5, 10 + k).map(|pf| (pf.start, pf.count)));
+        }
+        // (The first accesses are paired up wrongly (0 → 10), which costs one access.)
+        let pages = |v: Vec<(u64, u32)>| -> Vec<u64> {
+            v.into_iter()
+                .flat_map(|(s, c)| s..s + u64::from(c))
+                .collect()
+        };
+        assert_eq!(pages(a), (4..=9).collect::<Vec<_>>());
+        assert_eq!(pages(b), (13..=19).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn two_files_and_bounded_table() {
+        let ra = Readahead::new(3, 2);
+        let mut got = [Vec::new(), Vec::new()];
+        for k in 0..10u64 {
+            for (f, g) in got.iter_mut().enumerate() {
+                if let Some(pf) = ra.observe(f as u64 + 1, k) {
+                    g.extend(pf.start..pf.start + u64::from(pf.count));
+                }
+            }
+        }
+        assert_eq!(got[0], (3..=12).collect::<Vec<_>>());
+        assert_eq!(got[1], got[0]);
+        // A third stream evicts the least recently used one (file 1): it starts over.
+        assert_eq!(ra.observe(3, 0), None);
+        assert_eq!(ra.table().streams.len(), 2);
+        assert_eq!(
+            ra.observe(2, 10),
+            Some(Prefetch {
+                start: 13,
+                stride: 1,
+                count: 1
+            })
+        );
+        assert_eq!(
+            ra.observe(1, 10),
+            None,
+            "file 1's stream should have been replaced"
+        );
+    }
+
+    #[test]
+    fn concurrent_observers_never_duplicate_a_page() {
+        let ra = std::sync::Arc::new(Readahead::new(8, 16));
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let ra = ra.clone();
+                std::thread::spawn(move || {
+                    let mut out = Vec::new();
+                    for k in 0..500u64 {
+                        if let Some(pf) = ra.observe(t, k) {
+                            out.extend(pf.start..pf.start + u64::from(pf.count));
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), (3..=507).collect::<Vec<_>>());
+        }
+    }
+}

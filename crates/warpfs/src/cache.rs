@@ -1224,6 +1224,9 @@ mod tests {
         bytes: Vec<u8>,
     }
 
+    /// Which model pages a hand-out of dirty pages covers.
+    type Filter = Box<dyn Fn(&MPage) -> bool>;
+
     #[derive(Default)]
     struct Model {
         pages: HashMap<PageIdx, MPage>,
@@ -1440,7 +1443,7 @@ mod tests {
                     m.pages.get_mut(&idx).unwrap().pins -= 1;
                 }
                 Op::TakeWritebacks { .. } | Op::DirtyOf { .. } | Op::AllDirty => {
-                    let (wbs, want): (_, Box<dyn Fn(&MPage) -> bool>) = match op {
+                    let (wbs, want): (_, Filter) = match op {
                         Op::TakeWritebacks { max } => {
                             let wbs = c.take_writebacks(max);
                             assert!(wbs.len() <= max);

@@ -174,26 +174,33 @@ pub fn create(cfg: &EngineConfig) -> Box<dyn IoEngine> {
     }
 }
 
+/// What a `WARPFS_IO_ENGINE` value asks for: `Ok(None)` for empty (choose automatically),
+/// `Err(())` for anything but `uring`/`threads` (any case, surrounding blanks ignored).
+fn parse_env_choice(v: &str) -> Result<Option<EngineChoice>, ()> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" => Ok(None),
+        "uring" | "io_uring" => Ok(Some(EngineChoice::Uring)),
+        "threads" => Ok(Some(EngineChoice::Threads)),
+        _ => Err(()),
+    }
+}
+
 fn decide_auto() -> EngineChoice {
-    match std::env::var(ENGINE_ENV) {
-        Ok(v) if v.trim().eq_ignore_ascii_case("threads") => {
-            tracing::info!(engine = "threads", "I/O engine forced by {ENGINE_ENV}");
-            return EngineChoice::Threads;
-        }
-        Ok(v) if v.trim().eq_ignore_ascii_case("uring") => {
-            let got = probe(EngineChoice::Uring);
-            if got == EngineChoice::Uring {
-                tracing::info!(engine = "uring", "I/O engine forced by {ENGINE_ENV}");
+    if let Ok(v) = std::env::var(ENGINE_ENV) {
+        match parse_env_choice(&v) {
+            Ok(Some(forced)) => {
+                let got = probe(forced);
+                if got == forced {
+                    tracing::info!(engine = ?got, "I/O engine forced by {ENGINE_ENV}");
+                }
+                return got;
             }
-            return got;
-        }
-        Ok(v) if !v.trim().is_empty() => {
-            tracing::warn!(
+            Ok(None) => {}
+            Err(()) => tracing::warn!(
                 value = %v,
                 "{ENGINE_ENV} must be `uring` or `threads`; ignoring it and choosing automatically"
-            );
+            ),
         }
-        _ => {}
     }
     if uring_works() {
         tracing::info!(engine = "uring", "I/O engine: io_uring is available");
@@ -262,6 +269,14 @@ mod tests {
         let u = probe(EngineChoice::Uring);
         assert_eq!(u == EngineChoice::Uring, uring_works());
         assert_ne!(probe(EngineChoice::Auto), EngineChoice::Auto);
+    }
+
+    #[test]
+    fn env_values_parse() {
+        assert_eq!(parse_env_choice(" URING "), Ok(Some(EngineChoice::Uring)));
+        assert_eq!(parse_env_choice("threads"), Ok(Some(EngineChoice::Threads)));
+        assert_eq!(parse_env_choice(""), Ok(None));
+        assert_eq!(parse_env_choice("fast"), Err(()));
     }
 
     #[test]

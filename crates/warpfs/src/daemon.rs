@@ -59,7 +59,7 @@ impl Default for DaemonConfig {
             write_back: false,
             readahead_pages: 16,
             engine: EngineConfig::default(),
-            idle_poll: Duration::from_millis(1),
+            idle_poll: Duration::from_millis(4),
             defer_timeout: Duration::from_secs(10),
         }
     }
@@ -510,10 +510,11 @@ impl Worker {
         if !has_work && !s.stop.load(Ordering::Acquire) {
             // Worker 0 polls for requesters that cannot ring (GPUs); the others sleep long.
             let t = if self.id == 0 {
-                let steps = (rounds - 80).min(20);
-                (Duration::from_micros(20) * (1 << (steps / 4))).min(s.cfg.idle_poll)
+                // 20 µs, doubling every 4 idle rounds, up to `idle_poll`.
+                let steps = (rounds - 80).min(64);
+                (Duration::from_micros(20) * (1u32 << (steps / 4).min(16))).min(s.cfg.idle_poll)
             } else {
-                Duration::from_millis(100)
+                Duration::from_secs(1)
             };
             futex_wait(&s.doorbell, seen, t);
         }

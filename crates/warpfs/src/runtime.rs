@@ -133,7 +133,8 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// An eighth of physical memory, between 64 MiB and 4 GiB.
+/// An eighth of physical memory, between 64 MiB and 512 MiB. (The io_uring engine registers
+/// the arena as fixed buffers, which faults in and pins all of it at start-up.)
 fn default_cache_bytes() -> usize {
     #[cfg(target_os = "linux")]
     {
@@ -145,7 +146,7 @@ fn default_cache_bytes() -> usize {
             )
         };
         if pages > 0 && size > 0 {
-            return ((pages as usize).saturating_mul(size as usize) / 8).clamp(64 << 20, 4 << 30);
+            return ((pages as usize).saturating_mul(size as usize) / 8).clamp(64 << 20, 512 << 20);
         }
     }
     256 << 20

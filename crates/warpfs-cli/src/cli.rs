@@ -149,9 +149,9 @@ pub struct BenchArgs {
     /// Daemon worker threads [default: half the cores, 1..=8].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
-    /// Readahead window in cache pages (0 = off).
-    #[arg(long, default_value_t = 0, value_name = "PAGES")]
-    pub readahead: u32,
+    /// Readahead window in cache pages, 0 = off [default: the library's].
+    #[arg(long, value_name = "PAGES")]
+    pub readahead: Option<u32>,
     /// Write-back cache (dirty pages written on eviction/fsync) instead of write-through.
     #[arg(long)]
     pub write_back: bool,

@@ -21,8 +21,6 @@ use report::{ConfigReport, FileReport, Report, Skipped};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
-use warpfs::cache::CacheConfig;
-use warpfs::engine::EngineConfig;
 use warpfs::{FileHandle, OpenOptions, Runtime, RuntimeConfig};
 
 /// Bytes per random read or write.
@@ -238,28 +236,23 @@ where
     Ok(total)
 }
 
-/// The runtime's settings for this run.
+/// The runtime's settings for this run: the library's defaults, with what the flags set.
 fn runtime_config(args: &BenchArgs, plan: &Plan) -> RuntimeConfig {
-    let cores = system::cores();
-    let mut cache = CacheConfig::default();
+    let mut cfg = RuntimeConfig::default();
+    if let Some(w) = args.workers {
+        cfg.workers = w.max(1);
+    }
     if let Some(c) = args.cache {
-        cache.capacity = c as usize;
+        cfg.cache.capacity = c as usize;
     }
-    RuntimeConfig {
-        workers: args.workers.unwrap_or((cores / 2).clamp(1, 8)),
-        cache,
-        engine: EngineConfig {
-            choice: args.engine.choice(),
-            ..EngineConfig::default()
-        },
-        readahead_pages: args.readahead,
-        write_back: args.write_back,
-        ring_capacity: 1024,
-        max_agents: plan.agents + 4,
-        agent_queue_depth: plan.agent_depth.max(1),
-        request_buffer: 64 << 10,
-        wait_timeout: Duration::from_secs(30),
+    if let Some(r) = args.readahead {
+        cfg.readahead_pages = r;
     }
+    cfg.engine.choice = args.engine.choice();
+    cfg.write_back = args.write_back;
+    cfg.max_agents = cfg.max_agents.max(plan.agents + 4);
+    cfg.agent_queue_depth = cfg.agent_queue_depth.max(plan.agent_depth);
+    cfg
 }
 
 /// The phases to run, in the fixed order seq, rand-read, rand-write (writes last: they
@@ -314,8 +307,9 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
             run_phases.push(p);
         }
     }
+    let cfg = runtime_config(args, &plan);
     if run_phases.contains(&Phase::Seq) {
-        let cache = args.cache.unwrap_or(CacheConfig::default().capacity as u64);
+        let cache = cfg.cache.capacity as u64;
         if let Some(avail) = system::mem_available() {
             if file.size + cache > avail {
                 bail!(
@@ -334,7 +328,6 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     );
     file.warm(&progress.bytes(file.size, "warming"))?;
 
-    let cfg = runtime_config(args, &plan);
     let rt = Runtime::new(cfg).ctx(|| "starting the warpfs runtime".into())?;
     let writes = run_phases.contains(&Phase::RandWrite);
     let mode = if writes {

@@ -155,12 +155,9 @@ def add(name, threads, kind, v):
 
 sweep = []
 if a.sweep:
-    sweep = [["--threads", str(t), "--chunk-mib", str(c)] for t, c in
-             [(8, 4), (16, 4), (12, 8), (16, 8), (12, 16), (16, 16), (12, 2)]]
-cold_extra = [["--cold-reads", "buffered"]]
-if a.sweep:
-    cold_extra += [["--threads", "16", "--chunk-mib", "8"],
-                   ["--threads", "16", "--chunk-mib", "8", "--cold-reads", "buffered"]]
+    sweep = [["--threads", str(t), "--chunk-kib", str(c)] for t, c in
+             [(16, 1024), (16, 2048), (12, 4096)]]
+cold_extra = [["--cold-reads", "buffered"], ["--cold-reads", "direct"]]
 
 print("== cold (drop_caches before each) ==")
 drop_caches()
@@ -222,11 +219,16 @@ date = datetime.date.today().isoformat()
 cmd = "bench/compare " + " ".join(sys.argv[1:])
 lines = [
     "",
-    f"### bench/compare — {date} — {card} — commit {a.commit}",
+    f"### {date} · H100 machine: {os.cpu_count()} cores, "
+    f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GIB:.0f} GiB, virtio disk / ext4; {card}",
     "",
-    f"Command: `{cmd}`. File {size / GIB:.0f} GiB (ext4, virtio disk); reads whole file into GPU "
-    f"memory; warm = median of {a.reps} after priming the page cache (min–max beside it); "
-    "cold = one run after `sync; echo 3 > /proc/sys/vm/drop_caches`. GB/s = 10^9 B/s.",
+    f"- command: `{cmd}`",
+    f"- commit: {a.commit}",
+    "- engine / backend: warpfs CUDA bulk pipeline (`backend::cuda::CudaBulk`, defaults unless the "
+    "row says otherwise); KvikIO 26.10 compat mode (no nvidia-fs)",
+    f"- notes: file {size / GIB:.0f} GiB read whole into GPU memory; warm = median of {a.reps} after "
+    "priming the page cache (min–max beside it); cold = one run after "
+    "`sync; echo 3 > /proc/sys/vm/drop_caches`. GB/s = 10^9 B/s.",
     "",
     "| reader | CPU threads | warm GB/s | warm min–max | cold GB/s |",
     "|---|---:|---:|---:|---:|",

@@ -2,7 +2,7 @@
 //! device buffer to a file (fdatasync included), or makes a pattern file to measure on.
 //!
 //! ```text
-//! cuda_load FILE [--threads N] [--chunk-mib M] [--buffers B] [--cold-reads direct|buffered]
+//! cuda_load FILE [--threads N] [--chunk-mib M | --chunk-kib K] [--buffers B] [--cold-reads direct|buffered|readahead] [--readahead-mib R]
 //!                [--repeat R] [--drop-caches] [--label L] [--verify]
 //! cuda_load --write FILE --size-gib G [--writes direct|buffered] [--threads N] [--chunk-mib M]
 //! cuda_load --make FILE --size-gib G        # pattern content, written by 16 threads, fsync'd
@@ -38,7 +38,7 @@ fn parse() -> Args {
         verify: false,
     };
     let mut it = std::env::args().skip(1);
-    let usage = "usage: cuda_load [--make|--write] FILE [--size-gib G] [--threads N] [--chunk-mib M] [--buffers B] [--cold-reads direct|buffered] [--writes direct|buffered] [--repeat R] [--drop-caches] [--label L] [--verify]";
+    let usage = "usage: cuda_load [--make|--write] FILE [--size-gib G] [--threads N] [--chunk-mib M | --chunk-kib K] [--buffers B] [--cold-reads direct|buffered|readahead] [--readahead-mib R] [--writes direct|buffered] [--repeat R] [--drop-caches] [--label L] [--verify]";
     while let Some(x) = it.next() {
         let mut val = || {
             it.next()
@@ -56,12 +56,17 @@ fn parse() -> Args {
             "--size-gib" => a.size_gib = val().parse().expect("--size-gib"),
             "--threads" => a.cfg.threads = val().parse().expect("--threads"),
             "--chunk-mib" => a.cfg.chunk_bytes = val().parse::<usize>().expect("--chunk-mib") << 20,
+            "--chunk-kib" => a.cfg.chunk_bytes = val().parse::<usize>().expect("--chunk-kib") << 10,
+            "--readahead-mib" => {
+                a.cfg.readahead_bytes = val().parse::<u64>().expect("--readahead-mib") << 20
+            }
             "--buffers" => a.cfg.buffers_per_thread = val().parse().expect("--buffers"),
             "--cold-reads" => {
                 a.cfg.cold_reads = match val().as_str() {
                     "direct" => ColdReads::Direct,
                     "buffered" => ColdReads::Buffered,
-                    v => panic!("--cold-reads {v}: direct or buffered"),
+                    "readahead" => ColdReads::Readahead,
+                    v => panic!("--cold-reads {v}: direct, buffered or readahead"),
                 }
             }
             "--writes" => {
@@ -109,9 +114,10 @@ fn main() -> warpfs::Result<()> {
     let setup = t.elapsed();
     let c = eng.config();
     let common = format!(
-        "\"threads_cfg\":{},\"chunk_mib\":{},\"buffers\":{},\"cold_reads\":\"{:?}\",\"writes\":\"{:?}\",\"setup_ms\":{:.1},\"device\":\"{}\"",
+        "\"threads_cfg\":{},\"chunk_kib\":{},\"readahead_mib\":{},\"buffers\":{},\"cold_reads\":\"{:?}\",\"writes\":\"{:?}\",\"setup_ms\":{:.1},\"device\":\"{}\"",
         c.threads,
-        c.chunk_bytes >> 20,
+        c.chunk_bytes >> 10,
+        c.readahead_bytes >> 20,
         c.buffers_per_thread,
         c.cold_reads,
         c.writes,

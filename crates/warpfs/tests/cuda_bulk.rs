@@ -30,6 +30,7 @@ fn engine(cold: ColdReads, writes: Writes) -> Arc<CudaBulk> {
         cold_reads: cold,
         writes,
         durable: true,
+        ..BulkConfig::default()
     };
     Arc::new(CudaBulk::new(0, cfg).expect("engine"))
 }
@@ -51,6 +52,8 @@ fn pattern_file(name: &str, len: usize) -> PathBuf {
     let mut v = vec![0u8; len];
     pattern::fill(&mut v, 0);
     std::fs::write(&p, v).unwrap();
+    // Written back, so that POSIX_FADV_DONTNEED can drop it (dirty pages stay cached).
+    std::fs::File::open(&p).unwrap().sync_all().unwrap();
     p
 }
 
@@ -103,6 +106,7 @@ fn random_ranges_warm_and_cold() {
         (false, engine(ColdReads::Direct, Writes::Direct)),
         (true, engine(ColdReads::Direct, Writes::Direct)),
         (true, engine(ColdReads::Buffered, Writes::Direct)),
+        (true, engine(ColdReads::Readahead, Writes::Direct)),
         (false, default_engine()),
     ] {
         let f = BulkFile::open(&p).unwrap();

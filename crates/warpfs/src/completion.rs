@@ -176,11 +176,19 @@ impl Completions {
     /// Requester: waits for record `idx` (spin, then sleep on the state word). Returns `None`
     /// if `timeout` passes first; the record then stays pending.
     pub fn wait(&self, idx: u32, timeout: Option<Duration>) -> Option<i64> {
-        for _ in 0..256 {
+        // Spin briefly, then yield (lets a daemon worker on this core run), then sleep.
+        for i in 0..(64 + 256) {
             if let Some(r) = self.poll(idx) {
                 return Some(r);
             }
-            spin_hint();
+            if i < 64 {
+                spin_hint();
+            } else {
+                #[cfg(not(loom))]
+                std::thread::yield_now();
+                #[cfg(loom)]
+                loom::thread::yield_now();
+            }
         }
         let c = self.cell(idx)?;
         let deadline = timeout.map(|t| Instant::now() + t);

@@ -148,7 +148,7 @@ impl Daemon {
             ..cfg.engine
         });
         let shared = Arc::new(Shared {
-            readahead: Readahead::new(cfg.readahead_pages, 256),
+            readahead: Readahead::new(cfg.readahead_pages, 16),
             engine_name: control.name(),
             control: Mutex::new(control),
             cfg,
@@ -404,6 +404,9 @@ struct Worker {
     engine: Box<dyn IoEngine>,
     channels: Vec<Arc<Channel>>,
     version: u64,
+    /// Private handle → entry map, valid while the file table's version is `files_version`.
+    files: HashMap<u32, Arc<FileEntry>>,
+    files_version: u64,
     rr: usize,
     deferred: VecDeque<Job>,
     jobs: Vec<Job>,
@@ -438,6 +441,8 @@ impl Worker {
             engine,
             channels: Vec::new(),
             version: u64::MAX,
+            files: HashMap::new(),
+            files_version: u64::MAX,
             rr: 0,
             deferred: VecDeque::new(),
             jobs: Vec::new(),
@@ -587,8 +592,22 @@ impl Worker {
         if req.flags != 0 || req.reserved != 0 {
             return fail(libc::EINVAL);
         }
-        let Some(file) = s.files.get(req.handle) else {
-            return fail(libc::EBADF);
+        let v = s.files.version();
+        if v != self.files_version {
+            self.files.clear();
+            self.files_version = v;
+        }
+        let file = match self.files.get(&req.handle) {
+            Some(f) => f.clone(),
+            None => match s.files.get(req.handle) {
+                Some(f) => {
+                    if self.files.len() < 4096 {
+                        self.files.insert(req.handle, f.clone());
+                    }
+                    f
+                }
+                None => return fail(libc::EBADF),
+            },
         };
         if req
             .offset
@@ -838,7 +857,7 @@ impl Worker {
             let ps = self.shared.cache.page_size() as u64;
             let file = self.jobs[j].file.clone();
             for p in span::pages(off, len, ps) {
-                if let Some(pf) = self.shared.readahead.observe(file.id, p) {
+                if let Some(pf) = self.shared.readahead.try_observe(file.id, p) {
                     prefetch.push((file.clone(), pf.start, pf.stride, pf.count));
                 }
             }

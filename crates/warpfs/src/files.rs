@@ -140,6 +140,7 @@ struct Slots {
 pub struct FileTable {
     slots: RwLock<Slots>,
     next_id: AtomicU64,
+    version: AtomicU64,
 }
 
 impl std::fmt::Debug for FileTable {
@@ -216,6 +217,7 @@ impl FileTable {
             dio_align: 4096,
         });
         s.entries[index as usize] = Some(entry.clone());
+        self.version.fetch_add(1, Ordering::Release);
         Ok(entry)
     }
 
@@ -234,10 +236,17 @@ impl FileTable {
             Some(Some(e)) if e.handle == handle => {
                 let e = s.entries[index].take().expect("checked");
                 s.free.push(index as u32);
+                self.version.fetch_add(1, Ordering::Release);
                 Ok(e)
             }
             _ => Err(Error::BadHandle(handle)),
         }
+    }
+
+    /// Changes whenever a file is registered or unregistered: lets readers keep a private
+    /// handle → entry map and refresh it only when the table changed.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 
     /// Entries registered now (for flush and shutdown).

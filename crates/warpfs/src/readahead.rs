@@ -86,13 +86,27 @@ impl Readahead {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Like [`Readahead::observe`], but gives up at once (returns `None`) if another thread is
+    /// using the table: readahead is a hint, and the daemon's hot path must not queue on it.
+    pub fn try_observe(&self, file_id: u64, page: u64) -> Option<Prefetch> {
+        match self.table.try_lock() {
+            Ok(t) => self.observe_locked(t, file_id, page),
+            Err(std::sync::TryLockError::Poisoned(p)) => self.observe_locked(p.into_inner(), file_id, page),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// Records a demand access to `page` of file `file_id`; returns what to prefetch.
     /// Costs one mutex and a scan of the stream table.
     pub fn observe(&self, file_id: u64, page: u64) -> Option<Prefetch> {
+        self.observe_locked(self.table(), file_id, page)
+    }
+
+    fn observe_locked(&self, mut t: MutexGuard<'_, Table>, file_id: u64, page: u64) -> Option<Prefetch> {
         if self.window == 0 {
             return None;
         }
-        let mut t = self.table();
+
         t.clock += 1;
         let now = t.clock;
         let window = u64::from(self.window);

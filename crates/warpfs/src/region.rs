@@ -5,7 +5,9 @@
 //! records and data buffers are placed in regions; the daemon only ever writes into memory
 //! that belongs to a region it was given.
 
-use std::alloc::{alloc_zeroed, dealloc, Layout};
+#[cfg(not(target_os = "linux"))]
+use std::alloc::{alloc_zeroed, dealloc};
+use std::alloc::Layout;
 use std::ptr::NonNull;
 
 /// A block of memory that requesters and the daemon share.
@@ -48,21 +50,60 @@ unsafe impl Sync for HostMemory {}
 
 impl HostMemory {
     /// Allocates `len` zeroed bytes aligned to [`REGION_ALIGN`] (`len` is rounded up to a page).
+    /// On Linux the memory comes from an anonymous mapping: pages are zeroed lazily on first
+    /// touch, and large regions are advised to use transparent huge pages (random accesses to
+    /// cache pages and request buffers then spare most TLB misses).
     pub fn new(len: usize) -> Self {
         let len = len.max(1).div_ceil(REGION_ALIGN) * REGION_ALIGN;
-        let layout = Layout::from_size_align(len, REGION_ALIGN).expect("region layout");
-        // SAFETY: layout has non-zero size.
-        let ptr = unsafe { alloc_zeroed(layout) };
-        let ptr = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        Self { ptr, len }
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: an anonymous private mapping has no preconditions; the result is checked.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                let layout = Layout::from_size_align(len, REGION_ALIGN).expect("region layout");
+                std::alloc::handle_alloc_error(layout);
+            }
+            if len >= 4 << 20 {
+                // Advice only; failure changes nothing.
+                // SAFETY: [p, p+len) is the mapping just created.
+                unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
+            }
+            let ptr = NonNull::new(p.cast::<u8>()).expect("mmap never returns null on success");
+            Self { ptr, len }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let layout = Layout::from_size_align(len, REGION_ALIGN).expect("region layout");
+            // SAFETY: layout has non-zero size.
+            let ptr = unsafe { alloc_zeroed(layout) };
+            let ptr = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+            Self { ptr, len }
+        }
     }
 }
 
 impl Drop for HostMemory {
     fn drop(&mut self) {
-        let layout = Layout::from_size_align(self.len, REGION_ALIGN).expect("region layout");
-        // SAFETY: allocated in `new` with this exact layout.
-        unsafe { dealloc(self.ptr.as_ptr(), layout) }
+        #[cfg(target_os = "linux")]
+        // SAFETY: the mapping was created in `new` with exactly this start and length.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let layout = Layout::from_size_align(self.len, REGION_ALIGN).expect("region layout");
+            // SAFETY: allocated in `new` with this exact layout.
+            unsafe { dealloc(self.ptr.as_ptr(), layout) }
+        }
     }
 }
 

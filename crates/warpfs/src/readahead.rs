@@ -91,7 +91,9 @@ impl Readahead {
     pub fn try_observe(&self, file_id: u64, page: u64) -> Option<Prefetch> {
         match self.table.try_lock() {
             Ok(t) => self.observe_locked(t, file_id, page),
-            Err(std::sync::TryLockError::Poisoned(p)) => self.observe_locked(p.into_inner(), file_id, page),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                self.observe_locked(p.into_inner(), file_id, page)
+            }
             Err(std::sync::TryLockError::WouldBlock) => None,
         }
     }
@@ -102,7 +104,12 @@ impl Readahead {
         self.observe_locked(self.table(), file_id, page)
     }
 
-    fn observe_locked(&self, mut t: MutexGuard<'_, Table>, file_id: u64, page: u64) -> Option<Prefetch> {
+    fn observe_locked(
+        &self,
+        mut t: MutexGuard<'_, Table>,
+        file_id: u64,
+        page: u64,
+    ) -> Option<Prefetch> {
         if self.window == 0 {
             return None;
         }

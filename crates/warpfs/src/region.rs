@@ -5,9 +5,9 @@
 //! records and data buffers are placed in regions; the daemon only ever writes into memory
 //! that belongs to a region it was given.
 
+use std::alloc::Layout;
 #[cfg(not(target_os = "linux"))]
 use std::alloc::{alloc_zeroed, dealloc};
-use std::alloc::Layout;
 use std::ptr::NonNull;
 
 /// A block of memory that requesters and the daemon share.

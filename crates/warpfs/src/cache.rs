@@ -703,6 +703,11 @@ impl HostCache {
     /// Hands out every dirty page accepted by `want` that is not already handed out.
     fn collect_dirty(&self, want: impl Fn(u64) -> bool) -> Vec<Writeback> {
         let mut out = Vec::new();
+        // Nothing dirty (always so in write-through mode): skip the scan. A page becomes dirty
+        // only inside `write_into`, which counts it before it returns.
+        if self.counters.dirty_pages.load(Ordering::Acquire) == 0 {
+            return out;
+        }
         for (i, slot) in self.slots.iter().enumerate() {
             let mut m = lock(&slot.0);
             if !m.dirty || !m.key.is_some_and(|(f, _)| want(f)) {
@@ -723,7 +728,8 @@ impl HostCache {
     }
 
     /// All dirty pages of file `file_id` (for fsync/flush), pinned and marked writing-back.
-    /// Pages already handed out for write-back are not repeated. Scans every page.
+    /// Pages already handed out for write-back are not repeated. Scans every page (free when no
+    /// page is dirty).
     pub fn dirty_pages_of(&self, file_id: u64) -> Vec<Writeback> {
         self.collect_dirty(|f| f == file_id)
     }

@@ -354,7 +354,61 @@ fn flush(shared: &Shared, file: Option<&Arc<FileEntry>>) -> crate::Result<()> {
     }
 }
 
-/// A request taken from a ring, with what has been resolved about it.
+/// A slab: stable indices for live items, reused after removal.
+struct Slab<T> {
+    items: Vec<Option<T>>,
+    free: Vec<usize>,
+}
+
+impl<T> Slab<T> {
+    fn new() -> Self {
+        Self {
+            items: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+    fn insert(&mut self, v: T) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.items[i] = Some(v);
+                i
+            }
+            None => {
+                self.items.push(Some(v));
+                self.items.len() - 1
+            }
+        }
+    }
+    fn remove(&mut self, i: usize) -> Option<T> {
+        let v = self.items.get_mut(i)?.take();
+        if v.is_some() {
+            self.free.push(i);
+        }
+        v
+    }
+    fn get(&self, i: usize) -> Option<&T> {
+        self.items.get(i)?.as_ref()
+    }
+    fn get_mut(&mut self, i: usize) -> Option<&mut T> {
+        self.items.get_mut(i)?.as_mut()
+    }
+}
+
+impl<T> std::ops::Index<usize> for Slab<T> {
+    type Output = T;
+    fn index(&self, i: usize) -> &T {
+        self.get(i).expect("live slab entry")
+    }
+}
+
+impl<T> std::ops::IndexMut<usize> for Slab<T> {
+    fn index_mut(&mut self, i: usize) -> &mut T {
+        self.get_mut(i).expect("live slab entry")
+    }
+}
+
+/// A request taken from a ring, with what has been resolved about it. Lives in the worker's
+/// job slab from the moment it is accepted until it is completed.
 struct Job {
     ch: Arc<Channel>,
     req: WfsRequest,
@@ -368,7 +422,6 @@ struct Job {
     error: Option<i64>,
     /// Parts of a bypass read: (length asked, result) in file order.
     parts: Vec<(usize, Option<i64>)>,
-    finished: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -377,15 +430,20 @@ enum Held {
     Hit,
     /// Reserved by our lookup as a miss; the job writes through and then drops it.
     Reserved,
-    /// Loaded by load `n` of this batch.
+    /// Loaded (or being loaded) by load `n`.
     Load(usize),
 }
 
+/// A page being read from its file into the cache. Concurrent readers of the page attach to
+/// it (one I/O for all); the page is handed back to the cache once no reader needs it.
 struct Load {
+    key: (u64, u64),
     idx: PageIdx,
     result: Option<i64>,
-    /// Jobs of this batch that read from the page and have not finished.
+    /// Jobs that hold this page (they copy from it before it is handed back).
     refs: usize,
+    /// Jobs waiting for the I/O to finish.
+    waiters: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -408,19 +466,23 @@ struct Worker {
     files: HashMap<u32, Arc<FileEntry>>,
     files_version: u64,
     rr: usize,
-    deferred: VecDeque<Job>,
-    jobs: Vec<Job>,
-    loads: Vec<Load>,
+    jobs: Slab<Job>,
+    /// Jobs accepted this round, to plan.
+    fresh: Vec<usize>,
+    /// Jobs that found a page busy or the cache full: planned again next round.
+    deferred: VecDeque<usize>,
+    loads: Slab<Load>,
     load_of: HashMap<(u64, u64), usize>,
+    tags: Slab<Tag>,
     ops: Vec<IoOp>,
-    tags: Vec<Option<Tag>>,
     done: Vec<IoDone>,
+    prefetch: Vec<(Arc<FileEntry>, u64, u64, u32)>,
 }
 
 enum Outcome {
     /// Complete now with this result.
     Now(i64),
-    /// Waits for I/O submitted by the plan.
+    /// Waits for I/O (or was completed already).
     Wait,
     /// Retry in a later round.
     Defer,
@@ -444,13 +506,15 @@ impl Worker {
             files: HashMap::new(),
             files_version: u64::MAX,
             rr: 0,
+            jobs: Slab::new(),
+            fresh: Vec::new(),
             deferred: VecDeque::new(),
-            jobs: Vec::new(),
-            loads: Vec::new(),
+            loads: Slab::new(),
             load_of: HashMap::new(),
+            tags: Slab::new(),
             ops: Vec::new(),
-            tags: Vec::new(),
             done: Vec::new(),
+            prefetch: Vec::new(),
         }
     }
 
@@ -467,32 +531,45 @@ impl Worker {
         }
     }
 
+    /// The worker loop: take requests, plan them, submit their I/O, reap completions. Never
+    /// waits for its own I/O while requests queue up: with I/O in flight and nothing new it
+    /// naps in short slices (a host requester's doorbell cuts a nap short).
     fn run(mut self) {
         let mut idle_rounds = 0u32;
         loop {
             if self.shared.stop.load(Ordering::Acquire) {
-                for j in std::mem::take(&mut self.deferred) {
-                    self.complete(&j, -(libc::ESHUTDOWN as i64));
-                }
+                self.drain_for_shutdown();
                 return;
             }
             self.refresh_channels();
             let took = self.take_batch();
-            if took == 0 {
-                self.background_writeback();
-                idle_rounds = idle_rounds.saturating_add(1);
-                self.idle(idle_rounds);
+            if took > 0 {
+                self.shared.counters.batches.fetch_add(1, Ordering::Relaxed);
+                if took >= self.shared.cfg.batch && self.shared.sleepers.load(Ordering::Relaxed) > 0
+                {
+                    // Plenty of work: wake the others.
+                    self.shared.doorbell.fetch_add(1, Ordering::SeqCst);
+                    futex_wake(&self.shared.doorbell);
+                }
+            }
+            let planned = self.plan_round();
+            self.submit();
+            let reaped = self.reap(false);
+            self.expire_deferred();
+            if took > 0 || reaped > 0 {
+                idle_rounds = 0;
                 continue;
             }
-            idle_rounds = 0;
-            if took >= self.shared.cfg.batch && self.shared.sleepers.load(Ordering::Relaxed) > 0 {
-                // Plenty of work: wake the others.
-                self.shared.doorbell.fetch_add(1, Ordering::SeqCst);
-                futex_wake(&self.shared.doorbell);
+            if planned == 0 && self.engine.in_flight() == 0 {
+                self.background_writeback();
             }
-            self.shared.counters.batches.fetch_add(1, Ordering::Relaxed);
-            self.serve_batch();
+            idle_rounds = idle_rounds.saturating_add(1);
+            self.idle(idle_rounds);
         }
+    }
+
+    fn busy(&self) -> bool {
+        self.engine.in_flight() > 0 || !self.deferred.is_empty()
     }
 
     fn idle(&mut self, rounds: u32) {
@@ -507,15 +584,17 @@ impl Worker {
         let s = &self.shared;
         let seen = s.doorbell.load(Ordering::SeqCst);
         s.sleepers.fetch_add(1, Ordering::SeqCst);
-        let has_work = !self.deferred.is_empty()
-            || self
-                .channels
-                .iter()
-                .any(|c| !c.demand.is_empty() || !c.prefetch.is_empty());
+        let has_work = self
+            .channels
+            .iter()
+            .any(|c| !c.demand.is_empty() || !c.prefetch.is_empty());
         if !has_work && !s.stop.load(Ordering::Acquire) {
-            // Worker 0 polls for requesters that cannot ring (GPUs); the others sleep long.
-            let t = if self.id == 0 {
-                // 20 µs, doubling every 4 idle rounds, up to `idle_poll`.
+            let t = if self.busy() {
+                // I/O in flight or requests waiting for pages: check back soon.
+                Duration::from_micros(50)
+            } else if self.id == 0 {
+                // Worker 0 polls for requesters that cannot ring (GPUs): 20 µs, doubling
+                // every 4 idle rounds, up to `idle_poll`. The others sleep until woken.
                 let steps = (rounds - 80).min(64);
                 (Duration::from_micros(20) * (1u32 << (steps / 4).min(16))).min(s.cfg.idle_poll)
             } else {
@@ -526,21 +605,33 @@ impl Worker {
         s.sleepers.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Fills `self.jobs`; returns how many requests were taken.
+    /// Stop: requests that wait for pages fail with `ESHUTDOWN`; I/O in flight is finished.
+    fn drain_for_shutdown(&mut self) {
+        while let Some(j) = self.deferred.pop_front() {
+            self.finish_job(j, -(libc::ESHUTDOWN as i64));
+        }
+        for j in std::mem::take(&mut self.fresh) {
+            self.finish_job(j, -(libc::ESHUTDOWN as i64));
+        }
+        self.submit();
+        while self.engine.in_flight() > 0 {
+            self.reap(true);
+            self.submit();
+            while let Some(j) = self.deferred.pop_front() {
+                self.finish_job(j, -(libc::ESHUTDOWN as i64));
+            }
+        }
+    }
+
+    /// Accepts up to `batch` requests into `fresh`; returns how many were taken.
     fn take_batch(&mut self) -> usize {
         let max = self.shared.cfg.batch;
         let mut took = 0;
-        let n = self.deferred.len();
-        for _ in 0..n.min(max) {
-            if let Some(j) = self.deferred.pop_front() {
-                self.jobs.push(j);
-                took += 1;
-            }
-        }
         let channels = std::mem::take(&mut self.channels);
         if !channels.is_empty() {
             for prefetch in [false, true] {
-                if prefetch && took > 0 {
+                // Demand first: prefetch hints only when no demand request waits.
+                if prefetch && (took > 0 || !self.deferred.is_empty()) {
                     break;
                 }
                 let mut empty = 0;
@@ -552,7 +643,7 @@ impl Worker {
                         Some(crate::ring::Popped::Request(req)) => {
                             empty = 0;
                             took += 1;
-                            self.accept(ch, req, prefetch);
+                            self.accept(ch, req);
                         }
                         Some(crate::ring::Popped::Corrupt(req)) => {
                             empty = 0;
@@ -575,7 +666,7 @@ impl Worker {
     }
 
     /// Validates a fresh request; queues it as a job or completes it with an error.
-    fn accept(&mut self, ch: &Arc<Channel>, req: WfsRequest, from_prefetch_ring: bool) {
+    fn accept(&mut self, ch: &Arc<Channel>, req: WfsRequest) {
         let s = &self.shared;
         s.counters.requests.fetch_add(1, Ordering::Relaxed);
         let fail = |errno: i32| {
@@ -638,8 +729,7 @@ impl Worker {
             }
             _ => return fail(libc::EINVAL),
         }
-        let _ = from_prefetch_ring;
-        self.jobs.push(Job {
+        let j = self.jobs.insert(Job {
             ch: ch.clone(),
             req,
             file,
@@ -648,23 +738,25 @@ impl Worker {
             pending: 0,
             error: None,
             parts: Vec::new(),
-            finished: false,
         });
+        self.fresh.push(j);
     }
 
-    fn complete(&self, job: &Job, result: i64) {
-        if result < 0 {
-            self.shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+    /// Completes job `j` with `result` and frees it.
+    fn finish_job(&mut self, j: usize, result: i64) {
+        if let Some(job) = self.jobs.remove(j) {
+            if result < 0 {
+                self.shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = job
+                .ch
+                .completions
+                .complete(job.req.completion, job.req.ticket, result);
         }
-        let _ = job
-            .ch
-            .completions
-            .complete(job.req.completion, job.req.ticket, result);
     }
 
     fn push_op(&mut self, kind: IoKind, fd: i32, offset: u64, buf: *mut u8, len: usize, tag: Tag) {
-        let token = self.tags.len() as u64;
-        self.tags.push(Some(tag));
+        let token = self.tags.insert(tag) as u64;
         self.ops.push(IoOp {
             kind,
             fd,
@@ -675,12 +767,15 @@ impl Worker {
         });
     }
 
-    fn serve_batch(&mut self) {
-        let n = self.jobs.len();
-        let mut prefetch_after: Vec<(Arc<FileEntry>, u64, u64, u32)> = Vec::new();
-        for j in 0..n {
+    /// Plans deferred jobs, then fresh ones (deferred first: they are older), then the
+    /// readahead they triggered. Returns how many jobs were planned.
+    fn plan_round(&mut self) -> usize {
+        let mut order: Vec<usize> = self.deferred.drain(..).collect();
+        order.append(&mut self.fresh);
+        let n = order.len();
+        for j in order {
             let outcome = match self.jobs[j].req.op {
-                abi::WFS_OP_READ => self.plan_read(j, &mut prefetch_after),
+                abi::WFS_OP_READ => self.plan_read(j),
                 abi::WFS_OP_WRITE => self.plan_write(j),
                 abi::WFS_OP_FSYNC => self.plan_fsync(j),
                 abi::WFS_OP_SIZE => Outcome::Now(match self.jobs[j].file.size() {
@@ -692,7 +787,8 @@ impl Worker {
                     let ps = self.shared.cache.page_size() as u64;
                     let pages = span::pages(job.req.offset, job.req.len, ps);
                     let count = (pages.end - pages.start).min(4096) as u32;
-                    prefetch_after.push((job.file.clone(), pages.start, 1, count));
+                    self.prefetch
+                        .push((job.file.clone(), pages.start, 1, count));
                     self.shared
                         .counters
                         .prefetches
@@ -702,80 +798,65 @@ impl Worker {
                 _ => Outcome::Now(-(libc::EINVAL as i64)),
             };
             match outcome {
-                Outcome::Now(r) => {
-                    self.complete(&self.jobs[j], r);
-                    self.jobs[j].finished = true;
-                }
+                Outcome::Now(r) => self.finish_job(j, r),
                 Outcome::Wait => {}
-                Outcome::Defer => {}
+                Outcome::Defer => self.deferred.push_back(j),
             }
         }
-        for (file, start, stride, count) in prefetch_after {
+        for (file, start, stride, count) in std::mem::take(&mut self.prefetch) {
             self.plan_prefetch(&file, start, stride, count);
         }
-        // Submit everything planned, then complete jobs as their I/O finishes.
-        if !self.ops.is_empty() {
-            self.shared
-                .counters
-                .ios
-                .fetch_add(self.ops.len() as u64, Ordering::Relaxed);
-            let ops = std::mem::take(&mut self.ops);
-            // SAFETY: every buffer is either a cache page pinned for this batch (released only
-            // after its op completes) or a bounds-checked slice of a channel data region that
-            // the job's `Arc<Channel>` keeps alive; fds are kept open by the jobs' file entries.
-            unsafe { self.engine.submit(&ops) };
-            self.ops = ops;
-            self.ops.clear();
+        n
+    }
+
+    /// Hands the planned ops to the engine in one batch.
+    fn submit(&mut self) {
+        if self.ops.is_empty() {
+            return;
         }
-        while self.engine.in_flight() > 0 {
-            let mut done = std::mem::take(&mut self.done);
-            self.engine.reap(&mut done, true);
-            for d in done.drain(..) {
-                self.on_done(d);
-            }
-            self.done = done;
-            if !self.ops.is_empty() {
-                let ops = std::mem::take(&mut self.ops);
-                self.shared
-                    .counters
-                    .ios
-                    .fetch_add(ops.len() as u64, Ordering::Relaxed);
-                // SAFETY: as above.
-                unsafe { self.engine.submit(&ops) };
-                self.ops = ops;
-                self.ops.clear();
-            }
+        self.shared
+            .counters
+            .ios
+            .fetch_add(self.ops.len() as u64, Ordering::Relaxed);
+        // SAFETY: every buffer is either a cache page pinned until its op completes (loads,
+        // write-backs) or a bounds-checked slice of a channel data region that the job's
+        // `Arc<Channel>` keeps alive and whose requester does not touch it while the request
+        // is pending; fds are kept open by the jobs' and write-backs' file entries.
+        unsafe { self.engine.submit(&self.ops) };
+        self.ops.clear();
+    }
+
+    /// Processes finished I/O; returns how many ops finished.
+    fn reap(&mut self, wait: bool) -> usize {
+        if self.engine.in_flight() == 0 {
+            return 0;
         }
-        // Loads nobody waits on (readahead, or whose readers finished) are ended here.
-        for l in &mut self.loads {
-            if l.refs == 0 {
-                if let Some(r) = l.result.take() {
-                    self.shared.cache.finish_load(l.idx, r);
-                }
-            }
+        let mut done = std::mem::take(&mut self.done);
+        self.engine.reap(&mut done, wait);
+        let n = done.len();
+        for d in done.drain(..) {
+            self.on_done(d);
         }
-        for job in self.jobs.drain(..) {
-            if !job.finished {
-                self.deferred.push_back(job);
-            }
-        }
-        let now = Instant::now();
+        self.done = done;
+        n
+    }
+
+    fn expire_deferred(&mut self) {
         let timeout = self.shared.cfg.defer_timeout;
-        let mut kept = VecDeque::new();
-        for job in std::mem::take(&mut self.deferred) {
-            if now.duration_since(job.first_seen) > timeout {
-                self.complete(&job, -(libc::EBUSY as i64));
+        let now = Instant::now();
+        let mut kept = VecDeque::with_capacity(self.deferred.len());
+        while let Some(j) = self.deferred.pop_front() {
+            if now.duration_since(self.jobs[j].first_seen) > timeout {
+                self.finish_job(j, -(libc::EBUSY as i64));
             } else {
-                kept.push_back(job);
+                kept.push_back(j);
             }
         }
         self.deferred = kept;
-        self.loads.clear();
-        self.load_of.clear();
-        self.tags.clear();
     }
 
-    /// Resolves the pages of job `j`'s range; `Err` when a page is busy or the cache is full.
+    /// Resolves the pages of job `j`'s range; `Err` when a page is busy or the cache is full
+    /// (nothing stays pinned then; loads already started finish on their own).
     fn lookup_pages(&mut self, j: usize, for_write: bool) -> Result<(), Lookup> {
         let cache = self.shared.cache.clone();
         let ps = cache.page_size() as u64;
@@ -799,23 +880,9 @@ impl Worker {
                 Lookup::Hit(idx) => pages.push((p, idx, Held::Hit)),
                 Lookup::Miss(idx) if for_write => pages.push((p, idx, Held::Reserved)),
                 Lookup::Miss(idx) => {
-                    let l = self.loads.len();
-                    self.loads.push(Load {
-                        idx,
-                        result: None,
-                        refs: 1,
-                    });
-                    self.load_of.insert((file.id, p), l);
+                    let l = self.start_load(&file, p, idx);
+                    self.loads[l].refs += 1;
                     pages.push((p, idx, Held::Load(l)));
-                    let (fd, ps_usize) = (load_fd(&file, ps), ps as usize);
-                    self.push_op(
-                        IoKind::Read,
-                        fd,
-                        p * ps,
-                        cache.page_ptr(idx),
-                        ps_usize,
-                        Tag::Load(l),
-                    );
                 }
                 other => {
                     fail = Some(other);
@@ -824,55 +891,99 @@ impl Worker {
             }
         }
         if let Some(f) = fail {
-            // Undo: release what we pinned; loads already queued run to completion and are
-            // finished at the end of the batch (the retried job will hit them).
             for (_, idx, held) in pages {
                 match held {
                     Held::Hit => cache.release(idx),
                     Held::Reserved => cache.finish_load(idx, -(libc::ECANCELED as i64)),
-                    Held::Load(l) => self.loads[l].refs -= 1,
+                    Held::Load(l) => self.unref_load(l),
                 }
             }
             return Err(f);
         }
-        self.jobs[j].pages = pages;
+        // Wait for the loads still in flight.
+        let mut pending = 0;
+        for &(_, _, held) in &pages {
+            if let Held::Load(l) = held {
+                if self.loads[l].result.is_none() {
+                    self.loads[l].waiters.push(j);
+                    pending += 1;
+                }
+            }
+        }
+        let job = &mut self.jobs[j];
+        job.pages = pages;
+        job.pending = pending;
         Ok(())
     }
 
-    fn plan_read(
-        &mut self,
-        j: usize,
-        prefetch: &mut Vec<(Arc<FileEntry>, u64, u64, u32)>,
-    ) -> Outcome {
+    /// Queues the read of page `p` of `file` into reserved cache page `idx`.
+    fn start_load(&mut self, file: &Arc<FileEntry>, p: u64, idx: PageIdx) -> usize {
+        let ps = self.shared.cache.page_size() as u64;
+        let l = self.loads.insert(Load {
+            key: (file.id, p),
+            idx,
+            result: None,
+            refs: 0,
+            waiters: Vec::new(),
+        });
+        self.load_of.insert((file.id, p), l);
+        let ptr = self.shared.cache.page_ptr(idx);
+        self.push_op(
+            IoKind::Read,
+            load_fd(file, ps),
+            p * ps,
+            ptr,
+            ps as usize,
+            Tag::Load(l),
+        );
+        l
+    }
+
+    /// Drops one reader of load `l`; hands the page back to the cache when the I/O is done
+    /// and nobody reads it any more.
+    fn unref_load(&mut self, l: usize) {
+        let load = &mut self.loads[l];
+        load.refs -= 1;
+        self.retire_load(l);
+    }
+
+    fn retire_load(&mut self, l: usize) {
+        let Some(load) = self.loads.get(l) else {
+            return; // already retired by its last reader
+        };
+        if load.refs == 0 && load.waiters.is_empty() {
+            if let Some(r) = load.result {
+                let load = self.loads.remove(l).expect("live load");
+                self.load_of.remove(&load.key);
+                self.shared.cache.finish_load(load.idx, r);
+            }
+        }
+    }
+
+    fn plan_read(&mut self, j: usize) -> Outcome {
         let (write_back, bypass_bytes) = (self.shared.cfg.write_back, self.shared.cfg.bypass_bytes);
         let (len, off) = (self.jobs[j].req.len, self.jobs[j].req.offset);
-        let bypass = !write_back && len as usize >= bypass_bytes;
-        if !bypass {
-            match self.lookup_pages(j, false) {
-                Ok(()) => {}
-                Err(Lookup::Full) if !write_back => return self.plan_bypass_read(j),
-                Err(_) => return Outcome::Defer,
-            }
-            // Readahead on detected streams.
-            let ps = self.shared.cache.page_size() as u64;
-            let file = self.jobs[j].file.clone();
-            for p in span::pages(off, len, ps) {
-                if let Some(pf) = self.shared.readahead.try_observe(file.id, p) {
-                    prefetch.push((file.clone(), pf.start, pf.stride, pf.count));
-                }
-            }
-            let pending = self.jobs[j]
-                .pages
-                .iter()
-                .filter(|(_, _, h)| matches!(h, Held::Load(l) if self.loads[*l].result.is_none()))
-                .count();
-            self.jobs[j].pending = pending;
-            if pending == 0 {
-                self.finish_read(j);
-            }
-            return Outcome::Wait;
+        if !write_back && len as usize >= bypass_bytes {
+            return self.plan_bypass_read(j);
         }
-        self.plan_bypass_read(j)
+        match self.lookup_pages(j, false) {
+            Ok(()) => {}
+            Err(Lookup::Full) if !write_back => return self.plan_bypass_read(j),
+            Err(_) => return Outcome::Defer,
+        }
+        // Readahead on detected streams.
+        let ps = self.shared.cache.page_size() as u64;
+        let file = self.jobs[j].file.clone();
+        for p in span::pages(off, len, ps) {
+            if let Some(pf) = self.shared.readahead.try_observe(file.id, p) {
+                self.prefetch
+                    .push((file.clone(), pf.start, pf.stride, pf.count));
+            }
+        }
+        if self.jobs[j].pending == 0 {
+            self.finish_read(j);
+        }
+        Outcome::Wait
     }
 
     /// A read straight from the file into the data region (no cache).
@@ -896,18 +1007,16 @@ impl Worker {
                         // SAFETY: r lies inside [off, off+len), so dst + (r.start - off) is in range.
                         let p = unsafe { dst.add((r.start - off) as usize) };
                         let aligned = p as usize % a as usize == 0;
-                        parts.push((
-                            r.start,
-                            r.end - r.start,
-                            if direct && aligned { dfd } else { file.fd() },
-                        ));
+                        let fd = if direct && aligned { dfd } else { file.fd() };
+                        parts.push((r.start, r.end - r.start, fd));
                     }
                 }
             }
             None => parts.push((off, len, file.fd())),
         }
-        self.jobs[j].parts = parts.iter().map(|p| (p.1 as usize, None)).collect();
-        self.jobs[j].pending = parts.len();
+        let job = &mut self.jobs[j];
+        job.parts = parts.iter().map(|p| (p.1 as usize, None)).collect();
+        job.pending = parts.len();
         for (n, (start, plen, fd)) in parts.into_iter().enumerate() {
             // SAFETY: start - off < len; see above.
             let p = unsafe { dst.add((start - off) as usize) };
@@ -945,7 +1054,8 @@ impl Worker {
             );
         }
         if write_back {
-            for &(_, idx, _) in &job.pages {
+            let pages = std::mem::take(&mut self.jobs[j].pages);
+            for (_, idx, _) in pages {
                 cache.release(idx);
             }
             return Outcome::Now(len as i64);
@@ -994,33 +1104,22 @@ impl Worker {
     fn plan_prefetch(&mut self, file: &Arc<FileEntry>, start: u64, stride: u64, count: u32) {
         let cache = self.shared.cache.clone();
         let ps = cache.page_size() as u64;
+        // Readahead past the end of the file is wasted work.
+        let end_page = file.size().map(|s| s.div_ceil(ps)).unwrap_or(0);
         for k in 0..count as u64 {
             let Some(p) = stride.checked_mul(k).and_then(|d| d.checked_add(start)) else {
                 break;
             };
-            if p.checked_mul(ps).is_none_or(|b| b > i64::MAX as u64)
-                || self.load_of.contains_key(&(file.id, p))
-            {
+            if p >= end_page {
+                break;
+            }
+            if self.load_of.contains_key(&(file.id, p)) {
                 continue;
             }
             match cache.lookup(file, p, true) {
                 Lookup::Hit(idx) => cache.release(idx),
                 Lookup::Miss(idx) => {
-                    let l = self.loads.len();
-                    self.loads.push(Load {
-                        idx,
-                        result: None,
-                        refs: 0,
-                    });
-                    self.load_of.insert((file.id, p), l);
-                    self.push_op(
-                        IoKind::Read,
-                        load_fd(file, ps),
-                        p * ps,
-                        cache.page_ptr(idx),
-                        ps as usize,
-                        Tag::Load(l),
-                    );
+                    self.start_load(file, p, idx);
                 }
                 Lookup::Busy => {}
                 Lookup::Full => break,
@@ -1032,11 +1131,7 @@ impl Worker {
         if !self.shared.cfg.write_back {
             return;
         }
-        let wbs = self.shared.cache.take_writebacks(32);
-        if wbs.is_empty() {
-            return;
-        }
-        for wb in wbs {
+        for wb in self.shared.cache.take_writebacks(32) {
             let (fd, off, ptr, len) = (
                 wb.file.fd(),
                 wb.offset,
@@ -1045,45 +1140,34 @@ impl Worker {
             );
             self.push_op(IoKind::Write, fd, off, ptr, len, Tag::Writeback(wb, None));
         }
-        self.serve_batch();
+        self.submit();
     }
 
     fn on_done(&mut self, d: IoDone) {
-        let Some(tag) = self.tags.get_mut(d.token as usize).and_then(Option::take) else {
+        let Some(tag) = self.tags.remove(d.token as usize) else {
             tracing::error!(token = d.token, "engine returned an unknown token");
             return;
         };
         match tag {
             Tag::Load(l) => {
                 self.loads[l].result = Some(d.result);
-                let waiting: Vec<usize> = (0..self.jobs.len())
-                    .filter(|&j| {
-                        !self.jobs[j].finished
-                            && self.jobs[j]
-                                .pages
-                                .iter()
-                                .any(|(_, _, h)| *h == Held::Load(l))
-                    })
-                    .collect();
-                for j in waiting {
-                    self.jobs[j].pending -= 1;
-                    if self.jobs[j].pending == 0 {
+                for j in std::mem::take(&mut self.loads[l].waiters) {
+                    let job = &mut self.jobs[j];
+                    job.pending -= 1;
+                    if job.pending == 0 {
                         self.finish_read(j);
                     }
                 }
-                if self.loads[l].refs == 0 {
-                    if let Some(r) = self.loads[l].result.take() {
-                        self.shared.cache.finish_load(self.loads[l].idx, r);
-                    }
-                }
+                self.retire_load(l);
             }
             Tag::Part(j, n) => {
-                self.jobs[j].parts[n].1 = Some(d.result);
-                self.jobs[j].pending -= 1;
-                if self.jobs[j].pending == 0 {
+                let job = &mut self.jobs[j];
+                job.parts[n].1 = Some(d.result);
+                job.pending -= 1;
+                if job.pending == 0 {
                     let mut total = 0i64;
                     let mut result = None;
-                    for &(asked, r) in &self.jobs[j].parts {
+                    for &(asked, r) in &job.parts {
                         let r = r.unwrap_or(-(libc::EIO as i64));
                         if r < 0 {
                             result = Some(if total > 0 { total } else { r });
@@ -1094,22 +1178,19 @@ impl Worker {
                             break;
                         }
                     }
-                    let r = result.unwrap_or(total);
-                    self.complete(&self.jobs[j], r);
-                    self.jobs[j].finished = true;
+                    self.finish_job(j, result.unwrap_or(total));
                 }
             }
             Tag::Write(j) => {
                 let cache = self.shared.cache.clone();
                 let job = &mut self.jobs[j];
-                for &(_, idx, held) in &job.pages {
+                for (_, idx, held) in std::mem::take(&mut job.pages) {
                     match held {
                         Held::Hit => cache.release(idx),
                         Held::Reserved => cache.finish_load(idx, -(libc::ECANCELED as i64)),
                         Held::Load(_) => {}
                     }
                 }
-                job.pages.clear();
                 if d.result < 0 {
                     cache.invalidate_file(job.file.id, None);
                 } else if d.result > 0 {
@@ -1119,33 +1200,32 @@ impl Worker {
                         cache.invalidate_file(job.file.id, None);
                     }
                 }
-                job.finished = true;
-                let job = &self.jobs[j];
-                self.complete(job, d.result);
+                self.finish_job(j, d.result);
             }
             Tag::Writeback(wb, job) => {
                 let ok = d.result == wb.len as i64;
                 self.shared.cache.finish_writeback(wb.idx, ok);
                 if let Some(j) = job {
-                    if !ok && self.jobs[j].error.is_none() {
-                        self.jobs[j].error = Some(if d.result < 0 {
+                    let jb = &mut self.jobs[j];
+                    if !ok && jb.error.is_none() {
+                        jb.error = Some(if d.result < 0 {
                             d.result
                         } else {
                             -(libc::EIO as i64)
                         });
                     }
-                    self.jobs[j].pending -= 1;
-                    if self.jobs[j].pending == 0 {
-                        let fd = self.jobs[j].file.fd();
-                        self.jobs[j].pending = 1;
+                    jb.pending -= 1;
+                    if jb.pending == 0 {
+                        let fd = jb.file.fd();
+                        jb.pending = 1;
                         self.push_op(IoKind::Fsync, fd, 0, std::ptr::null_mut(), 0, Tag::Fsync(j));
+                        self.submit();
                     }
                 }
             }
             Tag::Fsync(j) => {
                 let r = self.jobs[j].error.unwrap_or(d.result.min(0));
-                self.jobs[j].finished = true;
-                self.complete(&self.jobs[j], r);
+                self.finish_job(j, r);
             }
         }
     }
@@ -1197,23 +1277,14 @@ impl Worker {
             Some(e) if total == 0 => e,
             _ => total as i64,
         };
-        let pages = std::mem::take(&mut self.jobs[j].pages);
-        for (_, idx, held) in pages {
+        for (_, idx, held) in std::mem::take(&mut self.jobs[j].pages) {
             match held {
                 Held::Hit => cache.release(idx),
                 Held::Reserved => cache.finish_load(idx, -(libc::ECANCELED as i64)),
-                Held::Load(l) => {
-                    self.loads[l].refs -= 1;
-                    if self.loads[l].refs == 0 {
-                        if let Some(r) = self.loads[l].result.take() {
-                            cache.finish_load(self.loads[l].idx, r);
-                        }
-                    }
-                }
+                Held::Load(l) => self.unref_load(l),
             }
         }
-        self.jobs[j].finished = true;
-        self.complete(&self.jobs[j], r);
+        self.finish_job(j, r);
     }
 }
 

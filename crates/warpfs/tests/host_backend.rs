@@ -337,3 +337,98 @@ fn unregister_while_requests_are_in_flight_is_safe() {
         assert!(r.join().unwrap(), "reads after close must fail with EBADF");
     }
 }
+
+#[test]
+fn concurrent_misses_on_one_page_make_one_load() {
+    for engine in ENGINES {
+        let path = pattern_file(&format!("coalesce-{engine:?}"), 1 << 20);
+        let rt = Arc::new(runtime(engine, 65536, 64, false));
+        let f = rt.open(&path, OpenOptions::read_only()).unwrap();
+        let barrier = Arc::new(std::sync::Barrier::new(16));
+        let hs: Vec<_> = (0..16u64)
+            .map(|t| {
+                let (rt, f, barrier) = (rt.clone(), f.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut agent = rt.agent().unwrap();
+                    // All 16 agents post 4 reads each inside page 3 (bytes 196608..262144).
+                    let offs: Vec<u64> = (0..4).map(|k| 196_608 + t * 3000 + k * 700).collect();
+                    barrier.wait();
+                    let ts: Vec<_> = offs
+                        .iter()
+                        .map(|&o| agent.submit_read(&f, o, 1000).unwrap())
+                        .collect();
+                    for (t, o) in ts.into_iter().zip(offs) {
+                        let mut buf = vec![POISON; 1000];
+                        assert_eq!(agent.wait_read(t, &mut buf).unwrap(), 1000);
+                        assert_eq!(buf, pattern(o, 1000));
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        let st = rt.stats().cache;
+        assert_eq!(
+            st.loads, 1,
+            "64 reads of one page must make exactly one file read: {st:?}"
+        );
+        assert_eq!(st.misses, 1, "{st:?}");
+    }
+}
+
+#[test]
+fn sequential_reads_trigger_readahead_that_gets_used() {
+    let len = 8 << 20;
+    let path = pattern_file("readahead", len);
+    let rt = runtime(EngineChoice::Auto, 16384, 1024, false);
+    let f = rt.open(&path, OpenOptions::read_only()).unwrap();
+    let mut agent = rt.agent().unwrap();
+    let mut buf = vec![POISON; 16384];
+    let mut off = 0;
+    while off < len {
+        buf.fill(POISON);
+        assert_eq!(agent.read(&f, off, &mut buf).unwrap(), 16384);
+        assert!(buf == pattern(off, 16384), "wrong bytes at {off}");
+        off += 16384;
+    }
+    let st = rt.stats().cache;
+    assert!(st.readahead_loaded > 0 && st.readahead_used > 0, "{st:?}");
+    assert!(
+        st.misses < (len / 16384) / 2,
+        "readahead must turn most misses into hits: {st:?}"
+    );
+}
+
+#[test]
+fn write_back_pages_survive_eviction_and_flush() {
+    for engine in ENGINES {
+        let len = 2 << 20;
+        let path = pattern_file(&format!("writeback-{engine:?}"), len);
+        // 16 pages of cache for a 2 MiB file: dirty pages must be written back to make room.
+        let rt = runtime(engine, 4096, 16, true);
+        let f = rt.open(&path, OpenOptions::read_write()).unwrap();
+        let mut agent = rt.agent().unwrap();
+        let mut model = pattern(0, len as usize);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for i in 0..3000u32 {
+            let page = rng.random_range(0..len / 4096);
+            let at = page * 4096 + rng.random_range(0..4000);
+            // Read first so the page is resident: the write then only dirties it.
+            let mut tmp = vec![POISON; 64];
+            agent.read(&f, at, &mut tmp).unwrap();
+            assert_eq!(tmp, model[at as usize..at as usize + 64]);
+            let data = [(i % 251) as u8; 64];
+            agent.write(&f, at, &data).unwrap();
+            model[at as usize..at as usize + 64].copy_from_slice(&data);
+        }
+        let st = rt.stats().cache;
+        assert!(st.writebacks > 0 && st.evictions > 0, "{st:?}");
+        rt.flush().unwrap();
+        assert_eq!(rt.stats().cache.dirty_pages, 0);
+        assert!(
+            std::fs::read(&path).unwrap() == model,
+            "file differs after flush"
+        );
+    }
+}

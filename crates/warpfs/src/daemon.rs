@@ -17,7 +17,7 @@ use crate::abi::{self, WfsRequest};
 use crate::cache::{HostCache, Lookup, PageIdx, Writeback};
 use crate::channel::Channel;
 use crate::completion::{futex_wait, futex_wake};
-use crate::engine::{self, EngineConfig, IoDone, IoEngine, IoKind, IoOp};
+use crate::engine::{self, EngineConfig, EngineFactory, IoDone, IoEngine, IoKind, IoOp};
 use crate::files::{FileEntry, FileTable};
 use crate::readahead::Readahead;
 use crate::runtime::DaemonStats;
@@ -48,6 +48,8 @@ pub struct DaemonConfig {
     pub idle_poll: Duration,
     /// A request that cannot get cache pages for this long fails with `EBUSY`.
     pub defer_timeout: Duration,
+    /// Builds the engines instead of [`engine::create`] (tests: fault injection).
+    pub engine_factory: Option<EngineFactory>,
 }
 
 impl Default for DaemonConfig {
@@ -61,6 +63,7 @@ impl Default for DaemonConfig {
             engine: EngineConfig::default(),
             idle_poll: Duration::from_millis(4),
             defer_timeout: Duration::from_secs(10),
+            engine_factory: None,
         }
     }
 }
@@ -142,11 +145,14 @@ impl Daemon {
                 "the daemon needs at least one worker and a batch of at least 1".into(),
             ));
         }
-        let control = engine::create(&EngineConfig {
-            queue_depth: 64,
-            threads: 2,
-            ..cfg.engine
-        });
+        let control = new_engine(
+            &cfg,
+            &EngineConfig {
+                queue_depth: 64,
+                threads: 2,
+                ..cfg.engine
+            },
+        );
         let shared = Arc::new(Shared {
             readahead: Readahead::new(cfg.readahead_pages, 16),
             engine_name: control.name(),
@@ -256,6 +262,14 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// An engine for `ecfg`, from the configured factory if any.
+fn new_engine(cfg: &DaemonConfig, ecfg: &EngineConfig) -> Box<dyn IoEngine> {
+    match &cfg.engine_factory {
+        Some(f) => f.create(ecfg),
+        None => engine::create(ecfg),
     }
 }
 
@@ -490,7 +504,7 @@ enum Outcome {
 
 impl Worker {
     fn new(shared: Arc<Shared>, id: usize) -> Self {
-        let mut engine = engine::create(&shared.cfg.engine);
+        let mut engine = new_engine(&shared.cfg, &shared.cfg.engine);
         let (ptr, len) = shared.cache.arena();
         // SAFETY: the arena lives as long as the cache, which `shared` (held by this worker
         // for the engine's whole life) keeps alive.

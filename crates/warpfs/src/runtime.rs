@@ -18,7 +18,7 @@ use crate::bulk::{BulkConfig, BulkIo};
 use crate::cache::{CacheConfig, CacheStats, HostCache};
 use crate::channel::{Channel, ChannelConfig};
 use crate::daemon::{Daemon, DaemonConfig};
-use crate::engine::EngineConfig;
+use crate::engine::{EngineConfig, EngineFactory};
 use crate::error::{Error, Result};
 use crate::files::{FileEntry, FileTable, OpenOptions};
 use std::path::Path;
@@ -48,6 +48,9 @@ pub struct RuntimeConfig {
     pub request_buffer: usize,
     /// How long a host wait may take before it reports [`crate::Error::Timeout`].
     pub wait_timeout: std::time::Duration,
+    /// Builds the daemon's engines instead of [`crate::engine::create`] (tests: fault
+    /// injection). The bulk path keeps its own engines.
+    pub engine_factory: Option<EngineFactory>,
 }
 
 /// A registered file, as requests name it (a capability). Cheap to clone.
@@ -129,6 +132,7 @@ impl Default for RuntimeConfig {
             agent_queue_depth: 32,
             request_buffer: 64 * 1024,
             wait_timeout: Duration::from_secs(60),
+            engine_factory: None,
         }
     }
 }
@@ -178,6 +182,7 @@ impl Runtime {
                 write_back: cfg.write_back,
                 readahead_pages: cfg.readahead_pages,
                 engine: cfg.engine,
+                engine_factory: cfg.engine_factory.clone(),
                 ..DaemonConfig::default()
             },
             files.clone(),

@@ -14,8 +14,10 @@
 //! - every submitted op is completed exactly once through [`IoEngine::reap`].
 
 use std::os::fd::RawFd;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod threads;
 #[cfg(target_os = "linux")]
 pub mod uring;
@@ -125,6 +127,31 @@ impl Default for EngineConfig {
     }
 }
 
+/// Builds engines in place of [`create`] (the daemon's workers and its control engine call it
+/// with their [`EngineConfig`]): lets tests wrap an engine, e.g. in a fault injector.
+#[derive(Clone)]
+pub struct EngineFactory(pub Arc<EngineFn>);
+
+/// The function an [`EngineFactory`] wraps.
+pub type EngineFn = dyn Fn(&EngineConfig) -> Box<dyn IoEngine> + Send + Sync;
+
+impl EngineFactory {
+    /// Wraps `f`.
+    pub fn new(f: impl Fn(&EngineConfig) -> Box<dyn IoEngine> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+    /// Builds one engine for `cfg`.
+    pub fn create(&self, cfg: &EngineConfig) -> Box<dyn IoEngine> {
+        (self.0)(cfg)
+    }
+}
+
+impl std::fmt::Debug for EngineFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EngineFactory")
+    }
+}
+
 /// Environment variable that forces the engine for [`EngineChoice::Auto`]: `uring` or `threads`.
 pub const ENGINE_ENV: &str = "WARPFS_IO_ENGINE";
 
@@ -219,6 +246,10 @@ fn decide_auto() -> EngineChoice {
 fn uring_probe() -> &'static Option<std::io::ErrorKind> {
     static PROBE: OnceLock<Option<std::io::ErrorKind>> = OnceLock::new();
     PROBE.get_or_init(|| {
+        #[cfg(feature = "fault-injection")]
+        if let Some(kind) = fault::forced_uring_setup_failure() {
+            return Some(kind);
+        }
         #[cfg(target_os = "linux")]
         {
             match io_uring::IoUring::new(8) {

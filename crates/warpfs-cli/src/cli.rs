@@ -128,13 +128,17 @@ pub struct BenchArgs {
     /// Run a fixed number of operations per side instead of --seconds (seq: whole-file passes).
     #[arg(long, value_name = "N")]
     pub ops: Option<u64>,
-    /// OS threads issuing requests, for warpfs and the baseline alike [default: cores].
+    /// OS threads of the plain baselines [default: cores].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// OS threads driving warpfs agents [default: threads − daemon workers, at least 1, so
+    /// warpfs (agents + daemon) and the baseline get the same number of threads].
+    #[arg(long, value_name = "N")]
+    pub agent_threads: Option<usize>,
     /// Total warpfs requests in flight across all threads.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub qd: usize,
-    /// Requests in flight per agent (agents = max(threads, qd / agent-qd)).
+    /// Requests in flight per agent (agents = max(agent-threads, qd / agent-qd)).
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub agent_qd: usize,
     /// rand-write: sync after every N writes per thread.

@@ -29,8 +29,10 @@ pub const BLOCK: usize = 4096;
 /// How much work each side of a phase does, and with how many threads.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// OS threads (both sides).
+    /// OS threads of the baselines.
     pub threads: usize,
+    /// OS threads driving warpfs agents (the daemon's workers come on top).
+    pub agent_threads: usize,
     /// Total warpfs requests in flight.
     pub qd: usize,
     /// Agents, all threads together.
@@ -55,10 +57,19 @@ impl Plan {
         if !(a.seconds > 0.0 && a.seconds.is_finite()) {
             bail!("--seconds must be a positive number, e.g. --seconds 3");
         }
-        let agents = threads.max(a.qd.div_ceil(a.agent_qd));
+        let workers = a
+            .workers
+            .unwrap_or_else(|| warpfs::RuntimeConfig::default().workers)
+            .max(1);
+        let agent_threads = a
+            .agent_threads
+            .unwrap_or_else(|| threads.saturating_sub(workers))
+            .max(1);
+        let agents = agent_threads.max(a.qd.div_ceil(a.agent_qd));
         let agent_depth = a.qd.div_ceil(agents).clamp(1, a.agent_qd);
         Ok(Plan {
             threads,
+            agent_threads,
             qd: agents * agent_depth,
             agents,
             agent_depth,
@@ -66,6 +77,15 @@ impl Plan {
             ops: a.ops,
             fsync_every: a.fsync_every,
         })
+    }
+    /// A short unmeasured run before a measured one (a third of the time, at least 0.3 s;
+    /// a quarter of `--ops`), so both sides start with their caches warm.
+    pub fn warmup(&self) -> Plan {
+        Plan {
+            seconds: (self.seconds / 3.0).max(0.3),
+            ops: self.ops.map(|n| (n / 4).max(1)),
+            ..self.clone()
+        }
     }
     /// `seconds` as a duration.
     pub fn seconds_duration(&self) -> Duration {
@@ -359,6 +379,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     let c = rt.config();
     let config = ConfigReport {
         threads: plan.threads,
+        agent_threads: plan.agent_threads,
         queue_depth: plan.qd,
         agents: plan.agents,
         agent_queue_depth: plan.agent_depth,

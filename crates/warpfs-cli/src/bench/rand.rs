@@ -33,7 +33,7 @@ pub fn agents(ctx: &Ctx) -> Result<Vec<Vec<Agent>>> {
         .map(|_| ctx.rt.agent())
         .collect::<Result<Vec<_>, _>>()
         .ctx(|| "creating host agents (lower --qd or raise --agent-qd)".into())?;
-    Ok(spread(all, ctx.plan.threads))
+    Ok(spread(all, ctx.plan.agent_threads))
 }
 
 /// One thread's agents reading random blocks, each agent `depth` deep.
@@ -96,8 +96,39 @@ pub fn run(ctx: &Ctx) -> Result<PhaseResult> {
     let blocks = ctx.file.size / BLOCK as u64;
     let plain =
         File::open(ctx.file.open_path()).ctx(|| format!("opening {}", ctx.file.shown.display()))?;
+    // Warm-up, unmeasured: each side runs the same work briefly first, so the measured runs
+    // start with the page cache (baseline) and the warpfs host cache equally warm.
+    let warm = ctx.plan.warmup();
+    let warm_base = run_workers(
+        &warm,
+        vec![(); ctx.plan.threads],
+        "rand-read pread warm-up",
+        ctx.progress,
+        |(), limit, seed| {
+            baseline::pread_worker(&plain, blocks, BLOCK, limit, ctx.expected, seed)
+                .ctx(|| "baseline pread".into())
+        },
+    )?;
+    let warm_w = run_workers(
+        &warm,
+        agents(ctx)?,
+        "rand-read warpfs warm-up",
+        ctx.progress,
+        |agents, limit, seed| {
+            agent_reader(
+                agents,
+                &ctx.fh,
+                blocks,
+                ctx.plan.agent_depth,
+                limit,
+                ctx.expected,
+                seed,
+            )
+        },
+    )?;
+
     let states: Vec<()> = vec![(); ctx.plan.threads];
-    let base = run_workers(
+    let mut base = run_workers(
         ctx.plan,
         states,
         "rand-read pread",
@@ -111,7 +142,7 @@ pub fn run(ctx: &Ctx) -> Result<PhaseResult> {
     let per_thread = agents(ctx)?;
     let before = ctx.rt.stats();
     let depth = ctx.plan.agent_depth;
-    let w = run_workers(
+    let mut w = run_workers(
         ctx.plan,
         per_thread,
         "rand-read warpfs",
@@ -121,6 +152,9 @@ pub fn run(ctx: &Ctx) -> Result<PhaseResult> {
         },
     )?;
     let after = ctx.rt.stats();
+    // Reads of the warm-up were verified too.
+    base.mismatches += warm_base.mismatches;
+    w.mismatches += warm_w.mismatches;
 
     let mut r = PhaseResult::new("rand-read", Figure::iops(w), Figure::iops(base));
     let hits = after.cache.hits - before.cache.hits;
@@ -129,8 +163,11 @@ pub fn run(ctx: &Ctx) -> Result<PhaseResult> {
         + (after.cache.coalesced - before.cache.coalesced);
     r.hit_rate = (looked > 0).then(|| hits as f64 / looked as f64);
     r.notes.push(format!(
-        "qd {} vs 1 per thread, {} threads",
-        ctx.plan.qd, ctx.plan.threads
+        "qd {} on {} agent threads + {} daemon workers vs 1 per thread on {} threads",
+        ctx.plan.qd,
+        ctx.plan.agent_threads,
+        ctx.rt.config().workers,
+        ctx.plan.threads
     ));
     let errors = after.daemon.errors - before.daemon.errors;
     if errors > 0 {

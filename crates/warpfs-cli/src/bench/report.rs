@@ -118,8 +118,10 @@ pub struct FileReport {
 /// The settings of the run.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConfigReport {
-    /// OS threads driving requests (both sides).
+    /// OS threads of the plain baselines.
     pub threads: usize,
+    /// OS threads driving warpfs agents (daemon workers come on top).
+    pub agent_threads: usize,
     /// Requests in flight through warpfs, all threads together.
     pub queue_depth: usize,
     /// Host agents (each like one GPU warp).

@@ -26,7 +26,7 @@ fn pair(w: Option<f64>, b: Option<f64>) -> String {
 pub fn render(r: &Report) -> String {
     let mut out = format!(
         "warpfs {} bench · backend {} · engine {} · {} cores · file {} ({}{})\n\
-         threads {} · warpfs in flight {} ({} agents × {}) · block {} · {} per side\n\n",
+         baseline threads {} · warpfs: {} agent threads + {} daemon workers, {} in flight ({} agents × {}) · block {} · {} per side\n\n",
         r.version,
         r.backend,
         r.engine,
@@ -35,6 +35,8 @@ pub fn render(r: &Report) -> String {
         fmt_bytes(r.file.size),
         if r.file.temporary { ", temporary" } else { "" },
         r.config.threads,
+        r.config.agent_threads,
+        r.config.workers,
         r.config.queue_depth,
         r.config.agents,
         r.config.agent_queue_depth,

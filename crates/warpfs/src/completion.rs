@@ -240,55 +240,25 @@ impl Cell {
     }
 }
 
-/// Sleeps while `*word == expected`, at most `timeout` (spurious wake-ups are fine).
-#[cfg(all(target_os = "linux", not(loom)))]
-pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: `word` is a valid, aligned u32 for the duration of the call; FUTEX_WAIT only
-    // reads it. A relative timeout is passed by pointer to a live local.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            &ts as *const libc::timespec,
-        );
-    }
+/// Sleeps on a completion word (futex on Linux); under loom, yields.
+#[cfg(not(loom))]
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    crate::futex::wait(word, expected, timeout);
 }
 
-/// Wakes every thread sleeping on `word`.
-#[cfg(all(target_os = "linux", not(loom)))]
-pub(crate) fn futex_wake(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE only uses the address as a key.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            i32::MAX,
-        );
-    }
+/// Wakes sleepers on a completion word.
+#[cfg(not(loom))]
+fn futex_wake(word: &AtomicU32) {
+    crate::futex::wake(word);
 }
 
-/// Portable stand-in: a short sleep.
-#[cfg(any(not(target_os = "linux"), loom))]
-pub(crate) fn futex_wait(_word: &AtomicU32, _expected: u32, timeout: Duration) {
-    #[cfg(loom)]
-    {
-        let _ = timeout;
-        loom::thread::yield_now();
-    }
-    #[cfg(not(loom))]
-    std::thread::sleep(timeout.min(Duration::from_micros(100)));
+#[cfg(loom)]
+fn futex_wait(_word: &AtomicU32, _expected: u32, _timeout: Duration) {
+    loom::thread::yield_now();
 }
 
-/// Portable stand-in: nothing to wake (sleepers poll).
-#[cfg(any(not(target_os = "linux"), loom))]
-pub(crate) fn futex_wake(_word: &AtomicU32) {}
+#[cfg(loom)]
+fn futex_wake(_word: &AtomicU32) {}
 
 #[cfg(all(test, not(loom)))]
 mod tests {

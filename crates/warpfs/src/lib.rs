@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod engine;
 pub mod error;
 pub mod files;
+mod futex;
 pub mod readahead;
 pub mod region;
 pub mod ring;

@@ -16,9 +16,9 @@
 use crate::abi::{self, WfsRequest};
 use crate::cache::{HostCache, Lookup, PageIdx, Writeback};
 use crate::channel::Channel;
-use crate::completion::{futex_wait, futex_wake};
 use crate::engine::{self, EngineConfig, EngineFactory, IoDone, IoEngine, IoKind, IoOp};
 use crate::files::{FileEntry, FileTable};
+use crate::futex::{wait as futex_wait, wake as futex_wake};
 use crate::readahead::Readahead;
 use crate::runtime::DaemonStats;
 use crate::span;

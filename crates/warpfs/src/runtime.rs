@@ -210,7 +210,8 @@ impl Runtime {
             cache,
             daemon,
             lanes,
-            bulk: Mutex::new(Vec::new()),
+            // One bulk pipeline ready at start: the first bulk call pays no thread spawns.
+            bulk: Mutex::new(vec![BulkIo::new(BulkConfig::default())?]),
         })
     }
 

@@ -3,3 +3,5 @@
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod host;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;

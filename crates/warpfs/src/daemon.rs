@@ -172,7 +172,7 @@ impl Daemon {
             let s = shared.clone();
             let h = std::thread::Builder::new()
                 .name(format!("warpfs-daemon-{id}"))
-                .spawn(move || Worker::new(s, id).run())
+                .spawn(move || serve(s, id))
                 .map_err(crate::Error::Io)?;
             workers.push(h);
         }
@@ -270,6 +270,28 @@ fn new_engine(cfg: &DaemonConfig, ecfg: &EngineConfig) -> Box<dyn IoEngine> {
     match &cfg.engine_factory {
         Some(f) => f.create(ecfg),
         None => engine::create(ecfg),
+    }
+}
+
+/// A worker thread's body. Nothing a requester writes can make a worker panic (every field is
+/// validated); should a bug do it anyway, the panic is logged and a fresh worker takes over, so
+/// the rings keep being served. Requests the failed worker held are lost to it: their
+/// requesters' bounded waits report the error.
+fn serve(shared: Arc<Shared>, id: usize) {
+    loop {
+        let s = shared.clone();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Worker::new(s, id).run())) {
+            Ok(()) => return,
+            Err(_) => {
+                tracing::error!(
+                    worker = id,
+                    "warpfs daemon worker panicked; starting a fresh one"
+                );
+                if shared.stop.load(Ordering::Acquire) {
+                    return;
+                }
+            }
+        }
     }
 }
 

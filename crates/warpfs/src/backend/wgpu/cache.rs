@@ -144,7 +144,7 @@ impl GpuCache {
         use wgpu::BufferUsages as U;
         let limits = ctx.device().limits();
         let cache_bytes = geo.slots as u64 * geo.page_size as u64;
-        if cache_bytes > limits.max_storage_buffer_binding_size as u64
+        if cache_bytes > limits.max_storage_buffer_binding_size
             || cache_bytes > limits.max_buffer_size
         {
             return Err(WgpuError::Config(format!(

@@ -299,16 +299,13 @@ pub(crate) fn read_pages(
     }
 }
 
-/// A mapped write view as a byte slice.
-///
-/// # Safety
-/// The view must stay alive and unaliased while the slice is used.
-unsafe fn view_bytes<'a>(view: &'a mut wgpu::BufferViewMut) -> &'a mut [u8] {
+/// A mapped write view as a byte slice (borrowing the view, so it cannot outlive the mapping).
+fn view_bytes(view: &mut wgpu::BufferViewMut) -> &mut [u8] {
     let mut w = view.slice(..);
     let len = w.len();
     let ptr = w.as_raw_element_ptr().as_ptr();
-    // SAFETY: ptr/len describe the mapped range held by `view` (borrowed mutably for 'a, so no
-    // other view overlaps it); wgpu zero-initialises mapped memory, so every byte is initialised.
+    // SAFETY: ptr/len describe the mapped range held by `view`, which the result borrows
+    // mutably (so the mapping outlives it and no other view overlaps it); wgpu zero-initialises mapped memory, so every byte is initialised.
     // We only write through it (write-combined memory is slow to read, not unsound).
     unsafe { std::slice::from_raw_parts_mut(ptr, len) }
 }
@@ -855,8 +852,7 @@ impl FaultReplay {
                     .cache
                     .get_mapped_range_mut(..)
                     .map_err(|e| WgpuError::Device(e.to_string()))?;
-                // SAFETY: `view` outlives `bytes` (same block) and nothing else maps the cache.
-                let bytes = unsafe { view_bytes(&mut view) };
+                let bytes = view_bytes(&mut view);
                 let mut slots: Vec<Option<&mut [u8]>> = bytes.chunks_mut(page).map(Some).collect();
                 let mut jobs: Vec<Job<'_>> = plan
                     .iter()
@@ -882,8 +878,7 @@ impl FaultReplay {
                     .buffer
                     .get_mapped_range_mut(..(part.len() * page) as u64)
                     .map_err(|e| WgpuError::Device(e.to_string()))?;
-                // SAFETY: `view` outlives `bytes` (same block); the staging buffer is ours.
-                let bytes = unsafe { view_bytes(&mut view) };
+                let bytes = view_bytes(&mut view);
                 let mut jobs: Vec<Job<'_>> = part
                     .iter()
                     .zip(bytes.chunks_mut(page))

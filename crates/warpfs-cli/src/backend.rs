@@ -21,10 +21,8 @@ pub enum BackendArg {
 pub fn resolve(choice: BackendArg) -> Result<BackendArg> {
     match choice {
         BackendArg::Auto | BackendArg::Host => Ok(BackendArg::Host),
-        BackendArg::Cuda if cfg!(feature = "cuda") => bail!(
-            "the cuda backend is not available in this version of warpfs yet (only the library's \
-             cuda feature is built); use --backend host"
-        ),
+        // `warpfs bench --backend cuda` runs the seq phase through the CUDA bulk path.
+        BackendArg::Cuda if cfg!(feature = "cuda") => Ok(BackendArg::Cuda),
         BackendArg::Cuda => {
             bail!("this build has no cuda backend; rebuild with --features cuda, or use --backend host")
         }
@@ -57,7 +55,11 @@ mod tests {
         assert_eq!(resolve(BackendArg::Host).unwrap(), BackendArg::Host);
         let e = resolve(BackendArg::Wgpu).unwrap_err().0;
         assert!(e.contains("no wgpu backend"), "{e}");
-        let e = resolve(BackendArg::Cuda).unwrap_err().0;
-        assert!(e.contains("cuda"), "{e}");
+        if cfg!(feature = "cuda") {
+            assert_eq!(resolve(BackendArg::Cuda).unwrap(), BackendArg::Cuda);
+        } else {
+            let e = resolve(BackendArg::Cuda).unwrap_err().0;
+            assert!(e.contains("--features cuda"), "{e}");
+        }
     }
 }

@@ -11,6 +11,7 @@ Examples:
   warpfs bench                      benchmark warpfs against plain reads/writes (1 GiB temp file)
   warpfs bench --size 256M --json   smaller file, machine-readable results
   warpfs stat data.bin              size, page-cache residency, O_DIRECT support
+  warpfs load model.bin --verify    whole file into GPU memory, checksum checked (--features cuda)
 
 Exit codes: 0 ok · 1 a read or write returned wrong bytes · 2 error (the message says what to do)";
 
@@ -47,12 +48,16 @@ pub enum Command {
     Bench(BenchArgs),
     /// Show a file's size, page-cache residency and whether O_DIRECT works on it.
     Stat(StatArgs),
+    /// Load a whole file into GPU memory (CUDA bulk path): GB/s, threads, path; --verify
+    /// compares a GPU-computed checksum with the CPU's. Needs a build with --features cuda.
+    Load(LoadArgs),
 }
 
 /// Backend selection, shared by every command that runs requests.
 #[derive(Debug, Clone, Args)]
 pub struct BackendOpt {
-    /// Backend: auto (best available), host (CPU agents), cuda, wgpu. This build has host only.
+    /// Backend: auto (best available), host (CPU agents), cuda (builds with --features cuda:
+    /// the seq phase, file → GPU memory), wgpu.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
 }
@@ -165,6 +170,25 @@ pub struct BenchArgs {
     /// Backend.
     #[command(flatten)]
     pub backend: BackendOpt,
+}
+
+/// `warpfs load` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// The file to load into GPU memory.
+    pub file: PathBuf,
+    /// Compare a checksum computed on the GPU (NVRTC kernel) with the CPU's of a plain read.
+    #[arg(long)]
+    pub verify: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// CUDA device ordinal.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub device: usize,
+    /// CPU threads moving data [default: the library's, min(12, cores)].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
 }
 
 /// `warpfs stat` arguments.

@@ -7,6 +7,7 @@ mod cli;
 mod error;
 mod expected;
 mod latency;
+mod load;
 mod pattern;
 mod progress;
 mod stat;
@@ -37,6 +38,7 @@ fn main() {
     let result = match &cli.command {
         Command::Bench(args) => bench::run(args),
         Command::Stat(args) => stat::run(args),
+        Command::Load(args) => load::run(args),
     };
     let code = match result {
         Ok(code) => code,

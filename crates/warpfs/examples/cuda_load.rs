@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cuda_load FILE [--threads N] [--chunk-mib M | --chunk-kib K] [--buffers B] [--cold-reads direct|buffered|readahead] [--readahead-mib R]
-//!                [--repeat R] [--drop-caches] [--label L] [--verify]
+//!                [--streams S] [--staging cudahost|huge] [--repeat R] [--drop-caches] [--label L] [--verify]
 //! cuda_load --write FILE --size-gib G [--writes direct|buffered] [--threads N] [--chunk-mib M]
 //! cuda_load --make FILE --size-gib G        # pattern content, written by 16 threads, fsync'd
 //! ```
@@ -12,7 +12,7 @@
 
 use std::time::Instant;
 use warpfs::backend::cuda::{
-    available, pattern, BulkConfig, BulkFile, ColdReads, CudaBulk, Writes,
+    available, pattern, BulkConfig, BulkFile, ColdReads, CudaBulk, StagingAlloc, Writes,
 };
 
 struct Args {
@@ -38,7 +38,7 @@ fn parse() -> Args {
         verify: false,
     };
     let mut it = std::env::args().skip(1);
-    let usage = "usage: cuda_load [--make|--write] FILE [--size-gib G] [--threads N] [--chunk-mib M | --chunk-kib K] [--buffers B] [--cold-reads direct|buffered|readahead] [--readahead-mib R] [--writes direct|buffered] [--repeat R] [--drop-caches] [--label L] [--verify]";
+    let usage = "usage: cuda_load [--make|--write] FILE [--size-gib G] [--threads N] [--chunk-mib M | --chunk-kib K] [--buffers B] [--cold-reads direct|buffered|readahead] [--readahead-mib R] [--writes direct|buffered] [--streams S] [--staging cudahost|huge] [--repeat R] [--drop-caches] [--label L] [--verify]";
     while let Some(x) = it.next() {
         let mut val = || {
             it.next()
@@ -61,6 +61,14 @@ fn parse() -> Args {
                 a.cfg.readahead_bytes = val().parse::<u64>().expect("--readahead-mib") << 20
             }
             "--buffers" => a.cfg.buffers_per_thread = val().parse().expect("--buffers"),
+            "--streams" => a.cfg.streams = val().parse().expect("--streams"),
+            "--staging" => {
+                a.cfg.staging = match val().as_str() {
+                    "cudahost" => StagingAlloc::CudaHost,
+                    "huge" => StagingAlloc::HugePages,
+                    v => panic!("--staging {v}: cudahost or huge"),
+                }
+            }
             "--cold-reads" => {
                 a.cfg.cold_reads = match val().as_str() {
                     "direct" => ColdReads::Direct,
@@ -114,11 +122,13 @@ fn main() -> warpfs::Result<()> {
     let setup = t.elapsed();
     let c = eng.config();
     let common = format!(
-        "\"threads_cfg\":{},\"chunk_kib\":{},\"readahead_mib\":{},\"buffers\":{},\"cold_reads\":\"{:?}\",\"writes\":\"{:?}\",\"setup_ms\":{:.1},\"device\":\"{}\"",
+        "\"threads_cfg\":{},\"chunk_kib\":{},\"readahead_mib\":{},\"buffers\":{},\"streams\":{},\"staging\":\"{:?}\",\"cold_reads\":\"{:?}\",\"writes\":\"{:?}\",\"setup_ms\":{:.1},\"device\":\"{}\"",
         c.threads,
         c.chunk_bytes >> 10,
         c.readahead_bytes >> 20,
         c.buffers_per_thread,
+        c.streams,
+        c.staging,
         c.cold_reads,
         c.writes,
         setup.as_secs_f64() * 1e3,

@@ -6,7 +6,8 @@ use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use warpfs::backend::cuda::{
-    available, pattern, BulkConfig, BulkFile, ColdReads, CudaBulk, DeviceBuffer, Extent, Writes,
+    available, checksum, pattern, BulkConfig, BulkFile, ChecksumKernel, ColdReads, CudaBulk,
+    DeviceBuffer, Extent, StagingAlloc, Writes,
 };
 
 const POISON: u8 = 0xA5;
@@ -332,6 +333,102 @@ fn file_entry_and_background_transfer() {
     let (d, r) = t.wait().unwrap();
     assert_eq!(r.bytes, size as u64 - 3);
     check(&host(&d), 0, size - 3, 3, "background");
+}
+
+#[test]
+fn gpu_checksum_matches_cpu() {
+    if !gpu() {
+        return;
+    }
+    let eng = default_engine();
+    let mut k = ChecksumKernel::new(eng.context()).expect("NVRTC compiles the checksum kernel");
+    let n = 3 * 1024 * 1024 + 13;
+    let mut v = vec![0u8; n];
+    pattern::fill(&mut v, 0);
+    let mut d = poisoned(&eng, n + 64);
+    d.copy_from_host(0, &v).unwrap();
+    // Lengths around word boundaries, odd tails, and the whole (n is not a multiple of 8).
+    for len in [0, 1, 7, 8, 9, 15, 4096, 4099, 1_000_003, n - 1, n] {
+        assert_eq!(
+            k.checksum(&d, len as u64).unwrap(),
+            checksum::checksum(&v[..len]),
+            "GPU and CPU checksums of {len} bytes differ"
+        );
+    }
+    // The poison past the data counts when asked for: n + 64 bytes is not the pattern's sum.
+    assert_ne!(
+        k.checksum(&d, n as u64 + 64).unwrap(),
+        checksum::checksum(&v),
+        "poison must change the sum"
+    );
+    // One flipped byte, and one swapped pair of 4 KiB blocks, change the GPU's sum.
+    d.copy_from_host(12_345, &[v[12_345] ^ 1]).unwrap();
+    assert_ne!(k.checksum(&d, n as u64).unwrap(), checksum::checksum(&v));
+    d.copy_from_host(0, &v).unwrap();
+    d.copy_from_host(0, &v[4096..8192]).unwrap();
+    d.copy_from_host(4096, &v[..4096]).unwrap();
+    assert_ne!(k.checksum(&d, n as u64).unwrap(), checksum::checksum(&v));
+    assert!(matches!(
+        k.checksum(&d, n as u64 + 65),
+        Err(warpfs::Error::Range(_))
+    ));
+    // End to end: a file read by the bulk path sums on the GPU as the CPU sums the file.
+    let p = pattern_file("cksum", n);
+    let f = BulkFile::open(&p).unwrap();
+    let mut d = poisoned(&eng, n);
+    assert_eq!(
+        eng.read(&f, 0, &mut d, 0, n as u64).unwrap().bytes,
+        n as u64
+    );
+    let (cpu, got) = checksum::checksum_file(&p, None, 4).unwrap();
+    assert_eq!(got, n as u64);
+    assert_eq!(k.checksum(&d, n as u64).unwrap(), cpu);
+}
+
+#[test]
+fn shared_streams_and_huge_page_staging() {
+    if !gpu() {
+        return;
+    }
+    let size = 4 * 1024 * 1024 + 4096 + 5;
+    let p = pattern_file("variants", size);
+    for (streams, staging) in [
+        (1, StagingAlloc::CudaHost),
+        (2, StagingAlloc::HugePages),
+        (0, StagingAlloc::HugePages),
+    ] {
+        let cfg = BulkConfig {
+            threads: 4,
+            chunk_bytes: 64 * 1024,
+            buffers_per_thread: 2,
+            streams,
+            staging,
+            ..BulkConfig::default()
+        };
+        let eng = CudaBulk::new(0, cfg).expect("engine");
+        let f = BulkFile::open(&p).unwrap();
+        let mut d = poisoned(&eng, size + 100);
+        let r = eng.read(&f, 0, &mut d, 7, size as u64).unwrap();
+        assert_eq!(r.bytes, size as u64);
+        check(
+            &host(&d),
+            7,
+            size,
+            0,
+            &format!("streams {streams} {staging:?}"),
+        );
+        let out = dir().join(format!("variants-w-{streams}-{staging:?}"));
+        let of = BulkFile::create(&out).unwrap();
+        eng.write(&of, 0, &d, 7, size as u64).unwrap();
+        drop(of);
+        let back = std::fs::read(&out).unwrap();
+        assert_eq!(back.len(), size);
+        assert_eq!(
+            pattern::first_mismatch(&back, 0),
+            None,
+            "{streams} {staging:?}"
+        );
+    }
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! `warpfs bench`: make (or take) a file, warm it, run the chosen phases — each through warpfs
 //! and the plain way, in this process — and print one table or JSON.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod rand;
 pub mod report;
 pub mod seq;
@@ -295,6 +297,10 @@ fn say(args: &BenchArgs, msg: impl AsRef<str>) {
 pub fn run(args: &BenchArgs) -> Result<i32> {
     let wall = Instant::now();
     let backend = backend::resolve(args.backend.backend)?;
+    #[cfg(feature = "cuda")]
+    if backend == backend::BackendArg::Cuda {
+        return cuda::run(args);
+    }
     let progress = Progress::new(!args.json);
     let plan = Plan::from_args(args)?;
     let phases = ordered(&args.phases);

@@ -72,18 +72,31 @@ pub enum Writes {
     Buffered,
 }
 
+/// Where the pinned staging buffers come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StagingAlloc {
+    /// `cuMemHostAlloc(PORTABLE | DEVICEMAP)`, one allocation per buffer.
+    CudaHost,
+    /// `mmap` on transparent huge pages + `cuMemHostRegister` (fewer TLB misses for the CPU
+    /// copy into the buffer).
+    HugePages,
+}
+
 /// Tuning of a [`CudaBulk`]. The defaults are the measured best on the H100 machine; no field
 /// needs changing for full speed.
 #[derive(Debug, Clone)]
 pub struct BulkConfig {
     /// CPU threads moving data (the calling thread counts as one). Default `min(12, cores)`
-    /// (warm, 1 MiB chunks: 8 threads 42.8 GB/s, 12 threads 46.0, 16 threads 45.9).
+    /// (warm, 2 MiB chunks: 12, 14 and 16 threads all 49.3 GB/s; 8 threads × 4 MiB 50.7,
+    /// 12 threads × 4 MiB 52.4).
     pub threads: usize,
-    /// Largest chunk read or written at once, bytes. Default 2 MiB (warm 8 GiB reads on the
-    /// H100 machine, 12 threads, 3 buffers: 256 KiB 22.2 GB/s, 512 KiB 38.7, 1 MiB 46.0,
-    /// 2 MiB 49.3, 4 MiB 46.6 with a wide spread; 12, 14 and 16 threads all 49.3 at 2 MiB).
+    /// Largest chunk read or written at once, bytes: one `pread` and one host→device copy
+    /// each. Default 4 MiB (warm 8 GiB reads on the H100 machine, 12 threads: 2 MiB × 3
+    /// buffers 51.0 GB/s, 3 MiB × 3 51.7, 4 MiB × 2 52.4; a copy costs about 5 µs on top of its
+    /// bytes at ~56 GB/s, so larger copies waste less).
     pub chunk_bytes: usize,
-    /// Pinned staging buffers per thread (pinned memory = threads × buffers × chunk). Default 3.
+    /// Pinned staging buffers per thread (pinned memory = threads × buffers × chunk).
+    /// Default 2 (4 MiB × 2 beat 2 MiB × 3 and 4 MiB × 3: a smaller staging footprint).
     pub buffers_per_thread: usize,
     /// How uncached data is read. Default [`ColdReads::Readahead`] (on the H100 machine's
     /// virtio disk, cold 8 GiB, 12 threads, 2 MiB chunks: `Direct` 0.69 GB/s, `Buffered` 1.22,
@@ -97,6 +110,11 @@ pub struct BulkConfig {
     /// 256 MiB (H100 machine, cold 8 GiB, 12 threads, 2 MiB chunks: 64 MiB ahead 1.40 GB/s,
     /// 256 MiB ahead 1.57 GB/s).
     pub readahead_bytes: u64,
+    /// CUDA streams the copies go on: 0 (default) = one per thread; `n` = `n` streams shared
+    /// by the threads (thread `i` uses stream `i mod n`).
+    pub streams: usize,
+    /// Where the staging buffers come from. Default [`StagingAlloc::CudaHost`].
+    pub staging: StagingAlloc,
 }
 
 impl Default for BulkConfig {
@@ -104,12 +122,14 @@ impl Default for BulkConfig {
         let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
         Self {
             threads: cores.clamp(1, 12),
-            chunk_bytes: 2 << 20,
-            buffers_per_thread: 3,
+            chunk_bytes: 4 << 20,
+            buffers_per_thread: 2,
             cold_reads: ColdReads::Readahead,
             writes: Writes::Direct,
             durable: true,
             readahead_bytes: 256 << 20,
+            streams: 0,
+            staging: StagingAlloc::CudaHost,
         }
     }
 }
@@ -268,7 +288,8 @@ struct Staging {
 }
 
 struct Slot {
-    stream: Stream,
+    /// Index into `CudaBulk::streams`.
+    stream: usize,
     bufs: Vec<Staging>,
 }
 
@@ -278,6 +299,7 @@ pub struct CudaBulk {
     ctx: Arc<Context>,
     cfg: BulkConfig,
     slots: Mutex<Vec<Slot>>,
+    streams: Vec<Stream>,
     direct_ok: bool,
     gds: GdsMode,
 }
@@ -367,13 +389,25 @@ impl CudaBulk {
             ));
         }
         let ctx = Context::new(ordinal)?;
+        let nstreams = if cfg.streams == 0 {
+            cfg.threads
+        } else {
+            cfg.streams.min(cfg.threads)
+        };
+        let streams = (0..nstreams)
+            .map(|_| Stream::new(&ctx))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let mut slots = Vec::with_capacity(cfg.threads);
         let mut direct_ok = true;
-        for _ in 0..cfg.threads {
-            let stream = Stream::new(&ctx)?;
+        for t in 0..cfg.threads {
+            let stream = t % nstreams;
             let mut bufs = Vec::with_capacity(cfg.buffers_per_thread);
             for _ in 0..cfg.buffers_per_thread {
-                let mem = PinnedBuffer::new(&ctx, cfg.chunk_bytes + 2 * DIO_ALIGN)?;
+                let len = cfg.chunk_bytes + 2 * DIO_ALIGN;
+                let mem = match cfg.staging {
+                    StagingAlloc::CudaHost => PinnedBuffer::new(&ctx, len)?,
+                    StagingAlloc::HugePages => PinnedBuffer::new_huge(&ctx, len)?,
+                };
                 direct_ok &= (mem.as_ptr() as usize) % DIO_ALIGN == 0;
                 bufs.push(Staging {
                     mem,
@@ -387,6 +421,7 @@ impl CudaBulk {
             ctx,
             cfg,
             slots: Mutex::new(slots),
+            streams,
             direct_ok,
             gds,
         })
@@ -615,6 +650,7 @@ impl CudaBulk {
 
     fn read_worker(&self, slot: &mut Slot, f: FileRef<'_>, sh: &Shared<'_>) -> Result<()> {
         let nb = slot.bufs.len();
+        let stream = &self.streams[slot.stream];
         let mut k = 0;
         let mut body = || -> Result<()> {
             let pol = self.policy();
@@ -666,17 +702,17 @@ impl CudaBulk {
                             p.dev,
                             st.mem.as_ptr().add(at),
                             (end - p.file_off) as usize,
-                            &slot.stream,
+                            stream,
                         )?;
                     }
                 }
-                st.done.record(&slot.stream)?;
+                st.done.record(stream)?;
                 st.busy = true;
             }
             Ok(())
         };
         let res = body();
-        let drained = slot.stream.synchronize();
+        let drained = stream.synchronize();
         slot.bufs.iter_mut().for_each(|b| b.busy = false);
         res?;
         Ok(drained?)
@@ -684,6 +720,7 @@ impl CudaBulk {
 
     fn write_worker(&self, slot: &mut Slot, f: FileRef<'_>, sh: &Shared<'_>) -> Result<()> {
         let nb = slot.bufs.len();
+        let stream = &self.streams[slot.stream];
         let mut issued = 0usize;
         let mut inflight: VecDeque<(&Chunk, usize)> = VecDeque::with_capacity(nb);
         let mut body = || -> Result<()> {
@@ -703,10 +740,10 @@ impl CudaBulk {
                             st.mem.as_mut_ptr().add((c.start - base) as usize),
                             p.dev,
                             p.len as usize,
-                            &slot.stream,
+                            stream,
                         )?;
                     }
-                    st.done.record(&slot.stream)?;
+                    st.done.record(stream)?;
                     inflight.push_back((c, bi));
                 }
                 let Some((c, bi)) = inflight.pop_front() else {
@@ -726,7 +763,7 @@ impl CudaBulk {
             }
         };
         let res = body();
-        let drained = slot.stream.synchronize();
+        let drained = stream.synchronize();
         res?;
         Ok(drained?)
     }

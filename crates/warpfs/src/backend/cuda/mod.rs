@@ -6,6 +6,7 @@
 //!
 //! - [`driver`]: thin RAII wrappers (context, stream, event, device and pinned buffers).
 //! - [`bulk`]: the pipeline ([`CudaBulk`]).
+//! - [`checksum`]: a position-dependent checksum computed on the GPU (NVRTC kernel) or the CPU.
 //! - [`pattern`]: deterministic file content (a function of the file offset) for tests and
 //!   benchmarks.
 //!
@@ -26,12 +27,15 @@
 //! kernels immediately.
 
 pub mod bulk;
+pub mod checksum;
 pub mod driver;
 pub mod pattern;
 
 pub use bulk::{
-    BulkConfig, BulkFile, ColdReads, CudaBulk, Extent, FileRef, TransferReport, Writes,
+    BulkConfig, BulkFile, ColdReads, CudaBulk, Extent, FileRef, StagingAlloc, TransferReport,
+    Writes,
 };
+pub use checksum::ChecksumKernel;
 pub use driver::{available, Context, CudaError, DeviceBuffer, PinnedBuffer};
 
 use crate::{Error, Result};

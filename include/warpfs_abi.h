@@ -18,8 +18,12 @@ typedef unsigned int uint32_t;
 typedef unsigned long long uint64_t;
 typedef long long int64_t;
 #ifndef offsetof
-#define offsetof(type, member) __builtin_offsetof(type, member)
+/* NVRTC has no __builtin_offsetof: this form works at run time (WFS_LAYOUT, device-side drift
+ * check in tests/cuda_gpu_io.rs) but is no constant expression, so the offset assertions
+ * below are compiled by C/C++ compilers only; the size assertions hold under NVRTC too. */
+#define offsetof(type, member) ((size_t) & (((type *)0)->member))
 #endif
+#define WFS_NO_CONSTANT_OFFSETOF 1
 #else
 #include <stddef.h>
 #include <stdint.h>
@@ -45,6 +49,13 @@ typedef long long int64_t;
 #define WFS_STATIC_ASSERT(cond, msg) _Static_assert(cond, msg)
 #else
 #define WFS_STATIC_ASSERT(cond, msg) /* no static assertions before C11/C++11 */
+#endif
+
+/* Assertions on field offsets: skipped where offsetof is no constant expression (NVRTC). */
+#if defined(WFS_NO_CONSTANT_OFFSETOF)
+#define WFS_STATIC_ASSERT_OFFSET(cond, msg) /* checked by C/C++ compilers and at run time */
+#else
+#define WFS_STATIC_ASSERT_OFFSET(cond, msg) WFS_STATIC_ASSERT(cond, msg)
 #endif
 
 #ifdef __cplusplus
@@ -123,6 +134,49 @@ typedef struct WfsRingHeader {
     uint64_t pad2[7];               /**< Padding to the end of the third cache line. */
 } WfsRingHeader;
 
+/** Magic number at the start of a WfsGpuContext ("WFSG"). */
+#define WFS_GPU_CTX_MAGIC 0x57534647u
+
+/**
+ * What a CUDA kernel is handed (by device pointer) to reach one GPU channel (128 bytes):
+ * device addresses of the channel's parts and their geometry. Written once by the runtime;
+ * kernels only read it (include/warpfs.cuh).
+ */
+typedef struct WfsGpuContext {
+    uint32_t magic;       /**< WFS_GPU_CTX_MAGIC. */
+    uint32_t version;     /**< WFS_ABI_VERSION. */
+    uint32_t warp_slots;  /**< Request groups: 32 completion records + 32 lane buffers each. */
+    uint32_t lane_bytes;  /**< Data buffer bytes per completion record. */
+    uint64_t ring;        /**< Device address of the demand ring header (mapped host memory). */
+    uint64_t slots;       /**< Device address of the demand ring's first slot. */
+    uint64_t ring_mask;   /**< Slots in the demand ring minus one. */
+    uint64_t completions; /**< Device address of completion record 0 (mapped host memory). */
+    uint64_t data;        /**< Device address of data region byte 0 (mapped host memory). */
+    uint64_t control;     /**< Device address of the WfsGpuControl block (mapped host memory). */
+    uint64_t state;       /**< Device address of the WfsGpuState block (device memory). */
+    uint64_t timeout_ns;  /**< Longest wait of one call before it returns -ETIMEDOUT. */
+    uint64_t reserved[6]; /**< Reserved; 0. */
+} WfsGpuContext;
+
+/** Host-written words that GPU requesters read (mapped host memory, one cache line). */
+typedef struct WfsGpuControl {
+    WFS_ALIGNAS(64) uint32_t closing; /**< Non-zero once the channel shuts down. */
+    uint32_t reserved;                /**< Reserved; 0. */
+    uint64_t pad[7];                  /**< Padding to 64 bytes. */
+} WfsGpuControl;
+
+/**
+ * GPU-private bookkeeping in device memory (zeroed by the runtime), followed by `warp_slots`
+ * 32-bit busy words (0 free, 1 held, 2 retired after a timed-out request).
+ */
+typedef struct WfsGpuState {
+    WFS_ALIGNAS(64) uint64_t claim; /**< Demand-ring positions claimed so far. */
+    uint64_t tail_max;              /**< Highest claimed end published to the ring's tail. */
+    uint32_t hint;                  /**< Rotating start of the search for a free group. */
+    uint32_t reserved;              /**< Reserved; 0. */
+    uint64_t pad[5];                /**< Padding to 64 bytes. */
+} WfsGpuState;
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif
@@ -158,19 +212,45 @@ typedef struct WfsRingHeader {
     X("WfsRingHeader.capacity", offsetof(WfsRingHeader, capacity))           \
     X("WfsRingHeader.mask", offsetof(WfsRingHeader, mask))                   \
     X("WfsRingHeader.head", offsetof(WfsRingHeader, head))                   \
-    X("WfsRingHeader.tail", offsetof(WfsRingHeader, tail))
+    X("WfsRingHeader.tail", offsetof(WfsRingHeader, tail))                   \
+    X("sizeof(WfsGpuContext)", sizeof(WfsGpuContext))                        \
+    X("WfsGpuContext.magic", offsetof(WfsGpuContext, magic))                 \
+    X("WfsGpuContext.version", offsetof(WfsGpuContext, version))             \
+    X("WfsGpuContext.warp_slots", offsetof(WfsGpuContext, warp_slots))       \
+    X("WfsGpuContext.lane_bytes", offsetof(WfsGpuContext, lane_bytes))       \
+    X("WfsGpuContext.ring", offsetof(WfsGpuContext, ring))                   \
+    X("WfsGpuContext.slots", offsetof(WfsGpuContext, slots))                 \
+    X("WfsGpuContext.ring_mask", offsetof(WfsGpuContext, ring_mask))         \
+    X("WfsGpuContext.completions", offsetof(WfsGpuContext, completions))     \
+    X("WfsGpuContext.data", offsetof(WfsGpuContext, data))                   \
+    X("WfsGpuContext.control", offsetof(WfsGpuContext, control))             \
+    X("WfsGpuContext.state", offsetof(WfsGpuContext, state))                 \
+    X("WfsGpuContext.timeout_ns", offsetof(WfsGpuContext, timeout_ns))       \
+    X("sizeof(WfsGpuControl)", sizeof(WfsGpuControl))                        \
+    X("WfsGpuControl.closing", offsetof(WfsGpuControl, closing))             \
+    X("sizeof(WfsGpuState)", sizeof(WfsGpuState))                            \
+    X("WfsGpuState.claim", offsetof(WfsGpuState, claim))                     \
+    X("WfsGpuState.tail_max", offsetof(WfsGpuState, tail_max))               \
+    X("WfsGpuState.hint", offsetof(WfsGpuState, hint))
 
 /* ---- the layout, checked at compile time where the language allows ---- */
 
 WFS_STATIC_ASSERT(sizeof(WfsRequest) == 48, "WfsRequest must be 48 bytes");
-WFS_STATIC_ASSERT(offsetof(WfsRequest, offset) == 24, "WfsRequest.offset must be at 24");
-WFS_STATIC_ASSERT(offsetof(WfsRequest, buf) == 40, "WfsRequest.buf must be at 40");
+WFS_STATIC_ASSERT_OFFSET(offsetof(WfsRequest, offset) == 24, "WfsRequest.offset must be at 24");
+WFS_STATIC_ASSERT_OFFSET(offsetof(WfsRequest, buf) == 40, "WfsRequest.buf must be at 40");
 WFS_STATIC_ASSERT(sizeof(WfsSlot) == 64, "WfsSlot must be one 64-byte cache line");
-WFS_STATIC_ASSERT(offsetof(WfsSlot, req) == 8, "WfsSlot.req must be at 8");
+WFS_STATIC_ASSERT_OFFSET(offsetof(WfsSlot, req) == 8, "WfsSlot.req must be at 8");
 WFS_STATIC_ASSERT(sizeof(WfsCompletion) == 32, "WfsCompletion must be 32 bytes");
-WFS_STATIC_ASSERT(offsetof(WfsCompletion, result) == 8, "WfsCompletion.result must be at 8");
+WFS_STATIC_ASSERT_OFFSET(offsetof(WfsCompletion, result) == 8, "WfsCompletion.result must be at 8");
 WFS_STATIC_ASSERT(sizeof(WfsRingHeader) == 192, "WfsRingHeader must be 192 bytes");
-WFS_STATIC_ASSERT(offsetof(WfsRingHeader, head) == 64, "WfsRingHeader.head must be at 64");
-WFS_STATIC_ASSERT(offsetof(WfsRingHeader, tail) == 128, "WfsRingHeader.tail must be at 128");
+WFS_STATIC_ASSERT_OFFSET(offsetof(WfsRingHeader, head) == 64, "WfsRingHeader.head must be at 64");
+WFS_STATIC_ASSERT_OFFSET(offsetof(WfsRingHeader, tail) == 128, "WfsRingHeader.tail must be at 128");
+WFS_STATIC_ASSERT(sizeof(WfsGpuContext) == 128, "WfsGpuContext must be 128 bytes");
+WFS_STATIC_ASSERT_OFFSET(offsetof(WfsGpuContext, ring) == 16, "WfsGpuContext.ring must be at 16");
+WFS_STATIC_ASSERT_OFFSET(offsetof(WfsGpuContext, state) == 64, "WfsGpuContext.state must be at 64");
+WFS_STATIC_ASSERT_OFFSET(offsetof(WfsGpuContext, timeout_ns) == 72, "WfsGpuContext.timeout_ns must be at 72");
+WFS_STATIC_ASSERT(sizeof(WfsGpuControl) == 64, "WfsGpuControl must be 64 bytes");
+WFS_STATIC_ASSERT(sizeof(WfsGpuState) == 64, "WfsGpuState must be 64 bytes");
+WFS_STATIC_ASSERT_OFFSET(offsetof(WfsGpuState, hint) == 16, "WfsGpuState.hint must be at 16");
 
 #endif /* WARPFS_ABI_H */

@@ -104,6 +104,72 @@ pub struct WfsRingHeader {
     pub pad2: [u64; 7],
 }
 
+/// Magic number at the start of a [`WfsGpuContext`] ("WFSG").
+pub const WFS_GPU_CTX_MAGIC: u32 = 0x5753_4647;
+
+/// What a CUDA kernel is handed (by device pointer) to reach one GPU channel: device addresses
+/// of the channel's parts and their geometry. Written once by the runtime
+/// (`backend::cuda::gpu_io`); kernels only read it. `include/warpfs.cuh` uses it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WfsGpuContext {
+    /// `WFS_GPU_CTX_MAGIC`.
+    pub magic: u32,
+    /// `WFS_ABI_VERSION`.
+    pub version: u32,
+    /// Request groups: each owns 32 completion records and 32 lane buffers.
+    pub warp_slots: u32,
+    /// Bytes of data buffer per completion record (larger requests are split).
+    pub lane_bytes: u32,
+    /// Device address of the demand ring's [`WfsRingHeader`] (mapped host memory).
+    pub ring: u64,
+    /// Device address of the demand ring's first [`WfsSlot`].
+    pub slots: u64,
+    /// Slots in the demand ring minus one.
+    pub ring_mask: u64,
+    /// Device address of completion record 0 (mapped host memory).
+    pub completions: u64,
+    /// Device address of byte 0 of the data region (mapped host memory).
+    pub data: u64,
+    /// Device address of the [`WfsGpuControl`] block (mapped host memory).
+    pub control: u64,
+    /// Device address of the [`WfsGpuState`] block (device memory).
+    pub state: u64,
+    /// Longest wait of one call, in ns, before it returns `-ETIMEDOUT`.
+    pub timeout_ns: u64,
+    /// Reserved; 0.
+    pub reserved: [u64; 6],
+}
+
+/// Host-written words that GPU requesters read (mapped host memory, one cache line).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WfsGpuControl {
+    /// Non-zero once the runtime shuts the channel down: waiting calls return `-ESHUTDOWN`.
+    pub closing: u32,
+    /// Reserved; 0.
+    pub reserved: u32,
+    /// Reserved; 0.
+    pub pad: [u64; 7],
+}
+
+/// GPU-private bookkeeping in device memory (zeroed by the runtime), followed by
+/// `warp_slots` 32-bit busy words (0 free, 1 held, 2 retired after a timed-out request).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WfsGpuState {
+    /// Demand-ring positions claimed so far (device-memory `atomicAdd`; see `gpu_io`).
+    pub claim: u64,
+    /// Highest claimed end published to the ring header's `tail` (device-memory `atomicMax`).
+    pub tail_max: u64,
+    /// Rotating start of the search for a free request group.
+    pub hint: u32,
+    /// Reserved; 0.
+    pub reserved: u32,
+    /// Padding to 64 bytes.
+    pub pad: [u64; 5],
+}
+
 /// Sizes and field offsets of every wire record, in the order `include/warpfs_abi.h`'s
 /// `WFS_LAYOUT` table lists them; the drift test compares the two.
 pub fn layout_table() -> Vec<(&'static str, usize)> {
@@ -137,6 +203,25 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
         ("WfsRingHeader.mask", offset_of!(WfsRingHeader, mask)),
         ("WfsRingHeader.head", offset_of!(WfsRingHeader, head)),
         ("WfsRingHeader.tail", offset_of!(WfsRingHeader, tail)),
+        ("sizeof(WfsGpuContext)", size_of::<WfsGpuContext>()),
+        ("WfsGpuContext.magic", offset_of!(WfsGpuContext, magic)),
+        ("WfsGpuContext.version", offset_of!(WfsGpuContext, version)),
+        ("WfsGpuContext.warp_slots", offset_of!(WfsGpuContext, warp_slots)),
+        ("WfsGpuContext.lane_bytes", offset_of!(WfsGpuContext, lane_bytes)),
+        ("WfsGpuContext.ring", offset_of!(WfsGpuContext, ring)),
+        ("WfsGpuContext.slots", offset_of!(WfsGpuContext, slots)),
+        ("WfsGpuContext.ring_mask", offset_of!(WfsGpuContext, ring_mask)),
+        ("WfsGpuContext.completions", offset_of!(WfsGpuContext, completions)),
+        ("WfsGpuContext.data", offset_of!(WfsGpuContext, data)),
+        ("WfsGpuContext.control", offset_of!(WfsGpuContext, control)),
+        ("WfsGpuContext.state", offset_of!(WfsGpuContext, state)),
+        ("WfsGpuContext.timeout_ns", offset_of!(WfsGpuContext, timeout_ns)),
+        ("sizeof(WfsGpuControl)", size_of::<WfsGpuControl>()),
+        ("WfsGpuControl.closing", offset_of!(WfsGpuControl, closing)),
+        ("sizeof(WfsGpuState)", size_of::<WfsGpuState>()),
+        ("WfsGpuState.claim", offset_of!(WfsGpuState, claim)),
+        ("WfsGpuState.tail_max", offset_of!(WfsGpuState, tail_max)),
+        ("WfsGpuState.hint", offset_of!(WfsGpuState, hint)),
     ]
 }
 
@@ -150,5 +235,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<WfsSlot>(), 64);
         assert_eq!(core::mem::size_of::<WfsCompletion>(), 32);
         assert_eq!(core::mem::size_of::<WfsRingHeader>(), 192);
+        assert_eq!(core::mem::size_of::<WfsGpuContext>(), 128);
+        assert_eq!(core::mem::size_of::<WfsGpuControl>(), 64);
+        assert_eq!(core::mem::size_of::<WfsGpuState>(), 64);
     }
 }

@@ -317,6 +317,18 @@ impl Runtime {
         &self.lanes.channel
     }
 
+    /// Starts serving `channel` (e.g. one in GPU-mapped memory, see
+    /// `backend::cuda::gpu_io`) with this runtime's daemon. The daemon polls it; requesters
+    /// that cannot ring the doorbell wait at most `DaemonConfig::idle_poll` when it is idle.
+    pub fn attach_channel(&self, channel: Arc<Channel>) {
+        self.daemon.attach(channel);
+    }
+
+    /// Stops serving `channel`; requests still in its rings complete with `ESHUTDOWN`.
+    pub fn detach_channel(&self, channel: &Arc<Channel>) {
+        self.daemon.detach(channel);
+    }
+
     /// Wakes the daemon after writing raw requests into [`Runtime::host_channel`].
     pub fn ring_doorbell(&self) {
         self.lanes.doorbell.ring();

@@ -6,6 +6,8 @@
 //!
 //! - [`driver`]: thin RAII wrappers (context, stream, event, device and pinned buffers).
 //! - [`bulk`]: the pipeline ([`CudaBulk`]).
+//! - [`gpu_io`]: GPU-initiated I/O — kernels call `wfs_read`/`wfs_write` (`include/warpfs.cuh`)
+//!   through a channel in [`mapped`] (pinned, device-mapped) memory served by the daemon.
 //! - [`checksum`]: a position-dependent checksum computed on the GPU (NVRTC kernel) or the CPU.
 //! - [`pattern`]: deterministic file content (a function of the file offset) for tests and
 //!   benchmarks.
@@ -29,6 +31,8 @@
 pub mod bulk;
 pub mod checksum;
 pub mod driver;
+pub mod gpu_io;
+pub mod mapped;
 pub mod pattern;
 
 pub use bulk::{

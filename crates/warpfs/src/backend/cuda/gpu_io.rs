@@ -1,0 +1,543 @@
+//! GPU-initiated I/O: CUDA kernels call `wfs_read` / `wfs_write` / `wfs_fsync` / `wfs_size`
+//! (`include/warpfs.cuh`) and the runtime's daemon serves them.
+//!
+//! # Memory placement
+//!
+//! | what | where | written by |
+//! |---|---|---|
+//! | demand ring (header + 64 B slots), completion records, data region (`lane_bytes` per record) | one [`MappedHostMemory`] region, laid out as a [`Channel`] | GPU: requests, record arming, write data · daemon: completions, read data |
+//! | [`WfsGpuControl`] (`closing`) | same region, after the channel | host |
+//! | [`WfsGpuState`] (claim counter, tail maximum, group busy words) | device memory | GPU only |
+//! | [`WfsGpuContext`] (addresses + geometry) | device memory | host, once |
+//!
+//! # Protocol (no atomics on host memory)
+//!
+//! Atomics from the GPU on mapped host memory need PCIe AtomicOps end to end, which a VM or a
+//! root port may lack (`CU_DEVICE_ATTRIBUTE_HOST_NATIVE_ATOMIC_SUPPORTED` is 0 over PCIe). So
+//! every GPU atomic here is on device memory, and host memory sees only loads and stores:
+//!
+//! 1. The active lanes of a warp form a group; its leader takes a free *request group* (32
+//!    completion records + 32 lane buffers) with `atomicCAS` on a device-memory busy word.
+//! 2. The leader claims ring positions for the posting lanes with one device-memory `atomicAdd`
+//!    on [`WfsGpuState::claim`] (this replaces the host ring's CAS on `tail`).
+//! 3. Each lane arms its record (ticket = low 32 bits of its position, PENDING), waits until its
+//!    slot's sequence word equals its position (the daemon handed it back — the Vyukov
+//!    protocol of [`crate::ring`]), writes the request and publishes `pos + 1` with a
+//!    system-scope release store. The daemon's [`crate::ring::Ring::try_pop`] is unchanged.
+//! 4. The leader stores an advisory `tail` into the ring header (only the daemon's idle check
+//!    and its garbage guard read it): `atomicMax` on a device-memory maximum, store, fence,
+//!    re-read, store again until the maximum did not move — so the last store is the maximum.
+//! 5. Each lane polls its record (system-scope acquire loads, `__nanosleep` backoff doubling to
+//!    8 µs), bounded by the timeout (`-ETIMEDOUT`) and the `closing` word (`-ESHUTDOWN`).
+//! 6. The group copies data between lane buffers and user memory cooperatively (16-byte
+//!    coalesced accesses, cache-bypassing loads of host memory); requests larger than
+//!    `lane_bytes` loop.
+//!
+//! The ring has at least as many slots as there are records, so a lane waits in step 3 only
+//! for the instant between the daemon's head CAS and its hand-back store. A request group whose
+//! request timed out is retired (busy word 2), never reused: the daemon may still write its
+//! buffer. The daemon validates every field exactly as for host requesters ([`crate::daemon`]).
+//! `tests/gpu_ring_protocol.rs` stress-tests steps 2–4 against the real consumer on the host.
+//!
+//! # Plan for the rest of issue 4
+//!
+//! - **Warp coalescing**: `wfs_read_warp` with `__match_any_sync` on (fh, page) so lanes that
+//!   want one page post one request; per-block variant through shared memory.
+//! - **GPU page cache** in device memory: page table (open addressing keyed by file id + page),
+//!   per-page state word (EMPTY/LOADING/VALID/DIRTY + reference count in one 32-bit atomic),
+//!   CLOCK hand, cross-warp coalescing (a LOADING page's waiters poll its state — the loader
+//!   waits only on the daemon), dirty write-back on eviction/fsync/flush through WRITE requests.
+//!   Launch check: resident warps × pages held per warp ≤ cache pages, else a clear error.
+//! - **Three tiers**: the daemon answers a GPU miss that hits the host tier by handing the
+//!   pinned host page's offset (a new `aux` use) so the GPU copies it directly over PCIe; a
+//!   miss there goes to the engine. Measure GPU zero-copy vs DMA (cuMemcpyAsync by a daemon
+//!   copy thread) and record the deciding figures.
+//! - **Async**: `wfs_read_async` returns a ticket (record index + position); `wfs_wait` polls.
+//! - **Prefetch**: `wfs_prefetch` posts into the prefetch ring (same protocol, its own claim
+//!   counter), no completion wait.
+//! - **Array type**: `wfs_array<T>` over the GPU page cache (element access, range copy).
+//! - **Faults**: a kernel that traps mid-request leaves records PENDING and groups busy: reset
+//!   the device state and drain the ring on the next launch (test on the device).
+//! - **Bench**: `warpfs bench` GPU phases (warm/cold random 4 KiB, cache-hit element reads,
+//!   p50/p99 from a per-request `%globaltimer` histogram, daemon CPU use), baselines in the
+//!   same run.
+
+use super::driver::{check, Context, CudaError, DeviceBuffer};
+use super::mapped::MappedHostMemory;
+use crate::abi::{self, WfsGpuContext, WfsGpuControl, WfsGpuState};
+use crate::channel::{Channel, ChannelConfig};
+use crate::error::{Error, Result};
+use crate::region::SharedMemory;
+use crate::runtime::Runtime;
+use cudarc::driver::sys;
+use std::ffi::{c_void, CString};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// The device API header, embedded so kernels compile wherever the binary runs.
+pub const WARPFS_CUH: &str = include_str!("../../../../../include/warpfs.cuh");
+/// The wire-format header `warpfs.cuh` includes.
+pub const WARPFS_ABI_H: &str = include_str!("../../../../../include/warpfs_abi.h");
+
+/// Geometry and limits of a GPU channel.
+#[derive(Debug, Clone)]
+pub struct GpuIoConfig {
+    /// Device ordinal.
+    pub device: usize,
+    /// Request groups (each: 32 completion records and 32 lane buffers). Warps beyond this
+    /// many calling at once wait for a free group (bounded by `timeout`).
+    pub warp_slots: usize,
+    /// Data buffer bytes per completion record (a multiple of 16); larger requests are split.
+    pub lane_bytes: usize,
+    /// Longest a device call may wait before it returns `-ETIMEDOUT`.
+    pub timeout: Duration,
+}
+
+impl Default for GpuIoConfig {
+    fn default() -> Self {
+        Self {
+            device: 0,
+            warp_slots: 1024,
+            lane_bytes: 4096,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A GPU channel served by a [`Runtime`]'s daemon: kernels compiled by
+/// [`GpuIo::compile`] and handed [`GpuIo::context_ptr`] do file I/O through it.
+///
+/// Dropping it (or [`GpuIo::shutdown`]) stops service: waiting device calls return
+/// `-ESHUTDOWN`, requests left in the ring are completed with `-ESHUTDOWN`, and running
+/// kernels are waited for.
+pub struct GpuIo<'rt> {
+    rt: &'rt Runtime,
+    ctx: Arc<Context>,
+    cfg: GpuIoConfig,
+    channel: Arc<Channel>,
+    region: Arc<MappedHostMemory>,
+    control_off: usize,
+    state: DeviceBuffer,
+    dev_ctx: DeviceBuffer,
+    serving: AtomicBool,
+    closed: bool,
+}
+
+impl std::fmt::Debug for GpuIo<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuIo")
+            .field("cfg", &self.cfg)
+            .field("device", &self.ctx.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'rt> GpuIo<'rt> {
+    /// Creates the channel in pinned, device-mapped memory, the device-side state and context,
+    /// and attaches the channel to `rt`'s daemon. Costs the pinning of
+    /// `warp_slots × 32 × lane_bytes` bytes plus rings (128 MiB + 4 MiB by default).
+    pub fn new(rt: &'rt Runtime, cfg: GpuIoConfig) -> Result<Self> {
+        if cfg.warp_slots == 0 || cfg.warp_slots > (u32::MAX as usize) / 32 {
+            return Err(Error::Config(format!(
+                "GpuIoConfig::warp_slots must be 1 ..= {}, got {}",
+                u32::MAX / 32,
+                cfg.warp_slots
+            )));
+        }
+        if cfg.lane_bytes < 16 || cfg.lane_bytes % 16 != 0 || cfg.lane_bytes > u32::MAX as usize {
+            return Err(Error::Config(format!(
+                "GpuIoConfig::lane_bytes must be a positive multiple of 16 below 4 GiB, got {}",
+                cfg.lane_bytes
+            )));
+        }
+        let ctx = Context::new(cfg.device)?;
+        let records = cfg.warp_slots * 32;
+        let data_bytes = records
+            .checked_mul(cfg.lane_bytes)
+            .ok_or_else(|| Error::Config("warp_slots × 32 × lane_bytes overflows".into()))?;
+        let ch_cfg = ChannelConfig {
+            ring_capacity: records.max(2).next_power_of_two(),
+            completions: records,
+            data_bytes,
+        };
+        let layout = ch_cfg.layout()?;
+        let control_off = layout.total.div_ceil(4096) * 4096;
+        let total = control_off + core::mem::size_of::<WfsGpuControl>();
+        let region = Arc::new(MappedHostMemory::new(&ctx, total)?);
+        let channel = Arc::new(Channel::in_region(
+            ch_cfg,
+            region.clone() as Arc<dyn SharedMemory>,
+        )?);
+
+        let state_len = core::mem::size_of::<WfsGpuState>() + 4 * cfg.warp_slots;
+        let mut state = DeviceBuffer::new(&ctx, state_len)?;
+        state.fill(0)?;
+
+        let base = region.device_ptr();
+        let wire = WfsGpuContext {
+            magic: abi::WFS_GPU_CTX_MAGIC,
+            version: abi::WFS_ABI_VERSION,
+            warp_slots: cfg.warp_slots as u32,
+            lane_bytes: cfg.lane_bytes as u32,
+            ring: base + layout.demand as u64,
+            slots: base + (layout.demand + core::mem::size_of::<abi::WfsRingHeader>()) as u64,
+            ring_mask: ch_cfg.ring_capacity as u64 - 1,
+            completions: base + layout.completions as u64,
+            data: base + layout.data as u64,
+            control: base + control_off as u64,
+            state: state.ptr(),
+            timeout_ns: u64::try_from(cfg.timeout.as_nanos()).unwrap_or(u64::MAX),
+            reserved: [0; 6],
+        };
+        let mut dev_ctx = DeviceBuffer::new(&ctx, core::mem::size_of::<WfsGpuContext>())?;
+        // SAFETY: WfsGpuContext is a plain #[repr(C)] record of integers; viewing it as bytes
+        // for the length of the value is sound.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&wire as *const WfsGpuContext).cast::<u8>(),
+                core::mem::size_of::<WfsGpuContext>(),
+            )
+        };
+        dev_ctx.copy_from_host(0, bytes)?;
+
+        rt.attach_channel(channel.clone());
+        Ok(Self {
+            rt,
+            ctx,
+            cfg,
+            channel,
+            region,
+            control_off,
+            state,
+            dev_ctx,
+            serving: AtomicBool::new(true),
+            closed: false,
+        })
+    }
+
+    /// The device pointer kernels take as `const wfs_ctx_t *ctx`.
+    pub fn context_ptr(&self) -> u64 {
+        self.dev_ctx.ptr()
+    }
+
+    /// The CUDA context (the device's primary context).
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &GpuIoConfig {
+        &self.cfg
+    }
+
+    /// The channel (for statistics and tests).
+    pub fn channel(&self) -> &Arc<Channel> {
+        &self.channel
+    }
+
+    /// Allocates `len` bytes of device memory in this context.
+    pub fn alloc(&self, len: usize) -> Result<DeviceBuffer> {
+        Ok(DeviceBuffer::new(&self.ctx, len)?)
+    }
+
+    /// Waits for every kernel of the context to finish.
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.ctx.synchronize()?)
+    }
+
+    /// Stops (`false`) or resumes (`true`) the daemon's service of this channel; stopping
+    /// completes requests waiting in the ring with `-ESHUTDOWN`, later ones wait (and time
+    /// out). For tests of the bounded waits.
+    pub fn set_serving(&self, on: bool) {
+        if self.serving.swap(on, Ordering::AcqRel) == on {
+            return;
+        }
+        if on {
+            self.rt.attach_channel(self.channel.clone());
+        } else {
+            self.rt.detach_channel(&self.channel);
+        }
+    }
+
+    fn closing_word(&self) -> &AtomicU32 {
+        // SAFETY: control_off + 64 ≤ region.len() (sized in new); the offset is 4096-aligned,
+        // so the word is aligned; the region lives as long as self; the GPU only reads it.
+        unsafe { AtomicU32::from_ptr(self.region.as_ptr().add(self.control_off).cast()) }
+    }
+
+    /// Stops service: waiting device calls return `-ESHUTDOWN`, requests left in the ring are
+    /// completed with `-ESHUTDOWN`, and running kernels of the context are waited for (they
+    /// return within one backoff step). Idempotent; also run on drop.
+    pub fn shutdown(&mut self) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        self.closing_word().store(1, Ordering::SeqCst);
+        // Detaching also answers what waits in the ring (even if service was paused).
+        self.serving.store(false, Ordering::Release);
+        self.rt.detach_channel(&self.channel);
+        Ok(self.ctx.synchronize()?)
+    }
+
+    /// Compiles CUDA C++ `src` with NVRTC for this device, with `warpfs.cuh` on the include
+    /// path (`#include <warpfs.cuh>` works), and loads it. `options` are extra NVRTC flags.
+    /// Costs tens to hundreds of ms.
+    pub fn compile(&self, src: &str, options: &[&str]) -> Result<GpuModule> {
+        compile(&self.ctx, src, options)
+    }
+
+    /// A device attribute of this context's device (e.g.
+    /// `CU_DEVICE_ATTRIBUTE_HOST_NATIVE_ATOMIC_SUPPORTED`).
+    pub fn device_attribute(&self, attr: sys::CUdevice_attribute) -> Result<i32> {
+        Ok(device_attribute(self.ctx.ordinal(), attr)?)
+    }
+
+    /// Size of the device state block (bytes) — for tests.
+    pub fn state_bytes(&self) -> usize {
+        self.state.len()
+    }
+}
+
+impl Drop for GpuIo<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!(error = %e, "GPU channel shutdown failed");
+        }
+    }
+}
+
+fn device_attribute(
+    ordinal: usize,
+    attr: sys::CUdevice_attribute,
+) -> std::result::Result<i32, CudaError> {
+    let mut dev = 0;
+    // SAFETY: the driver is initialised (a Context exists); dev is a valid out pointer.
+    check(
+        unsafe { sys::cuDeviceGet(&mut dev, ordinal as i32) },
+        "cuDeviceGet",
+    )?;
+    let mut v = 0;
+    // SAFETY: v is a valid out pointer; dev a valid device.
+    check(
+        unsafe { sys::cuDeviceGetAttribute(&mut v, attr, dev) },
+        "cuDeviceGetAttribute",
+    )?;
+    Ok(v)
+}
+
+/// Writes the embedded headers once per process into a private temp directory (NVRTC reads
+/// include files from disk).
+fn include_dir() -> Result<PathBuf> {
+    static DIR: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("warpfs-include-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::write(dir.join("warpfs.cuh"), WARPFS_CUH))
+            .and_then(|_| std::fs::write(dir.join("warpfs_abi.h"), WARPFS_ABI_H))
+            .map_err(|e| format!("writing warpfs headers to {}: {e}", dir.display()))?;
+        Ok(dir)
+    })
+    .clone()
+    .map_err(|e| Error::Config(format!("{e}; set TMPDIR to a writable directory")))
+}
+
+/// The NVRTC virtual architecture for a compute capability.
+fn arch_for(major: i32, minor: i32) -> &'static str {
+    match (major, minor) {
+        (7, 0) => "compute_70",
+        (7, 2) => "compute_72",
+        (7, 5) => "compute_75",
+        (8, 0) => "compute_80",
+        (8, 6) => "compute_86",
+        (8, 7) => "compute_87",
+        (8, 9) => "compute_89",
+        (9, 0) => "compute_90",
+        (10, 0) => "compute_100",
+        (12, 0) => "compute_120",
+        _ if major >= 9 => "compute_90",
+        _ => "compute_70",
+    }
+}
+
+fn compile(ctx: &Arc<Context>, src: &str, options: &[&str]) -> Result<GpuModule> {
+    // SAFETY: only tries to dlopen libnvrtc.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(Error::Config(
+            "libnvrtc not found: install the CUDA toolkit's NVRTC (libnvrtc.so.13) or put it on \
+             LD_LIBRARY_PATH"
+                .into(),
+        ));
+    }
+    let major = device_attribute(
+        ctx.ordinal(),
+        sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+    )?;
+    let minor = device_attribute(
+        ctx.ordinal(),
+        sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+    )?;
+    if major < 7 {
+        return Err(Error::Config(format!(
+            "warpfs.cuh needs compute capability 7.0 or newer (__nanosleep, system-scope \
+             acquire/release); this device is {major}.{minor}"
+        )));
+    }
+    let inc = include_dir()?;
+    let mut opts = vec!["--std=c++17".to_string()];
+    opts.extend(options.iter().map(|s| s.to_string()));
+    let copts = cudarc::nvrtc::CompileOptions {
+        include_paths: vec![inc.display().to_string()],
+        arch: Some(arch_for(major, minor)),
+        options: opts,
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, copts).map_err(|e| match e {
+        cudarc::nvrtc::CompileError::CompileError { log, options, .. } => Error::Config(format!(
+            "NVRTC could not compile the kernel (options {options:?}):\n{}",
+            log.to_string_lossy()
+        )),
+        other => Error::Config(format!("NVRTC failed: {other}")),
+    })?;
+    let image = CString::new(ptx.to_src())
+        .map_err(|_| Error::Config("NVRTC produced PTX with a NUL byte".into()))?;
+    ctx.bind()?;
+    let mut raw: sys::CUmodule = std::ptr::null_mut();
+    // SAFETY: the context is current; image is a NUL-terminated PTX string alive for the call.
+    check(
+        unsafe { sys::cuModuleLoadData(&mut raw, image.as_ptr().cast()) },
+        "cuModuleLoadData",
+    )?;
+    Ok(GpuModule {
+        raw,
+        ctx: ctx.clone(),
+    })
+}
+
+/// A loaded CUDA module (from [`GpuIo::compile`]); unloaded on drop.
+#[derive(Debug)]
+pub struct GpuModule {
+    raw: sys::CUmodule,
+    ctx: Arc<Context>,
+}
+
+// SAFETY: a module handle may be used from any thread where its context is current; every
+// method binds the context first.
+unsafe impl Send for GpuModule {}
+
+impl GpuModule {
+    /// The `extern "C"` kernel called `name`.
+    pub fn kernel(&self, name: &str) -> Result<Kernel<'_>> {
+        let cname = CString::new(name)
+            .map_err(|_| Error::Config(format!("kernel name {name:?} contains a NUL byte")))?;
+        self.ctx.bind()?;
+        let mut raw: sys::CUfunction = std::ptr::null_mut();
+        // SAFETY: the module is loaded; cname is NUL-terminated; raw is a valid out pointer.
+        check(
+            unsafe { sys::cuModuleGetFunction(&mut raw, self.raw, cname.as_ptr()) },
+            "cuModuleGetFunction",
+        )
+        .map_err(|e| {
+            Error::Config(format!(
+                "kernel {name:?} not found in the module ({e}); declare it extern \"C\" __global__"
+            ))
+        })?;
+        Ok(Kernel { raw, module: self })
+    }
+}
+
+impl Drop for GpuModule {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind();
+        // SAFETY: raw came from cuModuleLoadData and is unloaded once.
+        unsafe {
+            sys::cuModuleUnload(self.raw);
+        }
+    }
+}
+
+/// One kernel argument, passed by value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KernelArg {
+    /// `unsigned int`.
+    U32(u32),
+    /// `int`.
+    I32(i32),
+    /// `unsigned long long`, or any pointer (device address).
+    U64(u64),
+    /// `long long`.
+    I64(i64),
+    /// `float`.
+    F32(f32),
+    /// `double`.
+    F64(f64),
+}
+
+/// A kernel of a [`GpuModule`].
+#[derive(Debug)]
+pub struct Kernel<'m> {
+    raw: sys::CUfunction,
+    module: &'m GpuModule,
+}
+
+impl Kernel<'_> {
+    /// Queues the kernel on the context's legacy default stream; [`GpuIo::synchronize`] waits.
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameters in number, order and type, and every pointer
+    /// argument must be valid device memory of this context for the kernel's whole run (for
+    /// the warpfs context: the `GpuIo` must outlive the kernel — its drop waits for kernels).
+    pub unsafe fn launch(
+        &self,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        shared_bytes: u32,
+        args: &[KernelArg],
+    ) -> Result<()> {
+        // One 8-byte, 8-aligned cell per argument; the driver reads each parameter's size.
+        let mut storage: Vec<u64> = args
+            .iter()
+            .map(|a| {
+                let mut b = [0u8; 8];
+                match *a {
+                    KernelArg::U32(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
+                    KernelArg::I32(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
+                    KernelArg::U64(v) => b.copy_from_slice(&v.to_ne_bytes()),
+                    KernelArg::I64(v) => b.copy_from_slice(&v.to_ne_bytes()),
+                    KernelArg::F32(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
+                    KernelArg::F64(v) => b.copy_from_slice(&v.to_ne_bytes()),
+                }
+                u64::from_ne_bytes(b)
+            })
+            .collect();
+        let mut params: Vec<*mut c_void> = storage
+            .iter_mut()
+            .map(|b| (b as *mut u64).cast::<c_void>())
+            .collect();
+        self.module.ctx.bind()?;
+        // SAFETY: raw is a live function of a loaded module in the current context; params
+        // points at one 8-byte, 8-aligned value per argument (the driver copies them
+        // during the call); the caller guarantees they match the kernel's signature.
+        check(
+            unsafe {
+                sys::cuLaunchKernel(
+                    self.raw,
+                    grid.0,
+                    grid.1,
+                    grid.2,
+                    block.0,
+                    block.1,
+                    block.2,
+                    shared_bytes,
+                    std::ptr::null_mut(),
+                    params.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                )
+            },
+            "cuLaunchKernel",
+        )?;
+        Ok(())
+    }
+}

@@ -2,9 +2,9 @@
 //! calls), for runs before the CLI has it.
 //!
 //! ```sh
-//! cargo run --release --features wgpu --example wgpu_bench -- FILE [CACHE_MIB] [RANDOM_READS]
+//! cargo run --release --features wgpu --example wgpu_bench -- [FILE|-] [CACHE_MIB] [RANDOM_READS] [GEN_MIB]
 //! ```
-//! Without FILE, a 256 MiB pattern file is made in the temp dir.
+//! Without FILE (or with `-`), a GEN_MIB (default 256) MiB pattern file is made in the temp dir.
 
 use std::process::ExitCode;
 use warpfs::backend::wgpu::{bench, ReplayConfig, WgpuBenchConfig, WgpuContext};
@@ -12,11 +12,12 @@ use warpfs::{OpenOptions, Runtime, RuntimeConfig};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let path = match args.first() {
+    let gen_mib: u64 = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(256);
+    let path = match args.first().filter(|p| p.as_str() != "-") {
         Some(p) => std::path::PathBuf::from(p),
         None => {
             let p = std::env::temp_dir().join("warpfs-wgpu-bench.bin");
-            let words = (256u64 << 20) / 4;
+            let words = (gen_mib << 20) / 4;
             let bytes: Vec<u8> = (0..words as u32)
                 .flat_map(|i| warpfs::backend::wgpu::bench::bench_hash(i).to_le_bytes())
                 .collect();

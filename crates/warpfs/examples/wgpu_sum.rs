@@ -30,6 +30,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     for (var w = 0u; w < cfg.chunk_words; w++) {
         if (base + w >= cfg.words) { break; }
         let v = wfs_word(0u, base + w);
+        // A 4 KiB chunk lies in one page: after a miss the rest would miss too.
+        if (wfs_status == WFS_MISS) { break; }
         acc += v;
         h[v >> 28u] += 1u;
     }

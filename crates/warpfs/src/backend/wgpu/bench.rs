@@ -14,7 +14,7 @@ use std::time::Instant;
 pub struct WgpuBenchConfig {
     /// The fault-and-replay settings (cache size, page size, ...).
     pub replay: ReplayConfig,
-    /// Bytes one shader item reads (a multiple of 4; default 4096: one "page read").
+    /// Bytes one shader item reads (a multiple of 4 dividing the page size; default 4096).
     pub chunk_bytes: u32,
     /// Random chunk reads (default 65536).
     pub random_reads: u32,
@@ -121,6 +121,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let base = chunk * cfg.chunk_words;
     for (var w = 0u; w < cfg.chunk_words; w++) {
         acc += wfs_word(0u, base + w);
+        // A chunk never straddles a page (chunk_bytes divides the page size): after a miss
+        // the rest would miss too, so stop here; the replay reads the chunk again.
+        if (wfs_status == WFS_MISS) { break; }
     }
     if (wfs_finish(item)) { sums[item] = acc; }
 }
@@ -238,9 +241,10 @@ pub fn bench(
     cfg: &WgpuBenchConfig,
 ) -> WgpuResult<WgpuBenchReport> {
     let chunk = cfg.chunk_bytes as u64;
-    if chunk == 0 || chunk % 4 != 0 {
+    if chunk == 0 || chunk % 4 != 0 || cfg.replay.page_size as u64 % chunk != 0 {
         return Err(WgpuError::Config(format!(
-            "chunk_bytes must be a positive multiple of 4, got {chunk}"
+            "chunk_bytes must be a positive multiple of 4 dividing page_size {}, got {chunk}",
+            cfg.replay.page_size
         )));
     }
     let size = rt.size(file)?;

@@ -54,7 +54,7 @@ impl Side {
             "name": name,
             "threads": self.threads,
             "gbps": self.gbps(),
-            "median_gbps": r.get(r.len() / 2).copied(),
+            "median_gbps": median(&r),
             "min_gbps": r.first().copied(),
             "max_gbps": r.last().copied(),
             "passes": self.secs.len(),
@@ -305,4 +305,13 @@ fn baseline_pass(
 /// A driver error as the CLI's error.
 fn cu<T>(r: Result<T, cuda::CudaError>) -> Result<T> {
     r.map_err(|e| warpfs::Error::from(e).into())
+}
+
+/// Median of sorted values (mean of the middle two for an even count).
+fn median(v: &[f64]) -> Option<f64> {
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
 }

@@ -6,10 +6,11 @@
 //! `chunk_bytes` in file-offset space (so every chunk but a range's first starts aligned for
 //! `O_DIRECT`); nearby small ranges share a chunk (one `pread` serves many tensors).
 //! `threads` workers (the calling thread is one of them) take chunks from a shared counter.
-//! Each worker owns a stream and `buffers_per_thread` pinned staging buffers, allocated once
-//! when the [`CudaBulk`] is built and reused by every call. For each chunk the worker takes its
-//! next staging buffer, waits on that buffer's event only if its previous copy has not finished,
-//! reads the chunk into it, queues `cuMemcpyHtoDAsync` on its stream and records the event.
+//! Each worker owns a stream (or shares one: `streams`) and `buffers_per_thread` pinned staging
+//! buffers, allocated once when the [`CudaBulk`] is built and reused by every call. For each
+//! chunk the worker takes its next staging buffer, waits on that buffer's event only if its
+//! previous copy has not finished, reads the chunk into it, queues `cuMemcpyHtoDAsync` on its
+//! stream and records the event.
 //! Nothing synchronises the whole pipeline until the worker has no chunks left.
 //!
 //! Chunk reads. Every policy but `Buffered` first probes the page cache; the default,
@@ -82,21 +83,24 @@ pub enum StagingAlloc {
     HugePages,
 }
 
-/// Tuning of a [`CudaBulk`]. The defaults are the measured best on the H100 machine; no field
-/// needs changing for full speed.
+/// Tuning of a [`CudaBulk`]. The defaults are among the measured best on the H100 machine
+/// (differences of a few percent between the good settings are within run-to-run noise); no
+/// field needs changing for full speed.
 #[derive(Debug, Clone)]
 pub struct BulkConfig {
     /// CPU threads moving data (the calling thread counts as one). Default `min(12, cores)`
-    /// (warm, 2 MiB chunks: 12, 14 and 16 threads all 49.3 GB/s; 8 threads × 4 MiB 50.7,
-    /// 12 threads × 4 MiB 52.4).
+    /// (warm 8 GiB, H100 machine, 2026-11-25 sweep at commit baad5ff, 4 MiB × 2 buffers,
+    /// medians of 6: 12 threads 50.4 GB/s, 16 threads 51.9; earlier at 2 MiB: 12, 14 and 16
+    /// threads all 49.3).
     pub threads: usize,
     /// Largest chunk read or written at once, bytes: one `pread` and one host→device copy
-    /// each. Default 4 MiB (warm 8 GiB reads on the H100 machine, 12 threads: 2 MiB × 3
-    /// buffers 51.0 GB/s, 3 MiB × 3 51.7, 4 MiB × 2 52.4; a copy costs about 5 µs on top of its
-    /// bytes at ~56 GB/s, so larger copies waste less).
+    /// each. Default 4 MiB (warm 8 GiB reads on the H100 machine, 12 threads, medians of 6:
+    /// 2 MiB × 3 buffers 50.4 GB/s, 4 MiB × 2 50.4, 8 MiB × 1 49.5, but 6 MiB × 2 41.1,
+    /// 8 MiB × 2 38.5, 16 MiB × 1 33.4). What hurts is staging per thread above ~8 MiB
+    /// (chunk × buffers), not the copy size: larger copies are not faster.
     pub chunk_bytes: usize,
     /// Pinned staging buffers per thread (pinned memory = threads × buffers × chunk).
-    /// Default 2 (4 MiB × 2 beat 2 MiB × 3 and 4 MiB × 3: a smaller staging footprint).
+    /// Default 2 (4 MiB × 3 buffers: 42.6 GB/s against 50.4 for × 2).
     pub buffers_per_thread: usize,
     /// How uncached data is read. Default [`ColdReads::Readahead`] (on the H100 machine's
     /// virtio disk, cold 8 GiB, 12 threads, 2 MiB chunks: `Direct` 0.69 GB/s, `Buffered` 1.22,
@@ -111,9 +115,11 @@ pub struct BulkConfig {
     /// 256 MiB ahead 1.57 GB/s).
     pub readahead_bytes: u64,
     /// CUDA streams the copies go on: 0 (default) = one per thread; `n` = `n` streams shared
-    /// by the threads (thread `i` uses stream `i mod n`).
+    /// by the threads (thread `i` uses stream `i mod n`). Measured warm, 12 threads × 4 MiB × 2:
+    /// 1, 2, 4 and 12 streams 50.2, 50.0, 51.2 and 50.4 GB/s — no lead.
     pub streams: usize,
-    /// Where the staging buffers come from. Default [`StagingAlloc::CudaHost`].
+    /// Where the staging buffers come from. Default [`StagingAlloc::CudaHost`]
+    /// (`HugePages`: median 51.5 GB/s against 50.4, with a wider spread, 38.5–52.9).
     pub staging: StagingAlloc,
 }
 

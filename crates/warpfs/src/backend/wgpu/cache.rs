@@ -91,6 +91,8 @@ pub(crate) struct Geometry {
 pub(crate) struct Staging {
     pub buffer: wgpu::Buffer,
     pub mapped: Arc<AtomicBool>,
+    /// The submission whose copies read this buffer last (its mapping completes after it).
+    pub pending: Option<wgpu::SubmissionIndex>,
 }
 
 /// The GPU buffers of the fault-and-replay loop.
@@ -194,6 +196,7 @@ impl GpuCache {
                         true,
                     ),
                     mapped: Arc::new(AtomicBool::new(true)),
+                    pending: None,
                 })
                 .collect()
         };

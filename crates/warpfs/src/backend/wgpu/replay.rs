@@ -310,14 +310,35 @@ fn view_bytes(view: &mut wgpu::BufferViewMut) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(ptr, len) }
 }
 
-fn wait_flag(ctx: &WgpuContext, flag: &AtomicBool) -> WgpuResult<()> {
-    while !flag.load(Ordering::Acquire) {
-        ctx.wait_idle()?;
-        if !flag.load(Ordering::Acquire) {
-            return Err(WgpuError::Device("a buffer mapping never completed".into()));
-        }
+/// Waits until `flag` (set by a mapping callback) is up, polling the device for `submission`
+/// only (or everything when `None`), so later submissions keep running.
+fn wait_flag(
+    ctx: &WgpuContext,
+    flag: &AtomicBool,
+    submission: Option<wgpu::SubmissionIndex>,
+) -> WgpuResult<()> {
+    if flag.load(Ordering::Acquire) {
+        return Ok(());
     }
-    Ok(())
+    let poll = match submission {
+        Some(idx) => wgpu::PollType::Wait {
+            submission_index: Some(idx),
+            timeout: None,
+        },
+        None => wgpu::PollType::wait_indefinitely(),
+    };
+    ctx.device()
+        .poll(poll)
+        .map_err(|e| WgpuError::Device(e.to_string()))?;
+    if !flag.load(Ordering::Acquire) {
+        // The callback may need one more poll after its submission retired.
+        ctx.wait_idle()?;
+    }
+    if flag.load(Ordering::Acquire) {
+        Ok(())
+    } else {
+        Err(WgpuError::Device("a buffer mapping never completed".into()))
+    }
 }
 
 fn map_write_async(buf: &wgpu::Buffer, flag: &Arc<AtomicBool>) {
@@ -845,7 +866,7 @@ impl FaultReplay {
         let page = self.gpu.geo.page_size as usize;
         if self.gpu.mapped_cache {
             map_write_async(&self.gpu.cache, &self.gpu.cache_mapped);
-            wait_flag(&self.ctx, &self.gpu.cache_mapped)?;
+            wait_flag(&self.ctx, &self.gpu.cache_mapped, None)?;
             let read = {
                 let mut view = self
                     .gpu
@@ -871,8 +892,9 @@ impl FaultReplay {
         let batch = self.gpu.geo.staging_pages as usize;
         let mut total = 0u64;
         for (b, part) in plan.chunks(batch).enumerate() {
+            let pending = self.gpu.staging[b % 2].pending.take();
             let st = &self.gpu.staging[b % 2];
-            wait_flag(&self.ctx, &st.mapped)?;
+            wait_flag(&self.ctx, &st.mapped, pending)?;
             let read = {
                 let mut view = st
                     .buffer
@@ -909,8 +931,9 @@ impl FaultReplay {
                     page as u64,
                 );
             }
-            self.ctx.queue().submit([enc.finish()]);
+            let idx = self.ctx.queue().submit([enc.finish()]);
             map_write_async(&st.buffer, &st.mapped);
+            self.gpu.staging[b % 2].pending = Some(idx);
         }
         Ok(total)
     }

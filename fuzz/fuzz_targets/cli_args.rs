@@ -1,6 +1,7 @@
 //! The `warpfs` command line: arguments (split at NUL bytes) parsed by the CLI's clap
-//! definition, and each argument parsed as a size by `units::parse_size`. Parsing must never
-//! panic; a size that parses must be what its digits and suffix say.
+//! definition, and each argument parsed as a size by `units::parse_size` and as a duration by
+//! `bench::soak::parse_duration`. Parsing must never panic; a size that parses must be what its
+//! digits and suffix say, a duration positive.
 #![no_main]
 #![allow(dead_code, unused_imports)]
 
@@ -12,6 +13,12 @@ mod cli;
 mod error;
 #[path = "../../crates/warpfs-cli/src/units.rs"]
 mod units;
+#[path = "../../crates/warpfs-cli/src/bench/soak.rs"]
+mod soak;
+/// `crate::bench::soak` as the CLI's sources name it.
+mod bench {
+    pub(crate) use super::soak;
+}
 
 use clap::Parser;
 use libfuzzer_sys::fuzz_target;
@@ -28,6 +35,11 @@ fuzz_target!(|data: &[u8]| {
             let digits: String = t.chars().take_while(|c| c.is_ascii_digit()).collect();
             let base: u64 = digits.parse().expect("a parsed size starts with digits");
             assert!(n >= base && (base == 0 || n % base == 0), "{a:?} -> {n}");
+        }
+    }
+    for a in &args {
+        if let Ok(d) = soak::parse_duration(a) {
+            assert!(!d.is_zero(), "{a:?} -> {d:?}");
         }
     }
     let _ = cli::Cli::try_parse_from(std::iter::once("warpfs".to_string()).chain(args));

@@ -589,6 +589,11 @@ impl Worker {
                 }
             }
             let planned = self.plan_round();
+            if !self.deferred.is_empty() {
+                // Requests wait for pages: write back the dirty victims the sweeps queued, or
+                // they wait until `defer_timeout` when every page is dirty.
+                self.background_writeback();
+            }
             self.submit();
             let reaped = self.reap(false);
             self.expire_deferred();

@@ -1,4 +1,5 @@
-//! `--backend`: which way requesters reach the daemon. Only `host` exists in this build.
+//! `--backend`: which way requesters reach the daemon (`host` always; `cuda` and `wgpu` when
+//! the build has their features).
 
 use crate::error::{bail, Result};
 use clap::ValueEnum;
@@ -26,9 +27,10 @@ pub fn resolve(choice: BackendArg) -> Result<BackendArg> {
         BackendArg::Cuda => {
             bail!("this build has no cuda backend; rebuild with --features cuda, or use --backend host")
         }
+        // `warpfs bench --backend wgpu` runs a scan and random page reads from a WGSL shader.
+        BackendArg::Wgpu if cfg!(feature = "wgpu") => Ok(BackendArg::Wgpu),
         BackendArg::Wgpu => bail!(
-            "this build has no wgpu backend; rebuild with --features wgpu once the wgpu backend \
-             lands, or use --backend host"
+            "this build has no wgpu backend; rebuild with --features wgpu, or use --backend host"
         ),
     }
 }
@@ -53,8 +55,12 @@ mod tests {
     fn auto_is_host_and_gpu_backends_say_how_to_get_them() {
         assert_eq!(resolve(BackendArg::Auto).unwrap(), BackendArg::Host);
         assert_eq!(resolve(BackendArg::Host).unwrap(), BackendArg::Host);
-        let e = resolve(BackendArg::Wgpu).unwrap_err().0;
-        assert!(e.contains("no wgpu backend"), "{e}");
+        if cfg!(feature = "wgpu") {
+            assert_eq!(resolve(BackendArg::Wgpu).unwrap(), BackendArg::Wgpu);
+        } else {
+            let e = resolve(BackendArg::Wgpu).unwrap_err().0;
+            assert!(e.contains("--features wgpu"), "{e}");
+        }
         if cfg!(feature = "cuda") {
             assert_eq!(resolve(BackendArg::Cuda).unwrap(), BackendArg::Cuda);
         } else {

@@ -7,6 +7,8 @@ pub mod rand;
 pub mod report;
 pub mod seq;
 pub mod table;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 pub mod write;
 
 use crate::backend;
@@ -300,6 +302,10 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     #[cfg(feature = "cuda")]
     if backend == backend::BackendArg::Cuda {
         return cuda::run(args);
+    }
+    #[cfg(feature = "wgpu")]
+    if backend == backend::BackendArg::Wgpu {
+        return wgpu::run(args);
     }
     let progress = Progress::new(!args.json);
     let plan = Plan::from_args(args)?;

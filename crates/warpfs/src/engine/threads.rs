@@ -121,8 +121,12 @@ pub(crate) unsafe fn execute(op: &IoOp) -> i64 {
     if op.kind == IoKind::Fsync {
         let mut retries = 0;
         loop {
-            // SAFETY: fdatasync takes only a descriptor; a bad one yields EBADF.
+            // SAFETY: fdatasync/fsync take only a descriptor; a bad one yields EBADF.
+            #[cfg(not(target_os = "macos"))]
             let r = unsafe { libc::fdatasync(op.fd) };
+            // macOS has no fdatasync; fsync is its nearest equivalent.
+            #[cfg(target_os = "macos")]
+            let r = unsafe { libc::fsync(op.fd) };
             if r == 0 {
                 return 0;
             }

@@ -135,7 +135,7 @@ impl SoakReport {
     }
 }
 
-/// Parses a soak duration: `90`, `90s`, `10m`, `1h`, `1.5m`.
+/// Parses a soak duration: `90`, `90s`, `10m`, `1h`, `1.5m` (at least 1 s).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t
@@ -155,9 +155,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ))
         }
     };
-    if !(secs > 0.0 && secs < 1e7) {
+    if !(1.0..1e7).contains(&secs) {
         return Err(format!(
-            "{text:?}: the duration must be positive and below 100 days"
+            "{text:?}: a soak lasts from 1 second to 100 days, e.g. 90s, 10m or 1h"
         ));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -490,6 +490,8 @@ mod tests {
         assert_eq!(parse_duration(" 1.5m "), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("0s").is_err());
+        // Found by fuzzing: positive, but 0 ns once converted.
+        assert!(parse_duration("0.000000000000000000003").is_err());
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("").is_err());
     }

@@ -140,9 +140,11 @@ pub struct BenchArgs {
     /// warpfs (agents + daemon) and the baseline get the same number of threads].
     #[arg(long, value_name = "N")]
     pub agent_threads: Option<usize>,
-    /// Total warpfs requests in flight across all threads.
-    #[arg(long, default_value_t = 64, value_name = "N")]
-    pub qd: usize,
+    /// Total warpfs requests in flight across all agent threads [default: 32 per agent
+    /// thread]. Requests through rings take longer than one pread, so warpfs needs more in
+    /// flight than the baseline's one per thread to reach its throughput (Little's law).
+    #[arg(long, value_name = "N")]
+    pub qd: Option<usize>,
     /// Requests in flight per agent (agents = max(agent-threads, qd / agent-qd)).
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub agent_qd: usize,
@@ -222,7 +224,7 @@ mod tests {
             b.phases,
             vec![Phase::Seq, Phase::RandRead, Phase::RandWrite]
         );
-        assert_eq!(b.qd, 64);
+        assert_eq!(b.qd, None);
         assert_eq!(b.backend.backend, BackendArg::Auto);
         let cli = Cli::parse_from([
             "warpfs",

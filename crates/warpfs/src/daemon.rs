@@ -581,9 +581,10 @@ impl Worker {
             let took = self.take_batch();
             if took > 0 {
                 self.shared.counters.batches.fetch_add(1, Ordering::Relaxed);
-                if took >= self.shared.cfg.batch && self.shared.sleepers.load(Ordering::Relaxed) > 0
+                if self.shared.sleepers.load(Ordering::Relaxed) > 0
+                    && self.channels.iter().any(|c| !c.demand.is_empty())
                 {
-                    // Plenty of work: wake the others.
+                    // More work than our share: wake the others.
                     self.shared.doorbell.fetch_add(1, Ordering::SeqCst);
                     futex_wake(&self.shared.doorbell);
                 }
@@ -666,7 +667,11 @@ impl Worker {
 
     /// Accepts up to `batch` requests into `fresh`; returns how many were taken.
     fn take_batch(&mut self) -> usize {
-        let max = self.shared.cfg.batch;
+        // Take a fair share of what waits, so that several workers serve a burst in parallel
+        // instead of the first one taking it all and serving it serially.
+        let workers = self.shared.cfg.workers.max(1);
+        let waiting: usize = self.channels.iter().map(|c| c.demand.len()).sum();
+        let max = waiting.div_ceil(workers).clamp(1, self.shared.cfg.batch);
         let mut took = 0;
         let channels = std::mem::take(&mut self.channels);
         if !channels.is_empty() {

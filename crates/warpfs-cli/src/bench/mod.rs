@@ -55,7 +55,7 @@ impl Plan {
     /// Derives the plan from the arguments; agents = max(threads, ⌈qd / agent-qd⌉).
     pub fn from_args(a: &BenchArgs) -> Result<Self> {
         let threads = a.threads.unwrap_or_else(system::cores);
-        if threads == 0 || a.qd == 0 || a.agent_qd == 0 || a.fsync_every == 0 {
+        if threads == 0 || a.qd == Some(0) || a.agent_qd == 0 || a.fsync_every == 0 {
             bail!("--threads, --qd, --agent-qd and --fsync-every must be at least 1");
         }
         if !(a.seconds > 0.0 && a.seconds.is_finite()) {
@@ -69,8 +69,9 @@ impl Plan {
             .agent_threads
             .unwrap_or_else(|| threads.saturating_sub(workers))
             .max(1);
-        let agents = agent_threads.max(a.qd.div_ceil(a.agent_qd));
-        let agent_depth = a.qd.div_ceil(agents).clamp(1, a.agent_qd);
+        let qd = a.qd.unwrap_or(32 * agent_threads);
+        let agents = agent_threads.max(qd.div_ceil(a.agent_qd));
+        let agent_depth = qd.div_ceil(agents).clamp(1, a.agent_qd);
         Ok(Plan {
             threads,
             agent_threads,

@@ -18,7 +18,7 @@ use crate::cache::{HostCache, Lookup, PageIdx, Writeback};
 use crate::channel::Channel;
 use crate::engine::{self, EngineConfig, EngineFactory, IoDone, IoEngine, IoKind, IoOp};
 use crate::files::{FileEntry, FileTable};
-use crate::futex::{wait as futex_wait, wake as futex_wake};
+use crate::futex::{wait as futex_wait, wake as futex_wake, wake_one as futex_wake_one};
 use crate::readahead::Readahead;
 use crate::runtime::DaemonStats;
 use crate::span;
@@ -88,10 +88,23 @@ struct Shared {
     stop: AtomicBool,
     doorbell: AtomicU32,
     sleepers: AtomicU32,
+    /// Set by the first ring while workers sleep, cleared by the worker it woke: later rings
+    /// before that worker runs cost one load, not a system call each.
+    rung: AtomicBool,
     counters: Counters,
     engine_name: &'static str,
     /// Engine for flushes requested from outside the workers.
     control: Mutex<Box<dyn IoEngine>>,
+}
+
+impl Shared {
+    /// Wakes one sleeping worker, unless a wake is already on its way.
+    fn wake_one(&self) {
+        if !self.rung.swap(true, Ordering::SeqCst) {
+            self.doorbell.fetch_add(1, Ordering::SeqCst);
+            futex_wake_one(&self.doorbell);
+        }
+    }
 }
 
 /// Lets requesters that can make system calls (host agents) wake sleeping workers.
@@ -109,8 +122,7 @@ impl Doorbell {
     pub fn ring(&self) {
         fence(Ordering::SeqCst);
         if self.0.sleepers.load(Ordering::SeqCst) > 0 {
-            self.0.doorbell.fetch_add(1, Ordering::SeqCst);
-            futex_wake(&self.0.doorbell);
+            self.0.wake_one();
         }
     }
     /// Whether the daemon is stopping (requesters should not wait for new requests).
@@ -165,6 +177,7 @@ impl Daemon {
             stop: AtomicBool::new(false),
             doorbell: AtomicU32::new(0),
             sleepers: AtomicU32::new(0),
+            rung: AtomicBool::new(false),
             counters: Counters::default(),
         });
         let mut workers = Vec::new();
@@ -585,8 +598,7 @@ impl Worker {
                     && self.channels.iter().any(|c| !c.demand.is_empty())
                 {
                     // More work than our share: wake the others.
-                    self.shared.doorbell.fetch_add(1, Ordering::SeqCst);
-                    futex_wake(&self.shared.doorbell);
+                    self.shared.wake_one();
                 }
             }
             let planned = self.plan_round();
@@ -645,6 +657,9 @@ impl Worker {
             futex_wait(&s.doorbell, seen, t);
         }
         s.sleepers.fetch_sub(1, Ordering::SeqCst);
+        // Awake: let the next ring wake another sleeper. (Cleared before this worker looks at
+        // the rings again, so no posted request can be missed.)
+        s.rung.store(false, Ordering::SeqCst);
     }
 
     /// Stop: requests that wait for pages fail with `ESHUTDOWN`; I/O in flight is finished.

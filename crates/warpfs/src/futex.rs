@@ -28,13 +28,24 @@ pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
 /// Wakes every thread sleeping on `word`.
 #[cfg(target_os = "linux")]
 pub(crate) fn wake(word: &AtomicU32) {
+    wake_n(word, i32::MAX);
+}
+
+/// Wakes at most one thread sleeping on `word`.
+#[cfg(target_os = "linux")]
+pub(crate) fn wake_one(word: &AtomicU32) {
+    wake_n(word, 1);
+}
+
+#[cfg(target_os = "linux")]
+fn wake_n(word: &AtomicU32, n: i32) {
     // SAFETY: FUTEX_WAKE only uses the address as a key.
     unsafe {
         libc::syscall(
             libc::SYS_futex,
             word.as_ptr(),
             libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            i32::MAX,
+            n,
         );
     }
 }
@@ -49,5 +60,11 @@ pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
 /// Portable stand-in: nothing to wake (sleepers poll).
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn wake(word: &AtomicU32) {
+    let _ = word;
+}
+
+/// Portable stand-in: nothing to wake (sleepers poll).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn wake_one(word: &AtomicU32) {
     let _ = word;
 }

@@ -270,7 +270,8 @@ fn short_transfers_are_continued_by_the_thread_engine() {
 
 #[test]
 fn requests_through_the_daemon_get_full_results_under_short_and_interrupted_calls() {
-    let (p, _f) = file("daemon", 400_000);
+    let (p, f) = file("daemon", 400_000);
+    drop(f); // the runtime's descriptor must be the only one open on the file
     let rt = Runtime::new(RuntimeConfig {
         workers: 2,
         engine: EngineConfig {
@@ -285,8 +286,8 @@ fn requests_through_the_daemon_get_full_results_under_short_and_interrupted_call
     })
     .unwrap();
     let h = rt.open(&p, OpenOptions::read_write()).unwrap();
-    // The runtime's own descriptor for the file: the one opened last by this process.
-    let fd = std::fs::read_dir("/proc/self/fd")
+    // The runtime's own descriptor for the file (the only one open on it).
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .filter_map(|e| {
             let e = e.ok()?;
@@ -294,8 +295,9 @@ fn requests_through_the_daemon_get_full_results_under_short_and_interrupted_call
             (target == p.canonicalize().ok()?)
                 .then(|| e.file_name().to_str()?.parse::<i32>().ok())?
         })
-        .max()
-        .unwrap();
+        .collect();
+    assert_eq!(fds.len(), 1, "descriptors open on the file: {fds:?}");
+    let fd = fds[0];
     let mut agent = rt.agent().unwrap();
     let _g = arm(fd, libc::EINTR, 50, 1000);
     let data: Vec<u8> = (0..150_000u32).map(|i| (i % 241) as u8).collect();
@@ -311,10 +313,8 @@ fn requests_through_the_daemon_get_full_results_under_short_and_interrupted_call
         };
         assert_eq!(b, want, "byte {i}");
     }
-    assert!(
-        CALLS.load(Ordering::SeqCst) > 500,
-        "the faults must have been hit"
-    );
+    let calls = CALLS.load(Ordering::SeqCst);
+    assert!(calls > 500, "the faults must have been hit: {calls} calls");
     assert_eq!(
         FAILS.load(Ordering::SeqCst),
         0,

@@ -191,9 +191,15 @@ impl Ring {
     /// own): the ring is heap-owned and the region is ignored, so the crate still builds and
     /// the algorithm is checked.
     #[cfg(loom)]
-    pub fn in_region(region: Arc<dyn crate::region::SharedMemory>, offset: usize, capacity: usize) -> Option<Self> {
+    pub fn in_region(
+        region: Arc<dyn crate::region::SharedMemory>,
+        offset: usize,
+        capacity: usize,
+    ) -> Option<Self> {
         let _ = (region, offset);
-        capacity.is_power_of_two().then(|| Self::with_capacity(capacity))
+        capacity
+            .is_power_of_two()
+            .then(|| Self::with_capacity(capacity))
     }
 
     /// Device-side address of the ring header when it lives in a region (for kernels).
@@ -276,8 +282,10 @@ impl Ring {
             let diff = seq.wrapping_sub(pos.wrapping_add(1)) as i64;
             let corrupt = if diff == 0 {
                 false
-            } else if seq == pos {
-                // Free, or claimed by a producer that has not published yet.
+            } else if pos.wrapping_sub(seq) <= self.mask {
+                // `seq` in [pos - capacity + 1, pos]: free, or claimed by a producer that has
+                // not published yet (seq == pos), or still held by the previous lap's consumer
+                // between its head CAS and its hand-back (seq == pos - capacity + 1). Not yet.
                 return None;
             } else {
                 let now = h.head.load(Ordering::Relaxed);
@@ -321,6 +329,12 @@ impl Ring {
     #[cfg(all(test, not(loom)))]
     pub(crate) fn scribble_seq(&self, pos: u64, value: u64) {
         self.slot(pos).seq.store(value, Ordering::Release);
+    }
+
+    /// Overwrites the tail (tests only).
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn scribble_tail(&self, value: u64) {
+        self.header().tail.store(value, Ordering::Release);
     }
 }
 
@@ -420,6 +434,23 @@ mod tests {
         assert_eq!(h.magic, abi::WFS_RING_MAGIC);
         assert_eq!(h.capacity, 8);
         assert_eq!(r.try_pop(), Some(Popped::Request(req(7))));
+    }
+
+    #[test]
+    fn a_slot_still_held_by_the_previous_lap_is_not_garbage() {
+        let r = Ring::with_capacity(4);
+        for i in 0..4 {
+            r.try_push(&req(i)).unwrap();
+        }
+        for i in 0..4 {
+            assert_eq!(r.try_pop(), Some(Popped::Request(req(i))));
+        }
+        // A previous-lap consumer that has taken position 4 - capacity = 0 but not yet handed
+        // the slot back leaves seq = 1 there; the consumer at position 4 must wait, even when a
+        // (GPU-style) producer has already advanced the tail past it.
+        r.scribble_seq(4, 1);
+        r.scribble_tail(5);
+        assert_eq!(r.try_pop(), None);
     }
 
     #[test]

@@ -734,6 +734,25 @@ impl HostCache {
         self.collect_dirty(|f| f == file_id)
     }
 
+    /// Pages of file `file_id` (of every file if `None`) handed out for write-back and not yet
+    /// finished: an fsync or flush must wait for them too. Free when no page is dirty; scans
+    /// every page otherwise.
+    pub fn writebacks_in_flight(&self, file_id: Option<u64>) -> usize {
+        if self.counters.dirty_pages.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
+        self.slots
+            .iter()
+            .filter(|slot| {
+                let m = lock(&slot.0);
+                m.state == PageState::WritingBack
+                    && !m.queued
+                    && m.key
+                        .is_some_and(|(f, _)| file_id.is_none_or(|want| want == f))
+            })
+            .count()
+    }
+
     /// Every dirty page (for flush/shutdown), as [`dirty_pages_of`](Self::dirty_pages_of).
     pub fn all_dirty(&self) -> Vec<Writeback> {
         self.collect_dirty(|_| true)

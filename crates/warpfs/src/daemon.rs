@@ -325,13 +325,79 @@ fn fail_pending(shared: &Shared, ch: &Channel) {
 
 fn flush(shared: &Shared, file: Option<&Arc<FileEntry>>) -> crate::Result<()> {
     let cache = &shared.cache;
+    let mut first_err = None;
+    let mut files: HashMap<u64, Arc<FileEntry>> = HashMap::new();
+    // Our own write-backs, then wait for the ones workers have in flight (they may have taken
+    // some of the file's dirty pages first), until nothing dirty is left unwritten.
+    let limit = Duration::from_secs(60);
+    let deadline = Instant::now() + limit;
+    loop {
+        let written = write_back_pages(shared, file, &mut files, &mut first_err);
+        if written == 0 && cache.writebacks_in_flight(file.map(|f| f.id)) == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(crate::Error::Timeout(limit));
+        }
+        if written == 0 {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+    if let Some(f) = file {
+        files.insert(f.id, f.clone());
+    }
+    let mut engine = shared.control.lock().unwrap_or_else(|p| p.into_inner());
+    let syncs: Vec<(Arc<FileEntry>, IoOp)> = files
+        .into_values()
+        .enumerate()
+        .map(|(i, f)| {
+            let op = IoOp {
+                kind: IoKind::Fsync,
+                fd: f.fd(),
+                offset: 0,
+                buf: std::ptr::null_mut(),
+                len: 0,
+                token: i as u64,
+            };
+            (f, op)
+        })
+        .collect();
+    let ops: Vec<IoOp> = syncs.iter().map(|(_, op)| *op).collect();
+    // SAFETY: fsync ops use no buffer; the fds stay open (entries held in `syncs`).
+    unsafe { engine.submit(&ops) };
+    let mut done = Vec::new();
+    while engine.in_flight() > 0 {
+        engine.reap(&mut done, true);
+        for d in done.drain(..) {
+            if d.result < 0 && first_err.is_none() {
+                first_err = Some(crate::Error::from_result("fdatasync", d.result));
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Writes back, with the control engine, the dirty pages of `file` (all files if `None`) that
+/// nobody is writing already; records the files written and the first error. Returns how many
+/// pages it wrote.
+fn write_back_pages(
+    shared: &Shared,
+    file: Option<&Arc<FileEntry>>,
+    files: &mut HashMap<u64, Arc<FileEntry>>,
+    first_err: &mut Option<crate::Error>,
+) -> usize {
+    let cache = &shared.cache;
     let wbs = match file {
         Some(f) => cache.dirty_pages_of(f.id),
         None => cache.all_dirty(),
     };
+    if wbs.is_empty() {
+        return 0;
+    }
     let mut engine = shared.control.lock().unwrap_or_else(|p| p.into_inner());
-    let mut files: HashMap<u64, Arc<FileEntry>> = HashMap::new();
-    let mut first_err = None;
     let ops: Vec<IoOp> = wbs
         .iter()
         .enumerate()
@@ -357,7 +423,7 @@ fn flush(shared: &Shared, file: Option<&Arc<FileEntry>>) -> crate::Result<()> {
             if ok {
                 files.insert(wb.file.id, wb.file.clone());
             } else if first_err.is_none() {
-                first_err = Some(crate::Error::from_result(
+                *first_err = Some(crate::Error::from_result(
                     "write-back",
                     if d.result < 0 {
                         d.result
@@ -368,39 +434,7 @@ fn flush(shared: &Shared, file: Option<&Arc<FileEntry>>) -> crate::Result<()> {
             }
         }
     }
-    if let Some(f) = file {
-        files.insert(f.id, f.clone());
-    }
-    let syncs: Vec<(Arc<FileEntry>, IoOp)> = files
-        .into_values()
-        .enumerate()
-        .map(|(i, f)| {
-            let op = IoOp {
-                kind: IoKind::Fsync,
-                fd: f.fd(),
-                offset: 0,
-                buf: std::ptr::null_mut(),
-                len: 0,
-                token: i as u64,
-            };
-            (f, op)
-        })
-        .collect();
-    let ops: Vec<IoOp> = syncs.iter().map(|(_, op)| *op).collect();
-    // SAFETY: fsync ops use no buffer; the fds stay open (entries held in `syncs`).
-    unsafe { engine.submit(&ops) };
-    while engine.in_flight() > 0 {
-        engine.reap(&mut done, true);
-        for d in done.drain(..) {
-            if d.result < 0 && first_err.is_none() {
-                first_err = Some(crate::Error::from_result("fdatasync", d.result));
-            }
-        }
-    }
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    wbs.len()
 }
 
 /// A slab: stable indices for live items, reused after removal.
@@ -1087,8 +1121,21 @@ impl Worker {
     }
 
     fn plan_write(&mut self, j: usize) -> Outcome {
-        if self.lookup_pages(j, true).is_err() {
-            return Outcome::Defer;
+        match self.lookup_pages(j, true) {
+            Ok(()) => {}
+            // More pages than the cache can give (e.g. a write larger than the cache): write
+            // straight to the file; the file's cached pages are dropped when it is done.
+            Err(Lookup::Full) if !self.shared.cfg.write_back => {
+                let job = &self.jobs[j];
+                let (off, len, fd) = (job.req.offset, job.req.len, job.file.fd());
+                let Some(src) = job.ch.data_range(job.req.buf, len) else {
+                    return Outcome::Now(-(libc::EFAULT as i64));
+                };
+                self.jobs[j].pending = 1;
+                self.push_op(IoKind::Write, fd, off, src, len as usize, Tag::Write(j));
+                return Outcome::Wait;
+            }
+            Err(_) => return Outcome::Defer,
         }
         let cache = self.shared.cache.clone();
         let ps = cache.page_size() as u64;
@@ -1129,6 +1176,11 @@ impl Worker {
 
     fn plan_fsync(&mut self, j: usize) -> Outcome {
         let file = self.jobs[j].file.clone();
+        if self.shared.cache.writebacks_in_flight(Some(file.id)) > 0 {
+            // Another worker (or a flush) is writing some of the file's pages: the fsync must
+            // cover them, so it waits until they are done.
+            return Outcome::Defer;
+        }
         let wbs = self.shared.cache.dirty_pages_of(file.id);
         if wbs.is_empty() {
             self.jobs[j].pending = 1;
@@ -1245,14 +1297,16 @@ impl Worker {
             Tag::Write(j) => {
                 let cache = self.shared.cache.clone();
                 let job = &mut self.jobs[j];
-                for (_, idx, held) in std::mem::take(&mut job.pages) {
+                let pages = std::mem::take(&mut job.pages);
+                let uncached = pages.is_empty();
+                for (_, idx, held) in pages {
                     match held {
                         Held::Hit => cache.release(idx),
                         Held::Reserved => cache.finish_load(idx, -(libc::ECANCELED as i64)),
                         Held::Load(_) => {}
                     }
                 }
-                if d.result < 0 {
+                if d.result < 0 || uncached {
                     cache.invalidate_file(job.file.id, None);
                 } else if d.result > 0 {
                     // A write that extends the file leaves the cached end-of-file page short.

@@ -169,6 +169,10 @@ pub struct BenchArgs {
     /// Print the results as JSON on stdout (no progress bars).
     #[arg(long)]
     pub json: bool,
+    /// Soak instead of the phases: 32 agents read and write random ranges for DURATION (90s,
+    /// 10m, 1h), every byte checked, memory sampled; exit 1 on a mismatch, 2 on errors or growth.
+    #[arg(long, value_parser = crate::bench::soak::parse_duration, value_name = "DURATION")]
+    pub soak: Option<std::time::Duration>,
     /// Backend.
     #[command(flatten)]
     pub backend: BackendOpt,

@@ -6,6 +6,7 @@ pub mod cuda;
 pub mod rand;
 pub mod report;
 pub mod seq;
+pub mod soak;
 pub mod table;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
@@ -298,6 +299,9 @@ fn say(args: &BenchArgs, msg: impl AsRef<str>) {
 
 /// `warpfs bench`. Returns the exit code.
 pub fn run(args: &BenchArgs) -> Result<i32> {
+    if let Some(d) = args.soak {
+        return soak::run_cli(args, d);
+    }
     let wall = Instant::now();
     let backend = backend::resolve(args.backend.backend)?;
     #[cfg(feature = "cuda")]

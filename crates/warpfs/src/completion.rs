@@ -104,7 +104,11 @@ impl Completions {
 
     /// Under loom the table is heap-owned and the region ignored (see `Ring::in_region`).
     #[cfg(loom)]
-    pub fn in_region(region: Arc<dyn crate::region::SharedMemory>, offset: usize, len: usize) -> Option<Self> {
+    pub fn in_region(
+        region: Arc<dyn crate::region::SharedMemory>,
+        offset: usize,
+        len: usize,
+    ) -> Option<Self> {
         let _ = (region, offset);
         (len > 0).then(|| Self::with_len(len))
     }

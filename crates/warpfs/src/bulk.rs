@@ -199,7 +199,7 @@ impl BulkIo {
     /// Cost: `cfg.threads` thread spawns or an io_uring setup; bounce buffers come later, on
     /// the first transfer that needs them.
     pub fn new(cfg: BulkConfig) -> Result<Self> {
-        if cfg.chunk_bytes < 4096 || cfg.chunk_bytes % 4096 != 0 {
+        if cfg.chunk_bytes < 4096 || !cfg.chunk_bytes.is_multiple_of(4096) {
             return Err(Error::Config(format!(
                 "BulkConfig::chunk_bytes is {}: use a multiple of 4096 (1 MiB to 16 MiB works well)",
                 cfg.chunk_bytes
@@ -397,7 +397,9 @@ impl BulkIo {
         // Aligned middles of all chunks share one memory misalignment: either all go straight
         // into the caller's memory or all through bounce buffers.
         let mid0 = offset.div_ceil(align as u64) * align as u64;
-        let in_place = (base as usize).wrapping_add((mid0 - offset) as usize) % align == 0;
+        let in_place = (base as usize)
+            .wrapping_add((mid0 - offset) as usize)
+            .is_multiple_of(align);
         if direct.is_some() && !in_place {
             self.ensure_bounce(align)?;
         }

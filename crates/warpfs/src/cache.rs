@@ -303,7 +303,7 @@ impl HostCache {
             )));
         }
         let base = region.as_ptr() as usize;
-        if base % REGION_ALIGN != 0 {
+        if !base.is_multiple_of(REGION_ALIGN) {
             return Err(Error::Config(format!(
                 "the cache region starts at {base:#x}, which is not {REGION_ALIGN}-byte aligned; \
                  allocate it with region::HostMemory or page-aligned pinned memory"

@@ -80,7 +80,7 @@ impl Completions {
     /// Formats `len` records at byte `offset` (8-aligned) of `region`; `None` if they don't fit.
     #[cfg(not(loom))]
     pub fn in_region(region: Arc<dyn SharedMemory>, offset: usize, len: usize) -> Option<Self> {
-        if offset % 8 != 0 || len == 0 {
+        if !offset.is_multiple_of(8) || len == 0 {
             return None;
         }
         let end = offset.checked_add(Self::bytes_for(len))?;

@@ -1101,7 +1101,7 @@ impl Worker {
                     if let Some(r) = r {
                         // SAFETY: r lies inside [off, off+len), so dst + (r.start - off) is in range.
                         let p = unsafe { dst.add((r.start - off) as usize) };
-                        let aligned = p as usize % a as usize == 0;
+                        let aligned = (p as usize).is_multiple_of(a as usize);
                         let fd = if direct && aligned { dfd } else { file.fd() };
                         parts.push((r.start, r.end - r.start, fd));
                     }
@@ -1406,7 +1406,7 @@ impl Worker {
 /// The descriptor for loading whole cache pages: `O_DIRECT` when allowed and pages are aligned.
 fn load_fd(file: &FileEntry, page_size: u64) -> i32 {
     match file.direct_fd() {
-        Some(d) if page_size as usize % file.dio_align == 0 => d,
+        Some(d) if (page_size as usize).is_multiple_of(file.dio_align) => d,
         _ => file.fd(),
     }
 }

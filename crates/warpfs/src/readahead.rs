@@ -125,7 +125,7 @@ impl Readahead {
                 || (s.detected()
                     && page > s.last
                     && page < s.ahead
-                    && (page - s.last) % s.stride == 0)
+                    && (page - s.last).is_multiple_of(s.stride))
         }) {
             s.used = now;
             if s.last.checked_add(s.stride) == Some(page) && !s.detected() {

@@ -129,7 +129,8 @@ impl Ring {
         offset: usize,
         capacity: usize,
     ) -> Option<Self> {
-        if !capacity.is_power_of_two() || offset % 64 != 0 || capacity > u32::MAX as usize {
+        if !capacity.is_power_of_two() || !offset.is_multiple_of(64) || capacity > u32::MAX as usize
+        {
             return None;
         }
         let end = offset.checked_add(Self::bytes_for(capacity))?;

@@ -132,7 +132,7 @@ impl Limit<'_> {
     /// Reports progress (cheaply: every 256 operations).
     #[inline]
     pub fn tick(&self, done: u64) {
-        if done % 256 == 0 {
+        if done.is_multiple_of(256) {
             self.counter.fetch_add(256, Ordering::Relaxed);
         }
     }

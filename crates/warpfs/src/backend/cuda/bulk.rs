@@ -212,7 +212,7 @@ pub struct FileRef<'a> {
 
 impl<'a> From<&'a FileEntry> for FileRef<'a> {
     fn from(e: &'a FileEntry) -> Self {
-        let direct_fd = if e.dio_align as u64 <= A && A % e.dio_align.max(1) as u64 == 0 {
+        let direct_fd = if e.dio_align as u64 <= A && A.is_multiple_of(e.dio_align.max(1) as u64) {
             e.direct_fd()
         } else {
             None
@@ -382,7 +382,7 @@ impl CudaBulk {
         if cfg.threads == 0
             || cfg.buffers_per_thread == 0
             || cfg.chunk_bytes < DIO_ALIGN
-            || cfg.chunk_bytes % DIO_ALIGN != 0
+            || !cfg.chunk_bytes.is_multiple_of(DIO_ALIGN)
         {
             return Err(Error::Config(format!(
                 "CUDA bulk config needs threads ≥ 1, buffers_per_thread ≥ 1 and chunk_bytes a multiple of {DIO_ALIGN}; got {cfg:?}"
@@ -414,7 +414,7 @@ impl CudaBulk {
                     StagingAlloc::CudaHost => PinnedBuffer::new(&ctx, len)?,
                     StagingAlloc::HugePages => PinnedBuffer::new_huge(&ctx, len)?,
                 };
-                direct_ok &= (mem.as_ptr() as usize) % DIO_ALIGN == 0;
+                direct_ok &= (mem.as_ptr() as usize).is_multiple_of(DIO_ALIGN);
                 bufs.push(Staging {
                     mem,
                     done: Event::new(&ctx)?,
@@ -834,7 +834,7 @@ fn read_span(
             Ok(0) => break,
             Ok(got) => {
                 p += got as u64;
-                if p % A != 0 {
+                if !p.is_multiple_of(A) {
                     break; // a short, unaligned count is end of file
                 }
             }

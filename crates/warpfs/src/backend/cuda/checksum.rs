@@ -41,7 +41,10 @@ pub fn mix(mut z: u64) -> u64 {
 /// piece of a range may have a length that is not a multiple of 8. Combine pieces with
 /// `wrapping_add` and close with [`finish`].
 pub fn partial(data: &[u8], offset: u64) -> u64 {
-    assert!(offset % 8 == 0, "checksum pieces start at multiples of 8");
+    assert!(
+        offset.is_multiple_of(8),
+        "checksum pieces start at multiples of 8"
+    );
     let mut i = offset / 8;
     let mut s = 0u64;
     let mut words = data.chunks_exact(8);
@@ -267,7 +270,7 @@ impl ChecksumKernel {
     /// `[base, base + len)` must be device memory of this kernel's context that stays
     /// allocated until the call returns; `base` must be a multiple of 8.
     pub unsafe fn sum_raw(&mut self, base: u64, len: u64) -> Result<u64> {
-        if base % 8 != 0 {
+        if !base.is_multiple_of(8) {
             return Err(Error::Range(format!(
                 "checksum needs an 8-byte aligned device address, got {base:#x}"
             )));

@@ -146,7 +146,10 @@ impl<'rt> GpuIo<'rt> {
                 cfg.warp_slots
             )));
         }
-        if cfg.lane_bytes < 16 || cfg.lane_bytes % 16 != 0 || cfg.lane_bytes > u32::MAX as usize {
+        if cfg.lane_bytes < 16
+            || !cfg.lane_bytes.is_multiple_of(16)
+            || cfg.lane_bytes > u32::MAX as usize
+        {
             return Err(Error::Config(format!(
                 "GpuIoConfig::lane_bytes must be a positive multiple of 16 below 4 GiB, got {}",
                 cfg.lane_bytes

@@ -20,7 +20,7 @@ pub fn byte(o: u64) -> u8 {
 pub fn fill(buf: &mut [u8], offset: u64) {
     let mut i = 0usize;
     // Unaligned head, byte by byte.
-    while i < buf.len() && (offset + i as u64) % 8 != 0 {
+    while i < buf.len() && !(offset + i as u64).is_multiple_of(8) {
         buf[i] = byte(offset + i as u64);
         i += 1;
     }

@@ -241,7 +241,10 @@ pub fn bench(
     cfg: &WgpuBenchConfig,
 ) -> WgpuResult<WgpuBenchReport> {
     let chunk = cfg.chunk_bytes as u64;
-    if chunk == 0 || chunk % 4 != 0 || cfg.replay.page_size as u64 % chunk != 0 {
+    if chunk == 0
+        || !chunk.is_multiple_of(4)
+        || !(cfg.replay.page_size as u64).is_multiple_of(chunk)
+    {
         return Err(WgpuError::Config(format!(
             "chunk_bytes must be a positive multiple of 4 dividing page_size {}, got {chunk}",
             cfg.replay.page_size

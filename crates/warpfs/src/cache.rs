@@ -284,7 +284,8 @@ impl HostCache {
     /// `cfg.capacity` bytes (touched lazily) plus ~64 bytes of metadata per page.
     pub fn new(cfg: CacheConfig) -> crate::Result<Self> {
         let pages = Self::check_config(&cfg)?;
-        let region: Arc<dyn SharedMemory> = Arc::new(HostMemory::new(pages * cfg.page_size));
+        let region: Arc<dyn SharedMemory> =
+            Arc::new(HostMemory::new_populated(pages * cfg.page_size));
         Self::with_region(cfg, region)
     }
 

@@ -91,6 +91,31 @@ impl HostMemory {
     }
 }
 
+impl HostMemory {
+    /// Like [`HostMemory::new`], but every page is faulted in (zeroed) now, with huge pages
+    /// where the kernel gives them: for arenas that will be filled anyway (the host cache), so
+    /// the first use of each page does not pay the zeroing in the middle of the I/O path.
+    /// Costs the zeroing of `len` bytes up front and makes them resident.
+    pub fn new_populated(len: usize) -> Self {
+        let m = Self::new(len);
+        #[cfg(target_os = "linux")]
+        {
+            // MADV_POPULATE_WRITE (Linux 5.14+) faults the range in, honouring the huge-page
+            // advice given in `new`; older kernels refuse it and get one write per page.
+            // SAFETY: [ptr, ptr+len) is the mapping `new` just created and we own it.
+            let r =
+                unsafe { libc::madvise(m.ptr.as_ptr().cast(), m.len, libc::MADV_POPULATE_WRITE) };
+            if r != 0 {
+                for off in (0..m.len).step_by(REGION_ALIGN) {
+                    // SAFETY: off < len; the page is ours and zero; writing 0 keeps it zero.
+                    unsafe { m.ptr.as_ptr().add(off).write_volatile(0) };
+                }
+            }
+        }
+        m
+    }
+}
+
 impl Drop for HostMemory {
     fn drop(&mut self) {
         #[cfg(target_os = "linux")]

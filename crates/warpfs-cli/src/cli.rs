@@ -178,6 +178,26 @@ pub struct BenchArgs {
     pub backend: BackendOpt,
 }
 
+impl BenchArgs {
+    /// The runtime settings these flags ask for: the library's defaults, with what `--workers`,
+    /// `--cache`, `--readahead`, `--engine` and `--write-back` set.
+    pub fn runtime_config(&self) -> warpfs::RuntimeConfig {
+        let mut cfg = warpfs::RuntimeConfig::default();
+        if let Some(w) = self.workers {
+            cfg.workers = w.max(1);
+        }
+        if let Some(c) = self.cache {
+            cfg.cache.capacity = c as usize;
+        }
+        if let Some(r) = self.readahead {
+            cfg.readahead_pages = r;
+        }
+        cfg.engine.choice = self.engine.choice();
+        cfg.write_back = self.write_back;
+        cfg
+    }
+}
+
 /// `warpfs load` arguments.
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {

@@ -264,18 +264,7 @@ where
 
 /// The runtime's settings for this run: the library's defaults, with what the flags set.
 fn runtime_config(args: &BenchArgs, plan: &Plan) -> RuntimeConfig {
-    let mut cfg = RuntimeConfig::default();
-    if let Some(w) = args.workers {
-        cfg.workers = w.max(1);
-    }
-    if let Some(c) = args.cache {
-        cfg.cache.capacity = c as usize;
-    }
-    if let Some(r) = args.readahead {
-        cfg.readahead_pages = r;
-    }
-    cfg.engine.choice = args.engine.choice();
-    cfg.write_back = args.write_back;
+    let mut cfg = args.runtime_config();
     cfg.max_agents = cfg.max_agents.max(plan.agents + 4);
     cfg.agent_queue_depth = cfg.agent_queue_depth.max(plan.agent_depth);
     cfg

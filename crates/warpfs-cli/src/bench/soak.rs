@@ -51,18 +51,7 @@ impl SoakConfig {
     /// A soak of `duration` with `warpfs bench`'s settings: `--size` (at most [`MAX_FILE`]),
     /// `--dir`, `--engine`, `--cache`, `--workers`, `--readahead`, `--write-back`; 32 agents.
     pub fn from_args(args: &BenchArgs, duration: Duration) -> Self {
-        let mut runtime = RuntimeConfig::default();
-        if let Some(w) = args.workers {
-            runtime.workers = w.max(1);
-        }
-        if let Some(c) = args.cache {
-            runtime.cache.capacity = c as usize;
-        }
-        if let Some(r) = args.readahead {
-            runtime.readahead_pages = r;
-        }
-        runtime.engine.choice = args.engine.choice();
-        runtime.write_back = args.write_back;
+        let runtime = args.runtime_config();
         Self {
             duration,
             file_size: args.size.min(MAX_FILE),

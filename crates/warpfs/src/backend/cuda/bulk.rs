@@ -354,7 +354,22 @@ struct Shared<'a> {
     cold: AtomicBool,
 }
 
-impl Shared<'_> {
+impl<'a> Shared<'a> {
+    /// The state of one call over `chunks`/`pieces`; `eof` is the file size for reads
+    /// (lowered if the file turns out shorter), `u64::MAX` for writes.
+    fn new(chunks: &'a [Chunk], pieces: &'a [Piece], eof: u64) -> Self {
+        Self {
+            chunks,
+            pieces,
+            next: AtomicUsize::new(0),
+            failed: AtomicBool::new(false),
+            err: Mutex::new(None),
+            eof: AtomicU64::new(eof),
+            n: Counters::default(),
+            cold: AtomicBool::new(false),
+        }
+    }
+
     fn claim(&self) -> Option<(usize, &Chunk)> {
         if self.failed.load(Ordering::Relaxed) {
             return None;
@@ -509,16 +524,7 @@ impl CudaBulk {
         let t0 = Instant::now();
         let size = file.size()?;
         let (chunks, pieces) = plan_reads(extents, base, size, self.cfg.chunk_bytes as u64);
-        let sh = Shared {
-            chunks: &chunks,
-            pieces: &pieces,
-            next: AtomicUsize::new(0),
-            failed: AtomicBool::new(false),
-            err: Mutex::new(None),
-            eof: AtomicU64::new(size),
-            n: Counters::default(),
-            cold: AtomicBool::new(false),
-        };
+        let sh = Shared::new(&chunks, &pieces, size);
         let threads = self.run_workers(&sh, |slot, sh| self.read_worker(slot, file, sh))?;
         let eof = sh.eof.load(Ordering::Relaxed);
         let per: Vec<u64> = extents
@@ -572,16 +578,7 @@ impl CudaBulk {
             .checked_add(len)
             .ok_or_else(|| Error::Range("file offset + length overflows".into()))?;
         let (chunks, pieces) = plan_writes(offset, len, src, self.cfg.chunk_bytes as u64);
-        let sh = Shared {
-            chunks: &chunks,
-            pieces: &pieces,
-            next: AtomicUsize::new(0),
-            failed: AtomicBool::new(false),
-            err: Mutex::new(None),
-            eof: AtomicU64::new(u64::MAX),
-            n: Counters::default(),
-            cold: AtomicBool::new(false),
-        };
+        let sh = Shared::new(&chunks, &pieces, u64::MAX);
         let threads = self.run_workers(&sh, |slot, sh| self.write_worker(slot, file, sh))?;
         if self.cfg.durable && len > 0 {
             // SAFETY: fd is a live descriptor borrowed for the call.

@@ -8,7 +8,8 @@ use clap::ValueEnum;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendArg {
-    /// The best backend this build has (today: host).
+    /// The best backend present: cuda when this build has it and a CUDA device answers,
+    /// else host.
     Auto,
     /// CPU threads act as the GPU's agents, through the same rings.
     Host,
@@ -21,6 +22,7 @@ pub enum BackendArg {
 /// The backend that will run for `choice`, or an error telling the user what to do.
 pub fn resolve(choice: BackendArg) -> Result<BackendArg> {
     match choice {
+        BackendArg::Auto if cuda_present() => Ok(BackendArg::Cuda),
         BackendArg::Auto | BackendArg::Host => Ok(BackendArg::Host),
         // `warpfs bench --backend cuda` runs the seq phase through the CUDA bulk path.
         BackendArg::Cuda if cfg!(feature = "cuda") => Ok(BackendArg::Cuda),
@@ -32,6 +34,19 @@ pub fn resolve(choice: BackendArg) -> Result<BackendArg> {
         BackendArg::Wgpu => bail!(
             "this build has no wgpu backend; rebuild with --features wgpu, or use --backend host"
         ),
+    }
+}
+
+/// Whether this build has the cuda backend and a usable CUDA device (one `dlopen` + `cuInit`
+/// the first time).
+fn cuda_present() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        warpfs::backend::cuda::available()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        false
     }
 }
 
@@ -52,8 +67,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn auto_is_host_and_gpu_backends_say_how_to_get_them() {
-        assert_eq!(resolve(BackendArg::Auto).unwrap(), BackendArg::Host);
+    fn auto_is_the_best_present_and_gpu_backends_say_how_to_get_them() {
+        let best = if cuda_present() {
+            BackendArg::Cuda
+        } else {
+            BackendArg::Host
+        };
+        assert_eq!(resolve(BackendArg::Auto).unwrap(), best);
         assert_eq!(resolve(BackendArg::Host).unwrap(), BackendArg::Host);
         if cfg!(feature = "wgpu") {
             assert_eq!(resolve(BackendArg::Wgpu).unwrap(), BackendArg::Wgpu);

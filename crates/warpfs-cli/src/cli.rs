@@ -173,6 +173,10 @@ pub struct BenchArgs {
     /// 10m, 1h), every byte checked, memory sampled; exit 1 on a mismatch, 2 on errors or growth.
     #[arg(long, value_parser = crate::bench::soak::parse_duration, value_name = "DURATION")]
     pub soak: Option<std::time::Duration>,
+    /// GPUs for the cuda backend: `all` or ordinals like `0,1`. With more than one, the seq
+    /// phase spreads the file over them (and reads a file per GPU) beside the one-GPU figure.
+    #[arg(long, value_name = "all|LIST")]
+    pub gpus: Option<String>,
     /// Backend.
     #[command(flatten)]
     pub backend: BackendOpt,

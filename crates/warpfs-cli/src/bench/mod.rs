@@ -3,6 +3,8 @@
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "cuda")]
+pub mod multi;
 pub mod rand;
 pub mod report;
 pub mod seq;
@@ -292,9 +294,20 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         return soak::run_cli(args, d);
     }
     let wall = Instant::now();
-    let backend = backend::resolve(args.backend.backend)?;
+    let backend = match (&args.gpus, args.backend.backend) {
+        (Some(_), backend::BackendArg::Auto) => backend::resolve(backend::BackendArg::Cuda)?,
+        (Some(_), b) if b != backend::BackendArg::Cuda => {
+            bail!(
+                "--gpus selects CUDA devices: use it with --backend cuda (or leave --backend out)"
+            )
+        }
+        (_, b) => backend::resolve(b)?,
+    };
     #[cfg(feature = "cuda")]
     if backend == backend::BackendArg::Cuda {
+        if let Some(spec) = &args.gpus {
+            return multi::run(args, spec);
+        }
         return cuda::run(args);
     }
     #[cfg(feature = "wgpu")]

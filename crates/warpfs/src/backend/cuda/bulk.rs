@@ -32,6 +32,7 @@
 //! `durable` (the default) the call ends with `fdatasync`, so the data is on disk when it returns.
 
 use super::driver::{self, Context, DeviceBuffer, Event, PinnedBuffer, Stream};
+use super::numa::{self, Placement};
 use super::GdsMode;
 use crate::files::FileEntry;
 use crate::{Error, Result};
@@ -308,6 +309,8 @@ pub struct CudaBulk {
     streams: Vec<Stream>,
     direct_ok: bool,
     gds: GdsMode,
+    /// Where the device sits; worker threads are bound to its node's CPUs on multi-socket hosts.
+    placement: Placement,
 }
 
 impl std::fmt::Debug for CudaBulk {
@@ -410,6 +413,12 @@ impl CudaBulk {
             ));
         }
         let ctx = Context::new(ordinal)?;
+        let placement = numa::placement(ctx.device())?;
+        if let Some(node) = placement.node {
+            tracing::info!(device = ordinal, node, bus = %placement.pci_bus_id, "staging memory and bulk threads placed on the GPU's NUMA node");
+        }
+        // Pinned staging pages are allocated (and first touched) under this policy.
+        let _prefer = numa::PreferNode::new(placement.node);
         let nstreams = if cfg.streams == 0 {
             cfg.threads
         } else {
@@ -445,7 +454,13 @@ impl CudaBulk {
             streams,
             direct_ok,
             gds,
+            placement,
         })
+    }
+
+    /// Where the device sits (PCI bus id, NUMA node on multi-socket hosts).
+    pub fn placement(&self) -> &Placement {
+        &self.placement
     }
 
     /// The engine's configuration.
@@ -641,7 +656,10 @@ impl CudaBulk {
             let mut it = slots.iter_mut().take(n);
             let first = it.next().expect("n >= 1");
             for slot in it {
-                s.spawn(|| run(slot));
+                s.spawn(|| {
+                    numa::bind_thread(&self.placement.cpus);
+                    run(slot)
+                });
             }
             run(first);
         });

@@ -77,14 +77,32 @@ pub fn checksum(data: &[u8]) -> u64 {
 /// blocks. Returns the checksum and the bytes summed (short if the file is). Costs one pass
 /// over the file at memory (warm) or disk (cold) speed.
 pub fn checksum_file(path: &Path, len: Option<u64>, threads: usize) -> Result<(u64, u64)> {
+    checksum_file_range(path, 0, len.unwrap_or(u64::MAX), threads)
+}
+
+/// The checksum of the file's bytes `[offset, offset + len)` taken as a buffer of their own
+/// (what [`ChecksumKernel::checksum`] gives for a device buffer holding just that range),
+/// clamped to the file's end. Returns the checksum and the bytes summed. `offset` must be a
+/// multiple of 8.
+pub fn checksum_file_range(
+    path: &Path,
+    offset: u64,
+    len: u64,
+    threads: usize,
+) -> Result<(u64, u64)> {
     const BLOCK: u64 = 8 << 20;
+    if !offset.is_multiple_of(8) {
+        return Err(Error::Range(format!(
+            "checksum ranges start at multiples of 8, got {offset}"
+        )));
+    }
     let f = std::fs::File::open(path).map_err(|source| Error::Open {
         path: path.to_path_buf(),
         mode: "reading",
         source,
     })?;
     let size = f.metadata()?.len();
-    let n = len.map_or(size, |l| l.min(size));
+    let n = size.saturating_sub(offset).min(len);
     let blocks = n.div_ceil(BLOCK);
     let next = AtomicU64::new(0);
     let sum = AtomicU64::new(0);
@@ -101,7 +119,7 @@ pub fn checksum_file(path: &Path, len: Option<u64>, threads: usize) -> Result<(u
                     }
                     let o = b * BLOCK;
                     let k = (n - o).min(BLOCK) as usize;
-                    if let Err(e) = f.read_exact_at(&mut buf[..k], o) {
+                    if let Err(e) = f.read_exact_at(&mut buf[..k], offset + o) {
                         *err.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                         next.store(blocks, Ordering::Relaxed);
                         break;
@@ -397,6 +415,20 @@ mod tests {
         assert_eq!(
             checksum_file(&p, Some(777), 3).unwrap(),
             (checksum(&v[..777]), 777)
+        );
+        let o = (8 << 20) - 8;
+        assert_eq!(
+            checksum_file_range(&p, o as u64, 5 << 20, 2).unwrap(),
+            (checksum(&v[o..o + (5 << 20)]), 5 << 20)
+        );
+        assert_eq!(
+            checksum_file_range(&p, o as u64, u64::MAX, 2).unwrap(),
+            (checksum(&v[o..]), (v.len() - o) as u64),
+            "clamped to the end of the file"
+        );
+        assert!(
+            checksum_file_range(&p, 3, 10, 1).is_err(),
+            "unaligned start"
         );
         std::fs::remove_dir_all(&d).unwrap();
     }

@@ -8,6 +8,8 @@
 //! - [`bulk`]: the pipeline ([`CudaBulk`]).
 //! - [`gpu_io`]: GPU-initiated I/O — kernels call `wfs_read`/`wfs_write` (`include/warpfs.cuh`)
 //!   through a channel in [`mapped`] (pinned, device-mapped) memory served by the daemon.
+//! - [`multi`]: several GPUs of one host — one file spread over them, or a file each.
+//! - [`numa`]: staging memory and bulk threads on the GPU's socket (multi-socket hosts).
 //! - [`checksum`]: a position-dependent checksum computed on the GPU (NVRTC kernel) or the CPU.
 //! - [`pattern`]: deterministic file content (a function of the file offset) for tests and
 //!   benchmarks.
@@ -33,6 +35,8 @@ pub mod checksum;
 pub mod driver;
 pub mod gpu_io;
 pub mod mapped;
+pub mod multi;
+pub mod numa;
 pub mod pattern;
 
 pub use bulk::{
@@ -41,6 +45,7 @@ pub use bulk::{
 };
 pub use checksum::ChecksumKernel;
 pub use driver::{available, Context, CudaError, DeviceBuffer, PinnedBuffer};
+pub use multi::{MultiBulk, MultiReport};
 
 use crate::{Error, Result};
 use std::sync::Arc;

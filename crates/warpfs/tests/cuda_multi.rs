@@ -162,6 +162,18 @@ fn every_gpu_the_driver_lists_is_usable() {
     let all = multi::parse_gpus("all", n).unwrap();
     let mb = MultiBulk::new(&all, MultiBulk::default_config(n)).unwrap();
     assert_eq!(mb.devices(), all);
+    // The PCIe-only pass moves every byte of every buffer and reads no file.
+    let mut bufs: Vec<DeviceBuffer> = mb
+        .engines()
+        .iter()
+        .map(|e| e.alloc(9 << 20).unwrap())
+        .collect();
+    let r = mb.copy_only(&mut bufs).unwrap();
+    assert_eq!(r.bytes, (9 << 20) * n as u64);
+    assert!(r
+        .per_gpu
+        .iter()
+        .all(|g| g.path == "copy-only" && g.bytes == 9 << 20));
     for e in mb.engines() {
         println!(
             "device {} {}: PCI {} NUMA node {:?}",

@@ -613,6 +613,56 @@ impl CudaBulk {
         })
     }
 
+    /// The PCIe side alone: the pipeline's host→device copies of `len` bytes into `dst`, from
+    /// the staging buffers as they are (no file is read; the bytes that land are whatever the
+    /// staging holds), with the same threads, chunks and streams as a read. What a read would
+    /// reach if file reads cost nothing — the copy ceiling a benchmark sets beside a read.
+    pub fn copy_only(&self, dst: &mut DeviceBuffer, len: u64) -> Result<TransferReport> {
+        self.check_ctx(dst)?;
+        check_fits(dst.len() as u64, 0, len)?;
+        let t0 = Instant::now();
+        let (chunks, pieces) = plan_writes(0, len, dst.ptr(), self.cfg.chunk_bytes as u64);
+        let sh = Shared::new(&chunks, &pieces, u64::MAX);
+        let threads = self.run_workers(&sh, |slot, sh| self.copy_worker(slot, sh))?;
+        Ok(TransferReport {
+            bytes: len,
+            threads,
+            path: "copy-only",
+            path_reason: "no file reads: host→device copies from staging",
+            elapsed: t0.elapsed(),
+            ..TransferReport::default()
+        })
+    }
+
+    fn copy_worker(&self, slot: &mut Slot, sh: &Shared<'_>) -> Result<()> {
+        let nb = slot.bufs.len();
+        let stream = &self.streams[slot.stream];
+        let mut k = 0;
+        let mut body = || -> Result<()> {
+            while let Some((_, c)) = sh.claim() {
+                let st = &mut slot.bufs[k];
+                k = (k + 1) % nb;
+                if st.busy {
+                    st.done.synchronize()?;
+                    st.busy = false;
+                }
+                let p = sh.pieces[c.pieces.start];
+                // SAFETY: the source is the first p.len ≤ chunk_bytes bytes of a staging
+                // buffer (chunk_bytes + 2·DIO_ALIGN long) that no one writes; the destination
+                // lies inside the caller's device buffer (checked in copy_only).
+                unsafe { driver::copy_htod_async(p.dev, st.mem.as_ptr(), p.len as usize, stream)? };
+                st.done.record(stream)?;
+                st.busy = true;
+            }
+            Ok(())
+        };
+        let res = body();
+        let drained = stream.synchronize();
+        slot.bufs.iter_mut().for_each(|b| b.busy = false);
+        res?;
+        Ok(drained?)
+    }
+
     fn policy(&self) -> Policy {
         Policy {
             cold_reads: self.cfg.cold_reads,

@@ -200,6 +200,17 @@ impl MultiBulk {
         })
     }
 
+    /// The PCIe side alone on every GPU at once: [`CudaBulk::copy_only`] of each buffer's
+    /// whole length (no file reads). Beside [`read_spread`](Self::read_spread) it tells whether
+    /// the links or the host side limit the aggregate.
+    pub fn copy_only(&self, dsts: &mut [DeviceBuffer]) -> Result<MultiReport> {
+        self.check_dsts(dsts)?;
+        self.run(dsts, |_, eng, dst| {
+            let l = dst.len() as u64;
+            eng.copy_only(dst, l)
+        })
+    }
+
     fn check_dsts(&self, dsts: &[DeviceBuffer]) -> Result<()> {
         if dsts.len() != self.engines.len() {
             return Err(Error::Config(format!(

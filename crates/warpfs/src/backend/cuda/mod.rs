@@ -38,6 +38,7 @@ pub mod mapped;
 pub mod multi;
 pub mod numa;
 pub mod pattern;
+pub mod window;
 
 pub use bulk::{
     BulkConfig, BulkFile, ColdReads, CudaBulk, Extent, FileRef, StagingAlloc, TransferReport,

@@ -4,7 +4,13 @@
 //! three times (page cache → staging read and write, then the DMA) — the lever when host
 //! memory bandwidth, not PCIe, limits several GPUs. The price is the pinning itself (page-table
 //! walk and IOMMU mapping per page), which this module measures: [`window_read`] is the
-//! experiment behind the decision (`examples/window_dma.rs`), not yet a path of [`super::CudaBulk`].
+//! experiment behind the decision (`examples/window_dma.rs`), not a path of [`super::CudaBulk`].
+//!
+//! Decision (2×H100 host, 2026-11-25, 8 GiB warm file, commit 3e2e02d, `bench/RESULTS.md`):
+//! **rejected**. Pinning does not scale with threads — 4 MiB windows 7.7–8.6 GB/s, 16 MiB
+//! 13.9–14.2, 64 MiB 17.5–18.2 GB/s on one GPU with 4–16 threads, 15.5 GB/s at best on two GPUs
+//! — against 47–50 GB/s (one GPU) and 50–53 GB/s (two) for the staging pipeline in the same
+//! process. Registration pays off only where it is reused (a pinned host cache tier).
 
 use super::driver::{check, Context, CudaResult, DeviceBuffer, Stream};
 use crate::{Error, Result};

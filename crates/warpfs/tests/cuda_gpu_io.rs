@@ -9,7 +9,7 @@
 use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use warpfs::backend::cuda::gpu_io::{GpuIo, GpuIoConfig, KernelArg};
+use warpfs::backend::cuda::gpu_io::{self, GpuIo, GpuIoConfig, KernelArg};
 use warpfs::backend::cuda::{available, pattern, DeviceBuffer};
 use warpfs::{OpenOptions, Runtime, RuntimeConfig};
 
@@ -92,6 +92,57 @@ extern "C" __global__ void atomic_probe(unsigned long long *host_word, unsigned 
     for (unsigned k = 0; k < iters; ++k) atomicAdd_system(host_word, 1ull);
 }
 "#;
+
+/// Every device-API entry point, instantiated once (templates are only checked when used).
+const API_USE: &str = r#"
+#include <warpfs.cuh>
+extern "C" __global__ void api_use(const wfs_ctx_t *ctx, unsigned fh, unsigned char *buf,
+                                   long long *out) {
+    long long r = 0;
+    r += wfs_read(ctx, fh, 0, 64, buf);
+    r += wfs_write(ctx, fh, 0, 64, buf);
+    r += wfs_fsync(ctx, fh);
+    r += wfs_size(ctx, fh);
+    out[threadIdx.x] = r;
+}
+"#;
+
+/// The kernel sources of the tests and benches, by name, for the NVRTC compile check.
+fn kernel_sources() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("api_use", API_USE),
+        ("tests/cuda_gpu_io.rs KERNELS", KERNELS),
+    ]
+}
+
+/// Compiles `warpfs.cuh` (every entry point) and every kernel source of the tests and benches
+/// to PTX for compute_90 with NVRTC. Needs libnvrtc, not a GPU: runs wherever libnvrtc loads
+/// (`LD_LIBRARY_PATH`); `WARPFS_REQUIRE_NVRTC=1` (CI) turns a missing libnvrtc into a failure.
+#[test]
+fn every_kernel_compiles_with_nvrtc() {
+    if !gpu_io::nvrtc_available() {
+        assert!(
+            std::env::var("WARPFS_REQUIRE_NVRTC").ok().as_deref() != Some("1"),
+            "WARPFS_REQUIRE_NVRTC=1 but libnvrtc.so.13 does not load: put its folder on \
+             LD_LIBRARY_PATH (.ci/run installs it into target/nvrtc)"
+        );
+        println!(
+            "skipping: libnvrtc not found; put libnvrtc.so.13 on LD_LIBRARY_PATH (e.g. \
+             `python3 -m pip install --target DIR nvidia-cuda-nvrtc==13.0.88`, then \
+             LD_LIBRARY_PATH=DIR/nvidia/cu13/lib)"
+        );
+        return;
+    }
+    for (name, src) in kernel_sources() {
+        let ptx = gpu_io::compile_ptx(src, "compute_90", &[])
+            .unwrap_or_else(|e| panic!("{name} does not compile for compute_90: {e}"));
+        assert!(
+            ptx.contains(".entry"),
+            "{name}: NVRTC produced PTX without a kernel entry"
+        );
+        println!("{name}: {} bytes of PTX", ptx.len());
+    }
+}
 
 fn gpu() -> bool {
     // SAFETY: only tries to dlopen libcuda.

@@ -365,15 +365,44 @@ fn arch_for(major: i32, minor: i32) -> &'static str {
     }
 }
 
-fn compile(ctx: &Arc<Context>, src: &str, options: &[&str]) -> Result<GpuModule> {
+/// Whether NVRTC (`libnvrtc.so.13`) can be loaded on this machine. No GPU needed.
+pub fn nvrtc_available() -> bool {
     // SAFETY: only tries to dlopen libnvrtc.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Compiles CUDA C++ `src` to PTX with NVRTC for virtual architecture `arch` (e.g.
+/// `"compute_90"`), with `warpfs.cuh` and `warpfs_abi.h` on the include path and `--std=c++17`;
+/// `options` are extra NVRTC flags. Needs no GPU and no driver, only libnvrtc — so every kernel
+/// can be checked on any machine. Costs tens to hundreds of ms.
+pub fn compile_ptx(src: &str, arch: &'static str, options: &[&str]) -> Result<String> {
+    if !nvrtc_available() {
         return Err(Error::Config(
-            "libnvrtc not found: install the CUDA toolkit's NVRTC (libnvrtc.so.13) or put it on \
-             LD_LIBRARY_PATH"
+            "libnvrtc not found: install the CUDA toolkit's NVRTC (libnvrtc.so.13, e.g. `python3 \
+             -m pip install nvidia-cuda-nvrtc`) or put its folder on LD_LIBRARY_PATH"
                 .into(),
         ));
     }
+    let inc = include_dir()?;
+    let mut opts = vec!["--std=c++17".to_string()];
+    opts.extend(options.iter().map(|s| s.to_string()));
+    let copts = cudarc::nvrtc::CompileOptions {
+        include_paths: vec![inc.display().to_string()],
+        arch: Some(arch),
+        options: opts,
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, copts).map_err(|e| match e {
+        cudarc::nvrtc::CompileError::CompileError { log, options, .. } => Error::Config(format!(
+            "NVRTC could not compile the kernel (options {options:?}):\n{}",
+            log.to_string_lossy()
+        )),
+        other => Error::Config(format!("NVRTC failed: {other}")),
+    })?;
+    Ok(ptx.to_src())
+}
+
+fn compile(ctx: &Arc<Context>, src: &str, options: &[&str]) -> Result<GpuModule> {
     let major = device_attribute(
         ctx.ordinal(),
         sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
@@ -388,23 +417,8 @@ fn compile(ctx: &Arc<Context>, src: &str, options: &[&str]) -> Result<GpuModule>
              acquire/release); this device is {major}.{minor}"
         )));
     }
-    let inc = include_dir()?;
-    let mut opts = vec!["--std=c++17".to_string()];
-    opts.extend(options.iter().map(|s| s.to_string()));
-    let copts = cudarc::nvrtc::CompileOptions {
-        include_paths: vec![inc.display().to_string()],
-        arch: Some(arch_for(major, minor)),
-        options: opts,
-        ..Default::default()
-    };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, copts).map_err(|e| match e {
-        cudarc::nvrtc::CompileError::CompileError { log, options, .. } => Error::Config(format!(
-            "NVRTC could not compile the kernel (options {options:?}):\n{}",
-            log.to_string_lossy()
-        )),
-        other => Error::Config(format!("NVRTC failed: {other}")),
-    })?;
-    let image = CString::new(ptx.to_src())
+    let ptx = compile_ptx(src, arch_for(major, minor), options)?;
+    let image = CString::new(ptx)
         .map_err(|_| Error::Config("NVRTC produced PTX with a NUL byte".into()))?;
     ctx.bind()?;
     let mut raw: sys::CUmodule = std::ptr::null_mut();

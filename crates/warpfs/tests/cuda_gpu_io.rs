@@ -103,6 +103,19 @@ extern "C" __global__ void api_use(const wfs_ctx_t *ctx, unsigned fh, unsigned c
     r += wfs_write(ctx, fh, 0, 64, buf);
     r += wfs_fsync(ctx, fh);
     r += wfs_size(ctx, fh);
+    r += wfs_read_direct(ctx, fh, 0, 64, buf);
+    long long t = wfs_read_async(ctx, fh, 0, 64, buf);
+    r += wfs_wait(ctx, t);
+    r += wfs_prefetch(ctx, fh, 0, 1 << 20);
+    wfs_array<unsigned long long> a = wfs_array_make<unsigned long long>(ctx, fh, 0, 1000);
+    r += (long long)a[threadIdx.x * 37];
+    r += a.copy(3, 10, (unsigned long long *)buf);
+    wfs_array<unsigned char> b = wfs_array_make<unsigned char>(ctx, fh, 1, 1000);
+    r += b[threadIdx.x];
+    struct Odd { unsigned char x[7]; };
+    wfs_array<Odd> o = wfs_array_make<Odd>(ctx, fh, 3, 1000);
+    r += o[threadIdx.x].x[2];
+    r += (long long)wfs_errors(ctx);
     out[threadIdx.x] = r;
 }
 "#;
@@ -140,7 +153,13 @@ fn every_kernel_compiles_with_nvrtc() {
             ptx.contains(".entry"),
             "{name}: NVRTC produced PTX without a kernel entry"
         );
-        println!("{name}: {} bytes of PTX", ptx.len());
+        // A cubin for sm_90 runs ptxas inside NVRTC: inline PTX and every instruction checked.
+        let cubin = gpu_io::compile_cubin(src, "sm_90", &[])
+            .unwrap_or_else(|e| panic!("{name} does not assemble for sm_90: {e}"));
+        println!(
+            "{name}: {} bytes of PTX, {cubin} bytes of sm_90 cubin",
+            ptx.len()
+        );
     }
 }
 

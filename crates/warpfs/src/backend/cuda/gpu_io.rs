@@ -63,6 +63,7 @@
 //!   same run.
 
 use super::driver::{check, Context, CudaError, DeviceBuffer};
+use super::gpu_cache::{self, GpuCacheMemory, GpuCacheStats};
 use super::mapped::MappedHostMemory;
 use crate::abi::{self, WfsGpuContext, WfsGpuControl, WfsGpuState};
 use crate::channel::{Channel, ChannelConfig};
@@ -93,6 +94,14 @@ pub struct GpuIoConfig {
     pub lane_bytes: usize,
     /// Longest a device call may wait before it returns `-ETIMEDOUT`.
     pub timeout: Duration,
+    /// Bytes of GPU page cache in device memory (`wfs_read`, `wfs_array`); 0 turns it off
+    /// (every `wfs_read` is then a daemon request).
+    pub gpu_cache_bytes: usize,
+    /// Page size of the GPU page cache: a power of two from 4 KiB to 64 KiB.
+    pub gpu_page_bytes: usize,
+    /// Completion records (each with a `lane_bytes` buffer) for `wfs_read_async`: tickets
+    /// outstanding at once.
+    pub async_slots: usize,
 }
 
 impl Default for GpuIoConfig {
@@ -102,6 +111,9 @@ impl Default for GpuIoConfig {
             warp_slots: 1024,
             lane_bytes: 4096,
             timeout: Duration::from_secs(10),
+            gpu_cache_bytes: 1 << 30,
+            gpu_page_bytes: 4096,
+            async_slots: 4096,
         }
     }
 }
@@ -120,6 +132,7 @@ pub struct GpuIo<'rt> {
     region: Arc<MappedHostMemory>,
     control_off: usize,
     state: DeviceBuffer,
+    cache: Option<GpuCacheMemory>,
     dev_ctx: DeviceBuffer,
     serving: AtomicBool,
     closed: bool,
@@ -155,13 +168,21 @@ impl<'rt> GpuIo<'rt> {
                 cfg.lane_bytes
             )));
         }
+        if cfg.async_slots > (1 << 30) {
+            return Err(Error::Config(format!(
+                "GpuIoConfig::async_slots must be at most 2^30, got {}",
+                cfg.async_slots
+            )));
+        }
         let ctx = Context::new(cfg.device)?;
-        let records = cfg.warp_slots * 32;
+        let group_records = cfg.warp_slots * 32;
+        // Request groups, then the async pool, then one never-armed record for prefetch hints.
+        let records = group_records + cfg.async_slots + 1;
         let data_bytes = records
             .checked_mul(cfg.lane_bytes)
             .ok_or_else(|| Error::Config("warp_slots × 32 × lane_bytes overflows".into()))?;
         let ch_cfg = ChannelConfig {
-            ring_capacity: records.max(2).next_power_of_two(),
+            ring_capacity: (group_records + cfg.async_slots).max(2).next_power_of_two(),
             completions: records,
             data_bytes,
         };
@@ -174,9 +195,20 @@ impl<'rt> GpuIo<'rt> {
             region.clone() as Arc<dyn SharedMemory>,
         )?);
 
-        let state_len = core::mem::size_of::<WfsGpuState>() + 4 * cfg.warp_slots;
+        // State · busy words (groups, async pool) · async pool's (dst, len) pairs (16-aligned).
+        let busy_end = core::mem::size_of::<WfsGpuState>() + 4 * (cfg.warp_slots + cfg.async_slots);
+        let state_len = busy_end.div_ceil(16) * 16 + 16 * cfg.async_slots;
         let mut state = DeviceBuffer::new(&ctx, state_len)?;
         state.fill(0)?;
+        let cache = if cfg.gpu_cache_bytes == 0 {
+            None
+        } else {
+            Some(GpuCacheMemory::new(
+                &ctx,
+                cfg.gpu_cache_bytes,
+                cfg.gpu_page_bytes,
+            )?)
+        };
 
         let base = region.device_ptr();
         let wire = WfsGpuContext {
@@ -192,7 +224,15 @@ impl<'rt> GpuIo<'rt> {
             control: base + control_off as u64,
             state: state.ptr(),
             timeout_ns: u64::try_from(cfg.timeout.as_nanos()).unwrap_or(u64::MAX),
-            reserved: [0; 6],
+            cache: cache.as_ref().map_or(0, |c| c.descriptor_ptr()),
+            prefetch_ring: base + layout.prefetch as u64,
+            prefetch_slots: base
+                + (layout.prefetch + core::mem::size_of::<abi::WfsRingHeader>()) as u64,
+            async_first: group_records as u32,
+            async_count: cfg.async_slots as u32,
+            sink: (records - 1) as u32,
+            reserved32: 0,
+            reserved: 0,
         };
         let mut dev_ctx = DeviceBuffer::new(&ctx, core::mem::size_of::<WfsGpuContext>())?;
         // SAFETY: WfsGpuContext is a plain #[repr(C)] record of integers; viewing it as bytes
@@ -214,6 +254,7 @@ impl<'rt> GpuIo<'rt> {
             region,
             control_off,
             state,
+            cache,
             dev_ctx,
             serving: AtomicBool::new(true),
             closed: false,
@@ -296,6 +337,120 @@ impl<'rt> GpuIo<'rt> {
     /// `CU_DEVICE_ATTRIBUTE_HOST_NATIVE_ATOMIC_SUPPORTED`).
     pub fn device_attribute(&self, attr: sys::CUdevice_attribute) -> Result<i32> {
         Ok(device_attribute(self.ctx.ordinal(), attr)?)
+    }
+
+    /// GPU page-cache statistics (summed stripes) plus the device API's error counter
+    /// (`wfs_errors`). All zero without a cache. Waits for running kernels of the context.
+    pub fn cache_stats(&self) -> Result<GpuCacheStats> {
+        let mut s = match &self.cache {
+            Some(c) => c.stats()?,
+            None => GpuCacheStats::default(),
+        };
+        let mut raw = [0u8; 8];
+        self.state
+            .copy_to_host(core::mem::offset_of!(WfsGpuState, errors), &mut raw)?;
+        s.api_errors = u64::from_le_bytes(raw);
+        Ok(s)
+    }
+
+    /// Frames of the GPU page cache (0 without one).
+    pub fn cache_frames(&self) -> u32 {
+        self.cache.as_ref().map_or(0, |c| c.frames())
+    }
+
+    /// Forgets every page of the GPU page cache (after the files changed behind the GPU's
+    /// back, or for a cold measurement). Waits for the context's kernels first. Costs four
+    /// memsets.
+    pub fn invalidate_cache(&mut self) -> Result<()> {
+        self.ctx.synchronize()?;
+        match &mut self.cache {
+            Some(c) => c.reset(),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes every write the GPU made durable on the host side: waits for the context's
+    /// kernels, then flushes the runtime. The GPU page cache is write-through (a `wfs_write` is
+    /// acknowledged only once the daemon has the bytes), so it holds no dirty page; this
+    /// flushes what the runtime's host tier holds.
+    pub fn flush(&self) -> Result<()> {
+        self.ctx.synchronize()?;
+        self.rt.flush()
+    }
+
+    /// Refuses (with an error saying what to change) a launch of `grid` blocks of `block`
+    /// threads whose resident warps × `pages_held_per_warp` exceed the GPU page cache's
+    /// frames. Resident warps are bounded by the device's limits (threads and blocks per SM ×
+    /// SMs) or the grid, whichever is smaller; [`GpuIo::check_kernel_launch`] uses the
+    /// kernel's real occupancy instead. `wfs_read`/`wfs_array` hold at most 32 pages per warp
+    /// (one per lane) and only while the lanes copy; with no frame free they read around the
+    /// cache rather than wait, so a refused launch would still complete, slower.
+    pub fn check_launch(
+        &self,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        pages_held_per_warp: u32,
+    ) -> Result<()> {
+        let threads = block.0 * block.1 * block.2;
+        let per_sm_threads = self.device_attribute(
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR,
+        )? as u64;
+        let per_sm_blocks = self.device_attribute(
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_BLOCKS_PER_MULTIPROCESSOR,
+        )? as u64;
+        let blocks_per_sm = (per_sm_threads / u64::from(threads.max(1))).min(per_sm_blocks);
+        self.check_resident(grid, threads, blocks_per_sm, pages_held_per_warp)
+    }
+
+    /// [`GpuIo::check_launch`] with the kernel's real occupancy
+    /// (`cuOccupancyMaxActiveBlocksPerMultiprocessor`: registers and shared memory counted).
+    pub fn check_kernel_launch(
+        &self,
+        kernel: &Kernel<'_>,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        shared_bytes: u32,
+        pages_held_per_warp: u32,
+    ) -> Result<()> {
+        let threads = block.0 * block.1 * block.2;
+        let mut n = 0i32;
+        self.ctx.bind()?;
+        // SAFETY: kernel.raw is a live function of a loaded module in this context; n is a
+        // valid out pointer.
+        check(
+            unsafe {
+                sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
+                    &mut n,
+                    kernel.raw,
+                    threads as i32,
+                    shared_bytes as usize,
+                )
+            },
+            "cuOccupancyMaxActiveBlocksPerMultiprocessor",
+        )?;
+        self.check_resident(grid, threads, n.max(0) as u64, pages_held_per_warp)
+    }
+
+    fn check_resident(
+        &self,
+        grid: (u32, u32, u32),
+        threads: u32,
+        blocks_per_sm: u64,
+        pages_held_per_warp: u32,
+    ) -> Result<()> {
+        let Some(cache) = &self.cache else {
+            return Ok(()); // no GPU page cache: nothing held
+        };
+        let sms = self
+            .device_attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
+            as u64;
+        let blocks = u64::from(grid.0) * u64::from(grid.1) * u64::from(grid.2);
+        let warps = gpu_cache::resident_warps(blocks, threads, blocks_per_sm, sms);
+        gpu_cache::check_holds(
+            warps,
+            u64::from(pages_held_per_warp),
+            u64::from(cache.frames()),
+        )
     }
 
     /// Size of the device state block (bytes) — for tests.
@@ -400,6 +555,58 @@ pub fn compile_ptx(src: &str, arch: &'static str, options: &[&str]) -> Result<St
         other => Error::Config(format!("NVRTC failed: {other}")),
     })?;
     Ok(ptx.to_src())
+}
+
+/// Compiles CUDA C++ `src` with NVRTC all the way to a cubin for real architecture `arch`
+/// (e.g. `"sm_90"`): NVRTC runs ptxas, so inline PTX, register allocation and every
+/// instruction are checked as the driver would at load time — still without a GPU. Returns
+/// the cubin's size in bytes. Costs about twice [`compile_ptx`].
+pub fn compile_cubin(src: &str, arch: &str, options: &[&str]) -> Result<usize> {
+    use cudarc::nvrtc::{result, sys as nsys};
+    if !nvrtc_available() {
+        return Err(Error::Config(
+            "libnvrtc not found: put libnvrtc.so.13 on LD_LIBRARY_PATH".into(),
+        ));
+    }
+    let inc = include_dir()?;
+    let csrc = CString::new(src).map_err(|_| Error::Config("source contains NUL".into()))?;
+    let prog = result::create_program(&csrc, None)
+        .map_err(|e| Error::Config(format!("nvrtcCreateProgram: {e:?}")))?;
+    let mut opts = vec![
+        "--std=c++17".to_string(),
+        format!("--gpu-architecture={arch}"),
+        format!("--include-path={}", inc.display()),
+    ];
+    opts.extend(options.iter().map(|s| s.to_string()));
+    // SAFETY: prog was created above and is destroyed once, below; the log and cubin buffers
+    // are sized by NVRTC's own size queries.
+    unsafe {
+        let compiled = result::compile_program(prog, &opts);
+        let out = match compiled {
+            Ok(()) => {
+                let mut size = 0usize;
+                let r = nsys::nvrtcGetCUBINSize(prog, &mut size);
+                if r == nsys::nvrtcResult::NVRTC_SUCCESS {
+                    Ok(size)
+                } else {
+                    Err(Error::Config(format!("nvrtcGetCUBINSize: {r:?}")))
+                }
+            }
+            Err(e) => {
+                let log = result::get_program_log(prog)
+                    .map(|l| {
+                        let b: Vec<u8> = l.iter().map(|&c| c as u8).collect();
+                        String::from_utf8_lossy(&b).into_owned()
+                    })
+                    .unwrap_or_default();
+                Err(Error::Config(format!(
+                    "NVRTC could not compile for {arch} ({e:?}):\n{log}"
+                )))
+            }
+        };
+        let _ = result::destroy_program(prog);
+        out
+    }
 }
 
 fn compile(ctx: &Arc<Context>, src: &str, options: &[&str]) -> Result<GpuModule> {

@@ -196,6 +196,10 @@ fn kernel_sources() -> Vec<(&'static str, &'static str)> {
     vec![
         ("api_use", API_USE),
         ("tests/cuda_gpu_io.rs KERNELS", KERNELS),
+        (
+            "gpu_bench_kernels::BENCH_KERNELS",
+            warpfs::backend::cuda::gpu_bench_kernels::BENCH_KERNELS,
+        ),
     ]
 }
 

@@ -39,28 +39,34 @@
 //! buffer. The daemon validates every field exactly as for host requesters ([`crate::daemon`]).
 //! `tests/gpu_ring_protocol.rs` stress-tests steps 2–4 against the real consumer on the host.
 //!
-//! # Plan for the rest of issue 4
+//! # GPU page cache (`gpu_cache`, `include/warpfs.cuh`)
 //!
-//! - **Warp coalescing**: `wfs_read_warp` with `__match_any_sync` on (fh, page) so lanes that
-//!   want one page post one request; per-block variant through shared memory.
-//! - **GPU page cache** in device memory: page table (open addressing keyed by file id + page),
-//!   per-page state word (EMPTY/LOADING/VALID/DIRTY + reference count in one 32-bit atomic),
-//!   CLOCK hand, cross-warp coalescing (a LOADING page's waiters poll its state — the loader
-//!   waits only on the daemon), dirty write-back on eviction/fsync/flush through WRITE requests.
-//!   Launch check: resident warps × pages held per warp ≤ cache pages, else a clear error.
-//! - **Three tiers**: the daemon answers a GPU miss that hits the host tier by handing the
-//!   pinned host page's offset (a new `aux` use) so the GPU copies it directly over PCIe; a
-//!   miss there goes to the engine. Measure GPU zero-copy vs DMA (cuMemcpyAsync by a daemon
-//!   copy thread) and record the deciding figures.
-//! - **Async**: `wfs_read_async` returns a ticket (record index + position); `wfs_wait` polls.
-//! - **Prefetch**: `wfs_prefetch` posts into the prefetch ring (same protocol, its own claim
-//!   counter), no completion wait.
-//! - **Array type**: `wfs_array<T>` over the GPU page cache (element access, range copy).
-//! - **Faults**: a kernel that traps mid-request leaves records PENDING and groups busy: reset
-//!   the device state and drain the ring on the next launch (test on the device).
-//! - **Bench**: `warpfs bench` GPU phases (warm/cold random 4 KiB, cache-hit element reads,
-//!   p50/p99 from a per-request `%globaltimer` histogram, daemon CPU use), baselines in the
-//!   same run.
+//! Device memory: an open-addressing page table (linear probing over at most 64 buckets,
+//! 2+ buckets per frame; words EMPTY / TOMB / `(frame+1) << 32 | tag`), one 32-bit state word
+//! per frame (pin count + REF/VALID/LOADING/BUSY/ERROR), per-frame metadata (fh, page, valid
+//! length, table word, error), a CLOCK hand, insert locks, statistics stripes.
+//! - Lookups are lock-free: pin (`atom.acquire.gpu` add), then check the frame's key; a stale
+//!   or colliding entry is unpinned and skipped.
+//! - A miss claims a victim with CLOCK (unpinned, REF clear; at most two sweeps — then the
+//!   access reads around the cache, counted `bypassed`, never waits for a frame), then under
+//!   the key's insert lock (held for a few device-memory operations, never across a wait)
+//!   re-checks and lists the frame LOADING, pinned by the loader.
+//! - Warp coalescing: `__match_any_sync` on (fh, page) elects one leader per page; the loaders
+//!   of a warp post their loads together (one request per page). Cross-warp: a thread finding
+//!   a page LOADING pins it and polls its state word; only the loader waits on the daemon.
+//! - Writes are write-through (no dirty pages): `wfs_write` goes to the daemon, then copies
+//!   the bytes into any cached page of the range (waiting for a page being loaded). So
+//!   `wfs_fsync` is only the FSYNC request and [`GpuIo::flush`] flushes the host side.
+//! - Async: `wfs_read_async` takes a record of the async pool (device-memory busy word),
+//!   posts one request, returns `(index << 32) | position`; `wfs_wait` polls it and copies.
+//! - Prefetch: `wfs_prefetch` posts into the prefetch ring (own claim counter), naming the
+//!   never-armed sink record, and drops the hint when the ring is half full.
+//!
+//! # Not done yet (issue 4)
+//!
+//! Write-back of dirty pages; three tiers (the daemon answering a GPU miss that hits the host
+//! tier with the host page's location); the `warpfs bench` GPU phases (kernels are in
+//! [`super::gpu_bench_kernels`]); per-block API variants; recovery from a kernel that traps.
 
 use super::driver::{check, Context, CudaError, DeviceBuffer};
 use super::gpu_cache::{self, GpuCacheMemory, GpuCacheStats};

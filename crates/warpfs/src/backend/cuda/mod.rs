@@ -31,6 +31,7 @@
 pub mod bulk;
 pub mod checksum;
 pub mod driver;
+pub mod gpu_bench_kernels;
 pub mod gpu_cache;
 pub mod gpu_io;
 pub mod mapped;

@@ -43,6 +43,7 @@
 typedef WfsGpuContext wfs_ctx_t;
 
 #define WFS_EIO 5
+#define WFS_EAGAIN 11
 #define WFS_EBADF 9
 #define WFS_EFAULT 14
 #define WFS_EBUSY 16
@@ -153,7 +154,7 @@ __device__ __forceinline__ bool closing(const wfs_ctx_t *ctx) {
 #define WFS_GROUP_BUSY 0xFFFFFFFDu
 
 /* Leader only: takes a free request group (device-memory CAS), bounded by `deadline`. */
-__device__ u32 acquire_group(const wfs_ctx_t *ctx, u64 deadline) {
+__device__ __noinline__ u32 acquire_group(const wfs_ctx_t *ctx, u64 deadline) {
     const u32 n = ctx->warp_slots;
     u32 *busy = busy_words(ctx);
     u32 start = atomicAdd(&state(ctx)->hint, 1u) % n;
@@ -217,7 +218,7 @@ __device__ __forceinline__ void coop_copy(unsigned char *dst, const unsigned cha
  * decisions are taken from ballots or the leader's broadcast, so every lane runs the same
  * sequence of warp-synchronous operations.
  */
-__device__ long long io(const wfs_ctx_t *ctx, u32 op, u32 fh, u64 offset, u64 len, void *ptr) {
+__device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 op, u32 fh, u64 offset, u64 len, void *ptr) {
     const u32 group = __activemask();
     const u32 lane = lane_id();
     const u32 leader = __ffs(group) - 1;
@@ -400,22 +401,755 @@ __device__ long long io(const wfs_ctx_t *ctx, u32 op, u32 fh, u64 offset, u64 le
     return total;
 }
 
+/* ======================================================================================
+ * GPU page cache (device memory). See gpu_io.rs "GPU page cache" for the argument.
+ *
+ * Frame state word (32 bits, device memory): pin count in the low 20 bits, then flags.
+ *   EMPTY (no flag) -> BUSY (claimed by one thread: CLOCK victim) -> LOADING (in the table,
+ *   pinned by its loader, which waits only on the daemon) -> VALID (readers pin it) or ERROR
+ *   (load failed; entry removed; the error goes to the waiters) -> BUSY (evicted by CLOCK
+ *   once unpinned and its REF bit is clear) -> ...
+ * Page table: open addressing (linear probing, at most `probe` buckets) of 64-bit words
+ *   EMPTY 0 | TOMB ~0 | (frame + 1) << 32 | tag. Lookups are lock-free (pin, then check the
+ *   frame's key); an insert takes the key's insert lock (held for a few device-memory
+ *   operations, never across a wait) so one key is never inserted twice.
+ * ====================================================================================== */
+
+#define WFS_PIN_MASK 0x000FFFFFu
+#define WFS_PG_REF 0x00100000u
+#define WFS_PG_VALID 0x00200000u
+#define WFS_PG_LOADING 0x00400000u
+#define WFS_PG_BUSY 0x00800000u
+#define WFS_PG_ERROR 0x01000000u
+#define WFS_PG_FLAGS 0xFFF00000u
+#define WFS_NO_FRAME 0xFFFFFFFFu
+#define WFS_TABLE_EMPTY 0ull
+#define WFS_TABLE_TOMB 0xFFFFFFFFFFFFFFFFull
+
+/* acquire_page outcomes */
+#define WFS_ACQ_HIT 0u     /* pinned, VALID */
+#define WFS_ACQ_WAIT 1u    /* pinned, LOADING by another thread: wait_loaded */
+#define WFS_ACQ_LOAD 2u    /* pinned, LOADING by this thread: load it, then finish_load */
+#define WFS_ACQ_BYPASS 3u  /* no frame within the bounded search: read around the cache */
+#define WFS_ACQ_ABSENT 4u  /* not cached (lookup without insert) */
+#define WFS_ACQ_TIMEOUT 5u /* the deadline passed */
+
+__device__ __forceinline__ u32 atom_add_acquire_gpu(u32 *p, u32 v) {
+    u32 r;
+    asm volatile("atom.acquire.gpu.add.u32 %0, [%1], %2;" : "=r"(r) : "l"(p), "r"(v) : "memory");
+    return r;
+}
+__device__ __forceinline__ void red_add_release_gpu(u32 *p, u32 v) {
+    asm volatile("red.release.gpu.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ u32 ld_acquire_gpu_u32(const void *p) {
+    u32 v;
+    asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+__device__ __forceinline__ u32 ld_relaxed_gpu_u32(const void *p) {
+    u32 v;
+    asm volatile("ld.relaxed.gpu.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ u64 mix64(u64 z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+__device__ __forceinline__ u64 key_hash(u32 fh, u64 page) {
+    return mix64(page * 0x9E3779B97F4A7C15ull + (((u64)fh << 1) | 1ull) * 0xD6E8FEB86659FD93ull);
+}
+
+__device__ __forceinline__ const WfsGpuCache *cache_of(const wfs_ctx_t *ctx) {
+    if (ctx == 0 || ctx->cache == 0) return 0;
+    const WfsGpuCache *c = reinterpret_cast<const WfsGpuCache *>(ctx->cache);
+    return (c->magic == WFS_GPU_CACHE_MAGIC && c->frames != 0) ? c : 0;
+}
+__device__ __forceinline__ u32 *frame_state(const WfsGpuCache *c, u32 f) {
+    return reinterpret_cast<u32 *>(c->state) + f;
+}
+__device__ __forceinline__ volatile WfsGpuPageMeta *frame_meta(const WfsGpuCache *c, u32 f) {
+    return reinterpret_cast<volatile WfsGpuPageMeta *>(c->meta) + f;
+}
+__device__ __forceinline__ unsigned char *frame_data(const WfsGpuCache *c, u32 f) {
+    return reinterpret_cast<unsigned char *>(c->data) + ((u64)f << c->page_shift);
+}
+__device__ __forceinline__ u64 *table_of(const WfsGpuCache *c) {
+    return reinterpret_cast<u64 *>(c->table);
+}
+__device__ __forceinline__ WfsGpuCacheStats *stats_stripe(const WfsGpuCache *c) {
+    u32 sm;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    return reinterpret_cast<WfsGpuCacheStats *>(c->stats) + (sm & (WFS_GPU_CACHE_STRIPES - 1));
+}
+__device__ __forceinline__ void stat_add(unsigned long long *field, u64 v) {
+    if (v) atomicAdd(field, (unsigned long long)v);
+}
+/* One atomic per warp: the lowest lane of `group` adds the group's sum of `v`. */
+__device__ __forceinline__ void stat_add_warp(u32 group, unsigned long long *field, u64 v) {
+    /* Portable (sm_70): every lane's value gathered by the leader through shuffles. */
+    u64 sum = 0;
+    for (u32 m = group; m; m &= m - 1) sum += __shfl_sync(group, v, __ffs(m) - 1);
+    if (lane_id() == (u32)(__ffs(group) - 1)) stat_add(field, sum);
+}
+
+/* Sets a frame's flags: new = ((old & ~clear) | set) + add (pin count), atomically; returns old. */
+__device__ __forceinline__ u32 state_update(u32 *st, u32 clear, u32 set, u32 add) {
+    u32 old = ld_relaxed_gpu_u32(st);
+    for (;;) {
+        const u32 nw = ((old & ~clear) | set) + add;
+        const u32 prev = atomicCAS(st, old, nw);
+        if (prev == old) return old;
+        old = prev;
+    }
+}
+
+__device__ __forceinline__ void unpin(const WfsGpuCache *c, u32 f) {
+    red_add_release_gpu(frame_state(c, f), 0xFFFFFFFFu);
+}
+
+/* Gives a claimed (BUSY, unlisted) frame back as EMPTY. */
+__device__ __noinline__ void free_frame(const WfsGpuCache *c, u32 f) {
+    volatile WfsGpuPageMeta *m = frame_meta(c, f);
+    m->fh = 0xFFFFFFFFu;
+    m->page = ~0ull;
+    m->word = 0;
+    __threadfence();
+    state_update(frame_state(c, f), WFS_PG_FLAGS, 0, 0);
+}
+
+/* CLOCK: claims an unpinned frame (BUSY, removed from the table). Bounded: at most two sweeps
+ * of the frames or the deadline; WFS_NO_FRAME if every frame stayed pinned or loading. */
+__device__ __noinline__ u32 claim_victim(const wfs_ctx_t *ctx, const WfsGpuCache *c, u64 deadline) {
+    const u32 frames = c->frames;
+    unsigned long long *hand = reinterpret_cast<unsigned long long *>(&state(ctx)->clock);
+    const u64 limit = 2ull * frames + 64;
+    for (u64 scanned = 0; scanned < limit;) {
+        const u64 h = atomicAdd(hand, 8ull);
+        for (u32 k = 0; k < 8; ++k, ++scanned) {
+            const u32 f = (u32)((h + k) % frames);
+            u32 *st = frame_state(c, f);
+            const u32 s = ld_relaxed_gpu_u32(st);
+            if (s & (WFS_PIN_MASK | WFS_PG_BUSY | WFS_PG_LOADING)) continue;
+            if (s & WFS_PG_REF) {
+                atomicAnd(st, ~WFS_PG_REF); /* second chance */
+                continue;
+            }
+            if (atomicCAS(st, s, (s & ~(WFS_PG_VALID | WFS_PG_ERROR)) | WFS_PG_BUSY) != s) continue;
+            __threadfence();
+            if (s & WFS_PG_VALID) {
+                volatile WfsGpuPageMeta *m = frame_meta(c, f);
+                const u64 w = m->word;
+                const u32 b = m->bucket;
+                atomicCAS(reinterpret_cast<unsigned long long *>(table_of(c) + b),
+                          (unsigned long long)w, (unsigned long long)WFS_TABLE_TOMB);
+                __threadfence();
+                stat_add(&stats_stripe(c)->evictions, 1);
+            }
+            return f;
+        }
+        if (now_ns() > deadline) break;
+    }
+    return WFS_NO_FRAME;
+}
+
+__device__ __forceinline__ bool lock_take(u32 *l, u64 deadline) {
+    u32 ns = 32;
+    while (atomicCAS(l, 0u, 1u) != 0u) {
+        if (now_ns() > deadline) return false;
+        __nanosleep(ns);
+        ns = ns < 1024 ? ns * 2 : 1024;
+    }
+    __threadfence();
+    return true;
+}
+__device__ __forceinline__ void lock_drop(u32 *l) {
+    __threadfence();
+    atomicExch(l, 0u);
+}
+
+/* Miss: claims a frame, and under the key's insert lock lists it as LOADING, pinned by the
+ * caller. Returns WFS_ACQ_LOAD (frame in `f`), WFS_ACQ_BYPASS, WFS_ACQ_TIMEOUT, or WFS_ACQ_HIT
+ * meaning "someone listed it meanwhile: look again". */
+__device__ __noinline__ u32 insert_page(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 fh, u64 page, u64 h,
+                           u64 deadline, u32 &f_out) {
+    const u32 tag = (u32)(h >> 32);
+    const u64 bmask = c->bucket_mask;
+    const u32 probe = c->probe;
+    u64 *table = table_of(c);
+    const u32 f = claim_victim(ctx, c, deadline);
+    if (f == WFS_NO_FRAME) return WFS_ACQ_BYPASS;
+    u32 *lk = reinterpret_cast<u32 *>(c->locks) + ((h ^ (h >> 32)) & c->lock_mask);
+    if (!lock_take(lk, deadline)) {
+        free_frame(c, f);
+        return WFS_ACQ_TIMEOUT;
+    }
+    bool present = false;
+    u32 free_i = probe;
+    for (u32 i = 0; i < probe; ++i) {
+        const u64 w = ld_relaxed_gpu_u64(table + ((h + i) & bmask));
+        if (w == WFS_TABLE_EMPTY) {
+            if (free_i == probe) free_i = i;
+            break;
+        }
+        if (w == WFS_TABLE_TOMB) {
+            if (free_i == probe) free_i = i;
+            continue;
+        }
+        if ((u32)w != tag) continue;
+        volatile WfsGpuPageMeta *m = frame_meta(c, (u32)(w >> 32) - 1);
+        if (m->fh == fh && m->page == page) {
+            present = true;
+            break;
+        }
+    }
+    u32 result = present ? WFS_ACQ_HIT : WFS_ACQ_BYPASS;
+    if (!present && free_i < probe) {
+        volatile WfsGpuPageMeta *m = frame_meta(c, f);
+        m->fh = fh;
+        m->page = page;
+        m->len = 0;
+        m->err = 0;
+        const u64 word = ((u64)(f + 1) << 32) | tag;
+        m->word = word;
+        __threadfence();
+        /* BUSY -> LOADING, pinned once by the loader (stale readers' transient pins kept). */
+        state_update(frame_state(c, f), WFS_PG_FLAGS, WFS_PG_LOADING, 1u);
+        for (u32 i = free_i; i < probe; ++i) {
+            const u64 b = (h + i) & bmask;
+            const u64 w = ld_relaxed_gpu_u64(table + b);
+            if (w != WFS_TABLE_EMPTY && w != WFS_TABLE_TOMB) continue;
+            m->bucket = (u32)b;
+            __threadfence();
+            if (atomicCAS(reinterpret_cast<unsigned long long *>(table + b), (unsigned long long)w,
+                          (unsigned long long)word) == w) {
+                result = WFS_ACQ_LOAD;
+                break;
+            }
+        }
+        if (result != WFS_ACQ_LOAD) {
+            /* Another key took every free bucket meanwhile: unpin, back to BUSY, then free. */
+            state_update(frame_state(c, f), WFS_PG_FLAGS, WFS_PG_BUSY, 0xFFFFFFFFu);
+        }
+    }
+    lock_drop(lk);
+    if (result == WFS_ACQ_LOAD) {
+        f_out = f;
+    } else {
+        free_frame(c, f);
+    }
+    return result;
+}
+
+/* Finds (fh, page) and pins its frame. With `may_insert`, a miss lists a frame LOADING for
+ * the caller to load (WFS_ACQ_LOAD). Waits (bounded) only while a frame of this key is being
+ * evicted or failed (it leaves the table within a few operations). */
+__device__ u32 acquire_page(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 fh, u64 page,
+                            bool may_insert, u64 deadline, u32 &f_out) {
+    const u64 h = key_hash(fh, page);
+    const u32 tag = (u32)(h >> 32);
+    const u64 bmask = c->bucket_mask;
+    const u32 probe = c->probe;
+    const u64 *table = table_of(c);
+    u32 ns = 32;
+    for (;;) {
+        bool busy = false;
+        for (u32 i = 0; i < probe; ++i) {
+            const u64 w = ld_relaxed_gpu_u64(table + ((h + i) & bmask));
+            if (w == WFS_TABLE_EMPTY) break;
+            if (w == WFS_TABLE_TOMB || (u32)w != tag) continue;
+            const u32 f = (u32)(w >> 32) - 1;
+            u32 *st = frame_state(c, f);
+            const u32 old = atom_add_acquire_gpu(st, 1u);
+            volatile WfsGpuPageMeta *m = frame_meta(c, f);
+            if (m->fh != fh || m->page != page) {
+                red_add_release_gpu(st, 0xFFFFFFFFu); /* another key's tag, or reassigned */
+                continue;
+            }
+            if (old & WFS_PG_VALID) {
+                if (!(old & WFS_PG_REF)) atomicOr(st, WFS_PG_REF);
+                f_out = f;
+                return WFS_ACQ_HIT;
+            }
+            if (old & WFS_PG_LOADING) {
+                f_out = f;
+                return WFS_ACQ_WAIT;
+            }
+            red_add_release_gpu(st, 0xFFFFFFFFu); /* BUSY (evicting) or ERROR: look again */
+            busy = true;
+            break;
+        }
+        if (!busy) {
+            if (!may_insert) return WFS_ACQ_ABSENT;
+            const u32 r = insert_page(ctx, c, fh, page, h, deadline, f_out);
+            if (r != WFS_ACQ_HIT) return r;
+        }
+        if (now_ns() > deadline) return WFS_ACQ_TIMEOUT;
+        __nanosleep(ns);
+        ns = ns < 2048 ? ns * 2 : 4096;
+    }
+}
+
+/* The loader publishes its load's outcome: bytes (short at end of file; the rest of the frame
+ * zeroed) -> VALID, or a negative errno -> ERROR and out of the table. Keeps its pin. */
+__device__ __noinline__ void finish_load(const WfsGpuCache *c, u32 f, long long r) {
+    volatile WfsGpuPageMeta *m = frame_meta(c, f);
+    u32 *st = frame_state(c, f);
+    const u64 ps = 1ull << c->page_shift;
+    if (r >= 0) {
+        u64 z = (u64)r < ps ? (u64)r : ps;
+        unsigned char *d = frame_data(c, f);
+        for (; z < ps && (z & 15); ++z) d[z] = 0;
+        for (; z + 16 <= ps; z += 16) *reinterpret_cast<uint4 *>(d + z) = make_uint4(0, 0, 0, 0);
+        for (; z < ps; ++z) d[z] = 0;
+        m->len = (u32)((u64)r < ps ? (u64)r : ps);
+        __threadfence();
+        state_update(st, WFS_PG_LOADING, WFS_PG_VALID | WFS_PG_REF, 0);
+        stat_add(&stats_stripe(c)->bytes_loaded, (u64)r);
+    } else {
+        m->err = (int)r;
+        __threadfence();
+        state_update(st, WFS_PG_LOADING, WFS_PG_ERROR, 0);
+        atomicCAS(reinterpret_cast<unsigned long long *>(table_of(c) + m->bucket),
+                  (unsigned long long)m->word, (unsigned long long)WFS_TABLE_TOMB);
+        __threadfence();
+        stat_add(&stats_stripe(c)->load_errors, 1);
+    }
+}
+
+/* A pinned frame another thread is loading: waits on its state word (the loader waits only on
+ * the daemon). 0 once VALID, else the load's negative errno, -ETIMEDOUT or -ESHUTDOWN. */
+__device__ __noinline__ long long wait_loaded(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 f, u64 deadline) {
+    u32 ns = 64;
+    u32 spins = 0;
+    for (;;) {
+        const u32 s = ld_acquire_gpu_u32(frame_state(c, f));
+        if (s & WFS_PG_VALID) return 0;
+        if (!(s & WFS_PG_LOADING)) {
+            const int e = frame_meta(c, f)->err;
+            return e < 0 ? (long long)e : -WFS_EIO;
+        }
+        if ((++spins & 7) == 0 && closing(ctx)) return -WFS_ESHUTDOWN;
+        if (now_ns() > deadline) return -WFS_ETIMEDOUT;
+        __nanosleep(ns);
+        ns = ns < 4096 ? ns * 2 : 8192;
+    }
+}
+
+/*
+ * One round of the cache protocol for the calling lanes (`want` marks lanes with a page to
+ * get): lanes wanting one (fh, page) elect one leader (__match_any_sync), which acquires the
+ * page; leaders that must load post their loads together (one request each); leaders of pages
+ * being loaded elsewhere wait on the page state. Every wanting lane gets back its leader's
+ * lane, the frame (pinned by the leader) and an outcome: 0, a negative errno, or
+ * WFS_BYPASS_RESULT (read around the cache). Statistics are added once per warp.
+ */
+#define WFS_BYPASS_RESULT (-(1ll << 40))
+__device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpuCache *c,
+                                              u32 group, bool want, u32 fh, u64 page, u64 deadline,
+                                              u32 &leader_out, u32 &frame_out, long long &res_out) {
+    const u32 lane = lane_id();
+    const u32 wmask = __ballot_sync(group, want);
+    u32 peers = 0;
+    if (want) {
+        peers = __match_any_sync(wmask, page);
+        const u32 first = __ffs(peers) - 1;
+        const u32 fh0 = __shfl_sync(wmask, fh, first);
+        if (__any_sync(wmask, fh != fh0)) peers &= __match_any_sync(wmask, fh);
+    }
+    const u32 leader = want ? (u32)(__ffs(peers) - 1) : lane;
+    const bool is_leader = want && leader == lane;
+    u32 f = WFS_NO_FRAME;
+    u32 status = WFS_ACQ_BYPASS;
+    long long res = 0;
+    if (is_leader) status = acquire_page(ctx, c, fh, page, true, deadline, f);
+    const bool loader = is_leader && status == WFS_ACQ_LOAD;
+    if (loader) {
+        /* The loaders of this warp post together: one request per page. */
+        const u64 ps = 1ull << c->page_shift;
+        const long long r = io(ctx, WFS_OP_READ, fh, page << c->page_shift, ps, frame_data(c, f));
+        finish_load(c, f, r);
+        if (r < 0) res = r;
+    } else if (is_leader && status == WFS_ACQ_WAIT) {
+        res = wait_loaded(ctx, c, f, deadline);
+    } else if (is_leader && status == WFS_ACQ_TIMEOUT) {
+        res = -WFS_ETIMEDOUT;
+    } else if (is_leader && status == WFS_ACQ_BYPASS) {
+        res = WFS_BYPASS_RESULT;
+    }
+    if (is_leader && res < 0 && f != WFS_NO_FRAME) {
+        unpin(c, f);
+        f = WFS_NO_FRAME;
+    }
+    const u32 n_peers = __popc(peers);
+    WfsGpuCacheStats *sst = stats_stripe(c);
+    stat_add_warp(group, &sst->misses, loader ? 1 : 0);
+    stat_add_warp(group, &sst->hits, is_leader && status == WFS_ACQ_HIT ? n_peers : 0);
+    stat_add_warp(group, &sst->coalesced,
+                  is_leader && res == 0 ? (status == WFS_ACQ_WAIT ? n_peers
+                                           : status == WFS_ACQ_LOAD ? n_peers - 1 : 0)
+                                        : 0);
+    stat_add_warp(group, &sst->bypassed, is_leader && res == WFS_BYPASS_RESULT ? n_peers : 0);
+    leader_out = leader;
+    frame_out = __shfl_sync(group, f, leader);
+    res_out = __shfl_sync(group, res, leader);
+    __syncwarp(group);
+}
+
+/* Reads through the GPU page cache: every calling lane its own range; bytes or -errno. */
+__device__ __noinline__ long long cached_read(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 fh, u64 offset,
+                                 u64 len, void *dst) {
+    const u32 group = __activemask();
+    const u32 lane = lane_id();
+    const u32 rank = __popc(group & lanemask_lt());
+    const u32 cnt = __popc(group);
+    const u32 shift = c->page_shift;
+    const u64 ps = 1ull << shift;
+    const u64 deadline = now_ns() + ctx->timeout_ns;
+    unsigned char *out = reinterpret_cast<unsigned char *>(dst);
+    const bool coop = __all_sync(group, dst == 0 || is_global(dst));
+    long long total = 0;
+    long long err = 0;
+    bool done = len == 0;
+    if (len != 0 && dst == 0) {
+        err = -WFS_EFAULT;
+        done = true;
+    } else if (offset + len < offset || offset + len > (1ull << 62)) {
+        err = -WFS_EINVAL;
+        done = true;
+    }
+    for (;;) {
+        const bool want = !done;
+        if (__ballot_sync(group, want) == 0) break;
+        const u64 pos = offset + (u64)total;
+        const u64 page = pos >> shift;
+        const u64 in_off = pos & (ps - 1);
+        const u64 seg = want ? ((len - (u64)total) < (ps - in_off) ? (len - (u64)total) : (ps - in_off)) : 0;
+        u32 leader, f;
+        long long res;
+        acquire_round(ctx, c, group, want, fh, page, deadline, leader, f, res);
+        /* Bytes this lane takes from its frame. */
+        u64 n = 0;
+        if (want && res == 0) {
+            const u32 flen = frame_meta(c, f)->len;
+            n = in_off < flen ? ((u64)flen - in_off < seg ? (u64)flen - in_off : seg) : 0;
+        }
+        if (coop) {
+            const u32 copy_mask = __ballot_sync(group, n > 0);
+            for (u32 m = copy_mask; m; m &= m - 1) {
+                const u32 k = __ffs(m) - 1;
+                const u64 kn = __shfl_sync(group, n, k);
+                const u64 kd = __shfl_sync(group, reinterpret_cast<u64>(out + total), k);
+                const u64 ks = __shfl_sync(group, reinterpret_cast<u64>(frame_data(c, f) + in_off), k);
+                coop_copy(reinterpret_cast<unsigned char *>(kd), reinterpret_cast<const unsigned char *>(ks), kn,
+                          rank, cnt, false);
+            }
+        } else if (n > 0) {
+            coop_copy(out + total, frame_data(c, f) + in_off, n, 0, 1, false);
+        }
+        __syncwarp(group);
+        if (want && res == 0 && lane == leader) unpin(c, f);
+        /* Lanes the cache could not place read around it (all together). */
+        long long br = 0;
+        if (want && res == WFS_BYPASS_RESULT) br = io(ctx, WFS_OP_READ, fh, pos, seg, out + total);
+        if (want) {
+            if (res == WFS_BYPASS_RESULT) {
+                if (br < 0) {
+                    err = br;
+                    done = true;
+                } else {
+                    total += br;
+                    if ((u64)br < seg || (u64)total >= len) done = true;
+                }
+            } else if (res < 0) {
+                err = res;
+                done = true;
+            } else {
+                total += (long long)n;
+                if (n < seg || (u64)total >= len) done = true;
+            }
+        }
+    }
+    if (err < 0 && total == 0) return err;
+    return total;
+}
+
+/* Write-through: after the daemon acknowledged `n` bytes at `offset`, copies them into every
+ * cached page of the range (waiting for a page being loaded, so no load overwrites them). */
+__device__ __noinline__ void patch_cache(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 fh, u64 offset, u64 n,
+                            const unsigned char *src) {
+    const u32 shift = c->page_shift;
+    const u64 ps = 1ull << shift;
+    const u64 deadline = now_ns() + ctx->timeout_ns;
+    u64 done = 0;
+    while (done < n) {
+        const u64 pos = offset + done;
+        const u64 in_off = pos & (ps - 1);
+        const u64 seg = (n - done) < (ps - in_off) ? (n - done) : (ps - in_off);
+        u32 f = WFS_NO_FRAME;
+        const u32 st = acquire_page(ctx, c, fh, pos >> shift, false, deadline, f);
+        bool ok = st == WFS_ACQ_HIT;
+        if (st == WFS_ACQ_WAIT) {
+            ok = wait_loaded(ctx, c, f, deadline) == 0;
+            if (!ok) unpin(c, f);
+        }
+        if (ok) {
+            coop_copy(frame_data(c, f) + in_off, src + done, seg, 0, 1, false);
+            volatile WfsGpuPageMeta *m = frame_meta(c, f);
+            atomicMax(const_cast<unsigned int *>(&m->len), (unsigned int)(in_off + seg));
+            __threadfence();
+            unpin(c, f);
+            stat_add(&stats_stripe(c)->write_patches, 1);
+        }
+        done += seg;
+    }
+}
+
+__device__ __forceinline__ void count_error(const wfs_ctx_t *ctx) {
+    atomicAdd(reinterpret_cast<unsigned long long *>(&state(ctx)->errors), 1ull);
+}
+
+/* Element read for wfs_array: one page lookup per distinct page of the warp, pin held only
+ * while the lanes load their elements. */
+template <typename T>
+__device__ __forceinline__ T array_get(const wfs_ctx_t *ctx, u32 fh, u64 byte_offset, u64 len,
+                                       u64 i) {
+    const WfsGpuCache *c = cache_of(ctx);
+    const u32 group = __activemask();
+    const u64 pos = byte_offset + i * (u64)sizeof(T);
+    bool ok = c != 0 && i < len;
+    u32 shift = 12;
+    if (c != 0) shift = c->page_shift;
+    const u64 ps = 1ull << shift;
+    const bool straddles = ok && ((pos & (ps - 1)) + sizeof(T) > ps);
+    const bool fast = ok && !straddles;
+    T v = T();
+    const u64 deadline = now_ns() + (ctx != 0 ? ctx->timeout_ns : 0);
+    if (__any_sync(group, fast)) {
+        u32 leader, f;
+        long long res;
+        acquire_round(ctx, c, group, fast, fh, pos >> shift, deadline, leader, f, res);
+        const u64 in_off = pos & (ps - 1);
+        bool got = false;
+        if (fast && res == 0 && in_off + sizeof(T) <= frame_meta(c, f)->len) {
+            const unsigned char *p = frame_data(c, f) + in_off;
+            if ((reinterpret_cast<u64>(p) & (alignof(T) - 1)) == 0) {
+                v = *reinterpret_cast<const T *>(p);
+            } else {
+                memcpy(&v, p, sizeof(T));
+            }
+            got = true;
+        }
+        __syncwarp(group);
+        if (fast && res == 0 && lane_id() == leader) unpin(c, f);
+        if (fast && res == WFS_BYPASS_RESULT) {
+            T tmp;
+            got = io(ctx, WFS_OP_READ, fh, pos, sizeof(T), &tmp) == (long long)sizeof(T);
+            if (got) v = tmp;
+        }
+        if (fast && !got) count_error(ctx);
+    }
+    if (straddles) {
+        T tmp;
+        if (cached_read(ctx, c, fh, pos, sizeof(T), &tmp) == (long long)sizeof(T)) v = tmp;
+        else count_error(ctx);
+    }
+    if (c == 0 && i < len) {
+        /* No GPU page cache configured: read the element straight from the daemon. */
+        T tmp;
+        if (io(ctx, WFS_OP_READ, fh, pos, sizeof(T), &tmp) == (long long)sizeof(T)) v = tmp;
+        else count_error(ctx);
+    } else if (!ok) {
+        count_error(ctx);
+    }
+    return v;
+}
+
+/* Publishes `end` as the advisory tail of the ring at `hdr` (see io()): device maximum, store,
+ * re-check until the maximum held still. */
+__device__ __forceinline__ void publish_tail(unsigned long long *tail_max, WfsRingHeader *hdr, u64 end) {
+    atomicMax(tail_max, (unsigned long long)end);
+    __threadfence_system();
+    u64 cur = ld_relaxed_gpu_u64(tail_max);
+    for (int i = 0; i < 64; ++i) {
+        st_relaxed_sys_u64(&hdr->tail, cur);
+        __threadfence_system();
+        const u64 now = ld_relaxed_gpu_u64(tail_max);
+        if (now == cur) break;
+        cur = now;
+    }
+}
+
+
+/* Async pool: record `async_first + i` with its lane buffer; busy word warp_slots + i. */
+struct AsyncMeta {
+    u64 dst;
+    u64 len;
+};
+__device__ __forceinline__ AsyncMeta *async_meta(const wfs_ctx_t *ctx) {
+    const u64 off = (sizeof(WfsGpuState) + 4ull * (ctx->warp_slots + ctx->async_count) + 15) & ~15ull;
+    return reinterpret_cast<AsyncMeta *>(ctx->state + off);
+}
+
+__device__ __noinline__ long long read_async(const wfs_ctx_t *ctx, u32 fh, u64 offset, u64 len, void *dst) {
+    if (ctx == 0 || ctx->magic != WFS_GPU_CTX_MAGIC || ctx->async_count == 0) return -WFS_EINVAL;
+    if (len > ctx->lane_bytes || offset + len < offset) return -WFS_EINVAL;
+    if (len != 0 && dst == 0) return -WFS_EFAULT;
+    if (closing(ctx)) return -WFS_ESHUTDOWN;
+    const u64 deadline = now_ns() + ctx->timeout_ns;
+    const u32 n = ctx->async_count;
+    u32 *busy = busy_words(ctx) + ctx->warp_slots;
+    u32 idx = atomicAdd(&state(ctx)->async_hint, 1u) % n;
+    u32 ns = 64;
+    for (u32 tries = 0;; ++tries) {
+        if (atomicCAS(&busy[idx], 0u, 1u) == 0u) break;
+        idx = idx + 1 == n ? 0 : idx + 1;
+        if ((tries & 63) == 63) {
+            if (now_ns() > deadline) return -WFS_EBUSY;
+            backoff(ns);
+        }
+    }
+    __threadfence();
+    AsyncMeta *am = async_meta(ctx) + idx;
+    am->dst = reinterpret_cast<u64>(dst);
+    am->len = len;
+    const u32 rec = ctx->async_first + idx;
+    const u64 buf = (u64)rec * ctx->lane_bytes;
+    WfsCompletion *comp = reinterpret_cast<WfsCompletion *>(ctx->completions) + rec;
+    const u64 pos = atomicAdd(reinterpret_cast<unsigned long long *>(&state(ctx)->claim), 1ull);
+    WfsSlot *slot = reinterpret_cast<WfsSlot *>(ctx->slots) + (pos & ctx->ring_mask);
+    st_relaxed_sys_u32(&comp->ticket, (u32)pos);
+    st_relaxed_sys_u64(&comp->result, 0);
+    st_relaxed_sys_u32(&comp->state, WFS_COMP_PENDING);
+    ns = 32;
+    while (ld_acquire_sys_u64(&slot->seq) != pos) {
+        if (now_ns() > deadline) {
+            atomicExch(&busy[idx], 2u); /* retired: the position may still be served */
+            return -WFS_ETIMEDOUT;
+        }
+        backoff(ns);
+    }
+    WfsRequest *q = &slot->req;
+    q->op = WFS_OP_READ;
+    q->flags = 0;
+    q->handle = fh;
+    q->completion = rec;
+    q->ticket = (u32)pos;
+    q->reserved = 0;
+    q->offset = offset;
+    q->len = len;
+    q->buf = buf;
+    st_release_sys_u64(&slot->seq, pos + 1);
+    publish_tail(reinterpret_cast<unsigned long long *>(&state(ctx)->tail_max),
+                 reinterpret_cast<WfsRingHeader *>(ctx->ring), pos + 1);
+    return (long long)(((u64)idx << 32) | (u64)(u32)pos);
+}
+
+__device__ __noinline__ long long wait_async(const wfs_ctx_t *ctx, long long ticket) {
+    if (ticket < 0) return ticket;
+    if (ctx == 0 || ctx->magic != WFS_GPU_CTX_MAGIC) return -WFS_EINVAL;
+    const u32 idx = (u32)((u64)ticket >> 32);
+    if (idx >= ctx->async_count) return -WFS_EINVAL;
+    u32 *busy = busy_words(ctx) + ctx->warp_slots + idx;
+    if (ld_relaxed_gpu_u32(busy) != 1u) return -WFS_EINVAL;
+    const u32 rec = ctx->async_first + idx;
+    WfsCompletion *comp = reinterpret_cast<WfsCompletion *>(ctx->completions) + rec;
+    if (ld_relaxed_sys_u32(&comp->ticket) != (u32)ticket) return -WFS_EINVAL;
+    const AsyncMeta am = async_meta(ctx)[idx];
+    const u64 deadline = now_ns() + ctx->timeout_ns;
+    long long r;
+    u32 ns = 64;
+    u32 spins = 0;
+    for (;;) {
+        if (ld_acquire_sys_u32(&comp->state) == WFS_COMP_DONE) {
+            r = (long long)ld_relaxed_sys_u64(&comp->result);
+            break;
+        }
+        const bool shut = (++spins & 7) == 0 && closing(ctx);
+        if (shut || now_ns() > deadline) {
+            atomicExch(busy, 2u); /* retired: the daemon may still write its buffer */
+            return shut ? -WFS_ESHUTDOWN : -WFS_ETIMEDOUT;
+        }
+        backoff(ns);
+    }
+    if (r > 0) {
+        const u64 n = (u64)r < am.len ? (u64)r : am.len;
+        const unsigned char *src = reinterpret_cast<const unsigned char *>(ctx->data + (u64)rec * ctx->lane_bytes);
+        coop_copy(reinterpret_cast<unsigned char *>(am.dst), src, n, 0, 1, true);
+        r = (long long)n;
+    }
+    st_relaxed_sys_u32(&comp->state, WFS_COMP_FREE);
+    __threadfence();
+    atomicExch(busy, 0u);
+    return r;
+}
+
+__device__ __noinline__ long long prefetch(const wfs_ctx_t *ctx, u32 fh, u64 offset, u64 len) {
+    if (ctx == 0 || ctx->magic != WFS_GPU_CTX_MAGIC || ctx->prefetch_slots == 0) return -WFS_EINVAL;
+    if (closing(ctx)) return -WFS_ESHUTDOWN;
+    WfsRingHeader *hdr = reinterpret_cast<WfsRingHeader *>(ctx->prefetch_ring);
+    const u64 capacity = ctx->ring_mask + 1;
+    unsigned long long *pclaim = reinterpret_cast<unsigned long long *>(&state(ctx)->pclaim);
+    /* A hint never waits for room: a (nearly) full prefetch ring drops it. */
+    if (ld_relaxed_gpu_u64(pclaim) - ld_relaxed_sys_u64(&hdr->head) >= capacity / 2) return -WFS_EAGAIN;
+    const u64 pos = atomicAdd(pclaim, 1ull);
+    WfsSlot *slot = reinterpret_cast<WfsSlot *>(ctx->prefetch_slots) + (pos & ctx->ring_mask);
+    const u64 deadline = now_ns() + ctx->timeout_ns;
+    u32 ns = 32;
+    while (ld_acquire_sys_u64(&slot->seq) != pos) {
+        if (now_ns() > deadline) return -WFS_ETIMEDOUT;
+        backoff(ns);
+    }
+    WfsRequest *q = &slot->req;
+    q->op = WFS_OP_PREFETCH;
+    q->flags = 0;
+    q->handle = fh;
+    q->completion = ctx->sink;
+    q->ticket = (u32)pos;
+    q->reserved = 0;
+    q->offset = offset;
+    q->len = len;
+    q->buf = 0;
+    st_release_sys_u64(&slot->seq, pos + 1);
+    publish_tail(reinterpret_cast<unsigned long long *>(&state(ctx)->ptail_max), hdr, pos + 1);
+    return 0;
+}
+
 } /* namespace wfs_detail */
 
 /** Reads up to `len` bytes at `offset` of file `fh` into `dst`; bytes read (short at end of
- *  file) or a negative errno. Callable by any thread; the calling lanes of a warp cooperate. */
+ *  file) or a negative errno. Callable by any thread; the calling lanes of a warp cooperate.
+ *  Goes through the GPU page cache when the runtime made one (GpuIoConfig::gpu_cache_bytes):
+ *  lanes wanting one page share one lookup, concurrent misses on a page make one request. */
 __device__ __forceinline__ long long wfs_read(const wfs_ctx_t *ctx, unsigned fh,
                                               unsigned long long offset, unsigned long long len,
                                               void *dst) {
+    const WfsGpuCache *c = wfs_detail::cache_of(ctx);
+    if (c != 0) return wfs_detail::cached_read(ctx, c, fh, offset, len, dst);
+    return wfs_detail::io(ctx, WFS_OP_READ, fh, offset, len, dst);
+}
+
+/** wfs_read around the GPU page cache: every call is a request to the daemon. */
+__device__ __forceinline__ long long wfs_read_direct(const wfs_ctx_t *ctx, unsigned fh,
+                                                     unsigned long long offset,
+                                                     unsigned long long len, void *dst) {
     return wfs_detail::io(ctx, WFS_OP_READ, fh, offset, len, dst);
 }
 
 /** Writes `len` bytes from `src` at `offset` of file `fh`; bytes written or a negative errno.
- *  Acknowledged once the host OS has the bytes (durable after wfs_fsync). */
+ *  Acknowledged once the host OS has the bytes (durable after wfs_fsync). Write-through: the
+ *  bytes go to the file first, then into any cached copy of their pages. */
 __device__ __forceinline__ long long wfs_write(const wfs_ctx_t *ctx, unsigned fh,
                                                unsigned long long offset, unsigned long long len,
                                                const void *src) {
-    return wfs_detail::io(ctx, WFS_OP_WRITE, fh, offset, len, const_cast<void *>(src));
+    const long long r = wfs_detail::io(ctx, WFS_OP_WRITE, fh, offset, len, const_cast<void *>(src));
+    const WfsGpuCache *c = wfs_detail::cache_of(ctx);
+    if (c != 0 && r > 0)
+        wfs_detail::patch_cache(ctx, c, fh, offset, (unsigned long long)r,
+                                reinterpret_cast<const unsigned char *>(src));
+    return r;
 }
 
 /** Makes the file's acknowledged writes durable (host fdatasync); 0 or a negative errno. */
@@ -426,6 +1160,72 @@ __device__ __forceinline__ long long wfs_fsync(const wfs_ctx_t *ctx, unsigned fh
 /** The file's size in bytes, or a negative errno. */
 __device__ __forceinline__ long long wfs_size(const wfs_ctx_t *ctx, unsigned fh) {
     return wfs_detail::io(ctx, WFS_OP_SIZE, fh, 0, 0, 0);
+}
+
+/** Starts reading up to `len` bytes (at most the runtime's lane_bytes, 4 KiB by default) at
+ *  `offset` of `fh` into `dst`; returns a ticket (>= 0) for wfs_wait, or a negative errno.
+ *  Per thread, no warp cooperation; the read goes around the GPU page cache. Every ticket must
+ *  be waited for (it holds one of GpuIoConfig::async_slots records until then). */
+__device__ __forceinline__ long long wfs_read_async(const wfs_ctx_t *ctx, unsigned fh,
+                                                    unsigned long long offset,
+                                                    unsigned long long len, void *dst) {
+    return wfs_detail::read_async(ctx, fh, offset, len, dst);
+}
+
+/** Waits for a wfs_read_async ticket: bytes read into its `dst`, or a negative errno. */
+__device__ __forceinline__ long long wfs_wait(const wfs_ctx_t *ctx, long long ticket) {
+    return wfs_detail::wait_async(ctx, ticket);
+}
+
+/** Hint: bring [offset, offset+len) of `fh` into the host cache tier, served after demand
+ *  requests. Never waits for an answer; 0 if posted, -EAGAIN if the prefetch ring was nearly
+ *  full (hint dropped), another negative errno on bad input. */
+__device__ __forceinline__ long long wfs_prefetch(const wfs_ctx_t *ctx, unsigned fh,
+                                                  unsigned long long offset,
+                                                  unsigned long long len) {
+    return wfs_detail::prefetch(ctx, fh, offset, len);
+}
+
+/** Errors counted by the device API (failed wfs_array element reads), device-memory counter. */
+__device__ __forceinline__ unsigned long long wfs_errors(const wfs_ctx_t *ctx) {
+    return wfs_detail::ld_relaxed_gpu_u64(&wfs_detail::state(ctx)->errors);
+}
+
+/**
+ * A file-backed array of T (BaM-like): `len` elements starting at byte `byte_offset` of `fh`,
+ * read through the GPU page cache. Element access from any lane pattern (lanes of a warp on one
+ * page share one lookup; the page is pinned only while the lanes load). Out of range or an I/O
+ * error: T() and the error is counted (wfs_errors).
+ */
+template <typename T> struct wfs_array {
+    const wfs_ctx_t *ctx;
+    unsigned fh;
+    unsigned long long byte_offset;
+    unsigned long long len; /* elements */
+
+    __device__ T operator[](unsigned long long i) const {
+        return wfs_detail::array_get<T>(ctx, fh, byte_offset, len, i);
+    }
+
+    /** Copies elements [first, first + n) (clamped to len) into dst: bytes copied or -errno. */
+    __device__ long long copy(unsigned long long first, unsigned long long n, T *dst) const {
+        if (first > len) return -WFS_EINVAL;
+        const unsigned long long m = n < len - first ? n : len - first;
+        const unsigned long long off = byte_offset + first * (unsigned long long)sizeof(T);
+        return wfs_read(ctx, fh, off, m * (unsigned long long)sizeof(T), dst);
+    }
+};
+
+/** A wfs_array of `len` elements of T at byte `byte_offset` of file `fh`. */
+template <typename T>
+__device__ wfs_array<T> wfs_array_make(const wfs_ctx_t *ctx, unsigned fh,
+                                       unsigned long long byte_offset, unsigned long long len) {
+    wfs_array<T> a;
+    a.ctx = ctx;
+    a.fh = fh;
+    a.byte_offset = byte_offset;
+    a.len = len;
+    return a;
 }
 
 #endif /* WARPFS_CUH */

@@ -17,6 +17,7 @@
 typedef unsigned int uint32_t;
 typedef unsigned long long uint64_t;
 typedef long long int64_t;
+typedef int int32_t;
 #ifndef offsetof
 /* NVRTC has no __builtin_offsetof: this form works at run time (WFS_LAYOUT, device-side drift
  * check in tests/cuda_gpu_io.rs) but is no constant expression, so the offset assertions
@@ -155,7 +156,14 @@ typedef struct WfsGpuContext {
     uint64_t control;     /**< Device address of the WfsGpuControl block (mapped host memory). */
     uint64_t state;       /**< Device address of the WfsGpuState block (device memory). */
     uint64_t timeout_ns;  /**< Longest wait of one call before it returns -ETIMEDOUT. */
-    uint64_t reserved[6]; /**< Reserved; 0. */
+    uint64_t cache;          /**< Device address of the WfsGpuCache descriptor; 0 = no cache. */
+    uint64_t prefetch_ring;  /**< Device address of the prefetch ring header (mapped host). */
+    uint64_t prefetch_slots; /**< Device address of the prefetch ring's first slot. */
+    uint32_t async_first;    /**< First completion record of the async pool. */
+    uint32_t async_count;    /**< Completion records in the async pool. */
+    uint32_t sink;           /**< A record never armed: prefetch hints name it. */
+    uint32_t reserved32;     /**< Reserved; 0. */
+    uint64_t reserved;       /**< Reserved; 0. */
 } WfsGpuContext;
 
 /** Host-written words that GPU requesters read (mapped host memory, one cache line). */
@@ -167,15 +175,67 @@ typedef struct WfsGpuControl {
 
 /**
  * GPU-private bookkeeping in device memory (zeroed by the runtime), followed by `warp_slots`
- * 32-bit busy words (0 free, 1 held, 2 retired after a timed-out request).
+ * 32-bit busy words (0 free, 1 held, 2 retired after a timed-out request) and `async_count`
+ * more for the async pool. Hot words sit on their own 64-byte lines.
  */
 typedef struct WfsGpuState {
     WFS_ALIGNAS(64) uint64_t claim; /**< Demand-ring positions claimed so far. */
     uint64_t tail_max;              /**< Highest claimed end published to the ring's tail. */
     uint32_t hint;                  /**< Rotating start of the search for a free group. */
-    uint32_t reserved;              /**< Reserved; 0. */
-    uint64_t pad[5];                /**< Padding to 64 bytes. */
+    uint32_t async_hint;            /**< Rotating start of the search for a free async record. */
+    uint64_t pad0[5];               /**< Padding to 64 bytes. */
+    uint64_t pclaim;                /**< Prefetch-ring positions claimed so far. */
+    uint64_t ptail_max;             /**< Highest claimed end published to the prefetch tail. */
+    uint64_t pad1[6];               /**< Padding to 128 bytes. */
+    uint64_t clock;                 /**< CLOCK hand of the GPU page cache. */
+    uint64_t pad2[7];               /**< Padding to 192 bytes. */
+    uint64_t errors;                /**< Errors counted by the device API (wfs_errors). */
+    uint64_t pad3[7];               /**< Padding to 256 bytes. */
 } WfsGpuState;
+
+/** Magic number at the start of a WfsGpuCache ("WFSC"). */
+#define WFS_GPU_CACHE_MAGIC 0x57534643u
+/** Statistics stripes of the GPU page cache. */
+#define WFS_GPU_CACHE_STRIPES 32u
+
+/** Descriptor of a GPU page cache (device memory, written once by the runtime). */
+typedef struct WfsGpuCache {
+    WFS_ALIGNAS(64) uint32_t magic; /**< WFS_GPU_CACHE_MAGIC. */
+    uint32_t page_shift;            /**< log2 of the page size. */
+    uint32_t frames;                /**< Page frames. */
+    uint32_t probe;                 /**< Longest probe sequence in the page table. */
+    uint64_t bucket_mask;           /**< Page-table buckets minus one. */
+    uint64_t lock_mask;             /**< Insert locks minus one. */
+    uint64_t table;                 /**< Page table: 64-bit words (0 empty, ~0 deleted). */
+    uint64_t state;                 /**< One 32-bit state word per frame. */
+    uint64_t meta;                  /**< One WfsGpuPageMeta per frame. */
+    uint64_t data;                  /**< Frame data: frames << page_shift bytes. */
+    uint64_t locks;                 /**< lock_mask + 1 32-bit insert locks. */
+    uint64_t stats;                 /**< WFS_GPU_CACHE_STRIPES WfsGpuCacheStats records. */
+    uint64_t reserved[6];           /**< Reserved; 0. */
+} WfsGpuCache;
+
+/** What a page frame holds (changed only by the thread that owns the frame). */
+typedef struct WfsGpuPageMeta {
+    uint64_t page;   /**< Page index in the file. */
+    uint32_t fh;     /**< File handle. */
+    uint32_t len;    /**< Valid bytes from the page start. */
+    uint64_t word;   /**< The page-table word that points at this frame. */
+    uint32_t bucket; /**< The page-table bucket holding `word`. */
+    int32_t err;     /**< Negative errno of a failed load. */
+} WfsGpuPageMeta;
+
+/** One stripe of GPU page-cache statistics (the host sums the stripes). */
+typedef struct WfsGpuCacheStats {
+    WFS_ALIGNAS(64) uint64_t hits; /**< Lane accesses served by a cached page. */
+    uint64_t misses;               /**< Pages loaded from the daemon. */
+    uint64_t coalesced;            /**< Lane accesses served by another lane's or warp's load. */
+    uint64_t evictions;            /**< Valid pages evicted by the CLOCK hand. */
+    uint64_t bytes_loaded;         /**< Bytes loaded into the cache. */
+    uint64_t bypassed;             /**< Lane accesses read around the cache. */
+    uint64_t write_patches;        /**< Cached pages updated by a write-through wfs_write. */
+    uint64_t load_errors;          /**< Page loads that failed. */
+} WfsGpuCacheStats;
 
 #ifdef __cplusplus
 } /* extern "C" */
@@ -231,7 +291,37 @@ typedef struct WfsGpuState {
     X("sizeof(WfsGpuState)", sizeof(WfsGpuState))                            \
     X("WfsGpuState.claim", offsetof(WfsGpuState, claim))                     \
     X("WfsGpuState.tail_max", offsetof(WfsGpuState, tail_max))               \
-    X("WfsGpuState.hint", offsetof(WfsGpuState, hint))
+    X("WfsGpuState.hint", offsetof(WfsGpuState, hint))                          \
+    X("WfsGpuState.pclaim", offsetof(WfsGpuState, pclaim))                      \
+    X("WfsGpuState.clock", offsetof(WfsGpuState, clock))                        \
+    X("WfsGpuState.errors", offsetof(WfsGpuState, errors))                      \
+    X("WfsGpuContext.cache", offsetof(WfsGpuContext, cache))                    \
+    X("WfsGpuContext.prefetch_ring", offsetof(WfsGpuContext, prefetch_ring))    \
+    X("WfsGpuContext.prefetch_slots", offsetof(WfsGpuContext, prefetch_slots))  \
+    X("WfsGpuContext.async_first", offsetof(WfsGpuContext, async_first))        \
+    X("WfsGpuContext.async_count", offsetof(WfsGpuContext, async_count))        \
+    X("WfsGpuContext.sink", offsetof(WfsGpuContext, sink))                      \
+    X("sizeof(WfsGpuCache)", sizeof(WfsGpuCache))                               \
+    X("WfsGpuCache.page_shift", offsetof(WfsGpuCache, page_shift))              \
+    X("WfsGpuCache.frames", offsetof(WfsGpuCache, frames))                      \
+    X("WfsGpuCache.probe", offsetof(WfsGpuCache, probe))                        \
+    X("WfsGpuCache.bucket_mask", offsetof(WfsGpuCache, bucket_mask))            \
+    X("WfsGpuCache.lock_mask", offsetof(WfsGpuCache, lock_mask))                \
+    X("WfsGpuCache.table", offsetof(WfsGpuCache, table))                        \
+    X("WfsGpuCache.state", offsetof(WfsGpuCache, state))                        \
+    X("WfsGpuCache.meta", offsetof(WfsGpuCache, meta))                          \
+    X("WfsGpuCache.data", offsetof(WfsGpuCache, data))                          \
+    X("WfsGpuCache.locks", offsetof(WfsGpuCache, locks))                        \
+    X("WfsGpuCache.stats", offsetof(WfsGpuCache, stats))                        \
+    X("sizeof(WfsGpuPageMeta)", sizeof(WfsGpuPageMeta))                         \
+    X("WfsGpuPageMeta.fh", offsetof(WfsGpuPageMeta, fh))                        \
+    X("WfsGpuPageMeta.len", offsetof(WfsGpuPageMeta, len))                      \
+    X("WfsGpuPageMeta.word", offsetof(WfsGpuPageMeta, word))                    \
+    X("WfsGpuPageMeta.bucket", offsetof(WfsGpuPageMeta, bucket))                \
+    X("WfsGpuPageMeta.err", offsetof(WfsGpuPageMeta, err))                      \
+    X("sizeof(WfsGpuCacheStats)", sizeof(WfsGpuCacheStats))                     \
+    X("WfsGpuCacheStats.misses", offsetof(WfsGpuCacheStats, misses))            \
+    X("WfsGpuCacheStats.load_errors", offsetof(WfsGpuCacheStats, load_errors))
 
 /* ---- the layout, checked at compile time where the language allows ---- */
 
@@ -250,7 +340,10 @@ WFS_STATIC_ASSERT_OFFSET(offsetof(WfsGpuContext, ring) == 16, "WfsGpuContext.rin
 WFS_STATIC_ASSERT_OFFSET(offsetof(WfsGpuContext, state) == 64, "WfsGpuContext.state must be at 64");
 WFS_STATIC_ASSERT_OFFSET(offsetof(WfsGpuContext, timeout_ns) == 72, "WfsGpuContext.timeout_ns must be at 72");
 WFS_STATIC_ASSERT(sizeof(WfsGpuControl) == 64, "WfsGpuControl must be 64 bytes");
-WFS_STATIC_ASSERT(sizeof(WfsGpuState) == 64, "WfsGpuState must be 64 bytes");
+WFS_STATIC_ASSERT(sizeof(WfsGpuState) == 256, "WfsGpuState must be 256 bytes");
+WFS_STATIC_ASSERT(sizeof(WfsGpuCache) == 128, "WfsGpuCache must be 128 bytes");
+WFS_STATIC_ASSERT(sizeof(WfsGpuPageMeta) == 32, "WfsGpuPageMeta must be 32 bytes");
+WFS_STATIC_ASSERT(sizeof(WfsGpuCacheStats) == 64, "WfsGpuCacheStats must be 64 bytes");
 WFS_STATIC_ASSERT_OFFSET(offsetof(WfsGpuState, hint) == 16, "WfsGpuState.hint must be at 16");
 
 #endif /* WARPFS_ABI_H */

@@ -137,8 +137,22 @@ pub struct WfsGpuContext {
     pub state: u64,
     /// Longest wait of one call, in ns, before it returns `-ETIMEDOUT`.
     pub timeout_ns: u64,
+    /// Device address of the [`WfsGpuCache`] descriptor (device memory); 0 = no GPU page cache.
+    pub cache: u64,
+    /// Device address of the prefetch ring's [`WfsRingHeader`] (mapped host memory).
+    pub prefetch_ring: u64,
+    /// Device address of the prefetch ring's first [`WfsSlot`] (same mask as the demand ring).
+    pub prefetch_slots: u64,
+    /// First completion record of the async pool (`wfs_read_async`).
+    pub async_first: u32,
+    /// Completion records in the async pool (each with its `lane_bytes` buffer).
+    pub async_count: u32,
+    /// A completion record never armed: prefetch hints name it, so nobody waits for them.
+    pub sink: u32,
     /// Reserved; 0.
-    pub reserved: [u64; 6],
+    pub reserved32: u32,
+    /// Reserved; 0.
+    pub reserved: u64,
 }
 
 /// Host-written words that GPU requesters read (mapped host memory, one cache line).
@@ -154,7 +168,8 @@ pub struct WfsGpuControl {
 }
 
 /// GPU-private bookkeeping in device memory (zeroed by the runtime), followed by
-/// `warp_slots` 32-bit busy words (0 free, 1 held, 2 retired after a timed-out request).
+/// `warp_slots` 32-bit busy words (0 free, 1 held, 2 retired after a timed-out request) and
+/// `async_count` more for the async pool. Hot words sit on their own 64-byte lines.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WfsGpuState {
@@ -164,10 +179,104 @@ pub struct WfsGpuState {
     pub tail_max: u64,
     /// Rotating start of the search for a free request group.
     pub hint: u32,
-    /// Reserved; 0.
-    pub reserved: u32,
+    /// Rotating start of the search for a free async record.
+    pub async_hint: u32,
     /// Padding to 64 bytes.
-    pub pad: [u64; 5],
+    pub pad0: [u64; 5],
+    /// Prefetch-ring positions claimed so far.
+    pub pclaim: u64,
+    /// Highest claimed end published to the prefetch ring header's `tail`.
+    pub ptail_max: u64,
+    /// Padding to 128 bytes.
+    pub pad1: [u64; 6],
+    /// CLOCK hand of the GPU page cache (frames scanned so far).
+    pub clock: u64,
+    /// Padding to 192 bytes.
+    pub pad2: [u64; 7],
+    /// Errors counted by the device API (`wfs_errors`: failed array element reads).
+    pub errors: u64,
+    /// Padding to 256 bytes.
+    pub pad3: [u64; 7],
+}
+
+/// Magic number at the start of a [`WfsGpuCache`] ("WFSC").
+pub const WFS_GPU_CACHE_MAGIC: u32 = 0x5753_4643;
+/// Statistics stripes of the GPU page cache (a warp adds to stripe `smid % STRIPES`).
+pub const WFS_GPU_CACHE_STRIPES: u32 = 32;
+
+/// Descriptor of a GPU page cache in device memory (written once by the runtime; kernels read
+/// it). Every address is device memory.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WfsGpuCache {
+    /// `WFS_GPU_CACHE_MAGIC`.
+    pub magic: u32,
+    /// log2 of the page size.
+    pub page_shift: u32,
+    /// Page frames.
+    pub frames: u32,
+    /// Longest probe sequence in the page table (buckets).
+    pub probe: u32,
+    /// Page-table buckets minus one (a power of two minus one).
+    pub bucket_mask: u64,
+    /// Insert locks minus one (a power of two minus one).
+    pub lock_mask: u64,
+    /// Page table: `bucket_mask + 1` 64-bit words (0 empty, all ones deleted, else
+    /// `(frame + 1) << 32 | tag`).
+    pub table: u64,
+    /// One 32-bit state word per frame (pin count + flags).
+    pub state: u64,
+    /// One [`WfsGpuPageMeta`] per frame.
+    pub meta: u64,
+    /// Frame data: `frames << page_shift` bytes.
+    pub data: u64,
+    /// `lock_mask + 1` 32-bit insert locks.
+    pub locks: u64,
+    /// `WFS_GPU_CACHE_STRIPES` [`WfsGpuCacheStats`] records.
+    pub stats: u64,
+    /// Reserved; 0.
+    pub reserved: [u64; 6],
+}
+
+/// What a page frame holds (device memory; changed only by the thread that owns the frame).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WfsGpuPageMeta {
+    /// Page index in the file.
+    pub page: u64,
+    /// File handle.
+    pub fh: u32,
+    /// Valid bytes from the page start (short at end of file).
+    pub len: u32,
+    /// The page-table word that points at this frame.
+    pub word: u64,
+    /// The page-table bucket holding `word`.
+    pub bucket: u32,
+    /// Negative errno of a failed load (read by the load's waiters).
+    pub err: i32,
+}
+
+/// One stripe of GPU page-cache statistics (device memory; the host sums the stripes).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WfsGpuCacheStats {
+    /// Lane accesses served by a page already in the cache.
+    pub hits: u64,
+    /// Pages loaded from the daemon (one request each).
+    pub misses: u64,
+    /// Lane accesses served by a load another lane or warp made (warp and cross-warp
+    /// coalescing).
+    pub coalesced: u64,
+    /// Valid pages evicted by the CLOCK hand.
+    pub evictions: u64,
+    /// Bytes loaded into the cache.
+    pub bytes_loaded: u64,
+    /// Lane accesses read around the cache (no frame free within the bounded search).
+    pub bypassed: u64,
+    /// Cached pages updated by a write-through `wfs_write`.
+    pub write_patches: u64,
+    /// Page loads that failed (the error went to every waiter).
+    pub load_errors: u64,
 }
 
 /// Sizes and field offsets of every wire record, in the order `include/warpfs_abi.h`'s
@@ -237,6 +346,60 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
         ("WfsGpuState.claim", offset_of!(WfsGpuState, claim)),
         ("WfsGpuState.tail_max", offset_of!(WfsGpuState, tail_max)),
         ("WfsGpuState.hint", offset_of!(WfsGpuState, hint)),
+        ("WfsGpuState.pclaim", offset_of!(WfsGpuState, pclaim)),
+        ("WfsGpuState.clock", offset_of!(WfsGpuState, clock)),
+        ("WfsGpuState.errors", offset_of!(WfsGpuState, errors)),
+        ("WfsGpuContext.cache", offset_of!(WfsGpuContext, cache)),
+        (
+            "WfsGpuContext.prefetch_ring",
+            offset_of!(WfsGpuContext, prefetch_ring),
+        ),
+        (
+            "WfsGpuContext.prefetch_slots",
+            offset_of!(WfsGpuContext, prefetch_slots),
+        ),
+        (
+            "WfsGpuContext.async_first",
+            offset_of!(WfsGpuContext, async_first),
+        ),
+        (
+            "WfsGpuContext.async_count",
+            offset_of!(WfsGpuContext, async_count),
+        ),
+        ("WfsGpuContext.sink", offset_of!(WfsGpuContext, sink)),
+        ("sizeof(WfsGpuCache)", size_of::<WfsGpuCache>()),
+        (
+            "WfsGpuCache.page_shift",
+            offset_of!(WfsGpuCache, page_shift),
+        ),
+        ("WfsGpuCache.frames", offset_of!(WfsGpuCache, frames)),
+        ("WfsGpuCache.probe", offset_of!(WfsGpuCache, probe)),
+        (
+            "WfsGpuCache.bucket_mask",
+            offset_of!(WfsGpuCache, bucket_mask),
+        ),
+        ("WfsGpuCache.lock_mask", offset_of!(WfsGpuCache, lock_mask)),
+        ("WfsGpuCache.table", offset_of!(WfsGpuCache, table)),
+        ("WfsGpuCache.state", offset_of!(WfsGpuCache, state)),
+        ("WfsGpuCache.meta", offset_of!(WfsGpuCache, meta)),
+        ("WfsGpuCache.data", offset_of!(WfsGpuCache, data)),
+        ("WfsGpuCache.locks", offset_of!(WfsGpuCache, locks)),
+        ("WfsGpuCache.stats", offset_of!(WfsGpuCache, stats)),
+        ("sizeof(WfsGpuPageMeta)", size_of::<WfsGpuPageMeta>()),
+        ("WfsGpuPageMeta.fh", offset_of!(WfsGpuPageMeta, fh)),
+        ("WfsGpuPageMeta.len", offset_of!(WfsGpuPageMeta, len)),
+        ("WfsGpuPageMeta.word", offset_of!(WfsGpuPageMeta, word)),
+        ("WfsGpuPageMeta.bucket", offset_of!(WfsGpuPageMeta, bucket)),
+        ("WfsGpuPageMeta.err", offset_of!(WfsGpuPageMeta, err)),
+        ("sizeof(WfsGpuCacheStats)", size_of::<WfsGpuCacheStats>()),
+        (
+            "WfsGpuCacheStats.misses",
+            offset_of!(WfsGpuCacheStats, misses),
+        ),
+        (
+            "WfsGpuCacheStats.load_errors",
+            offset_of!(WfsGpuCacheStats, load_errors),
+        ),
     ]
 }
 
@@ -252,6 +415,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<WfsRingHeader>(), 192);
         assert_eq!(core::mem::size_of::<WfsGpuContext>(), 128);
         assert_eq!(core::mem::size_of::<WfsGpuControl>(), 64);
-        assert_eq!(core::mem::size_of::<WfsGpuState>(), 64);
+        assert_eq!(core::mem::size_of::<WfsGpuState>(), 256);
+        assert_eq!(core::mem::size_of::<WfsGpuCache>(), 128);
+        assert_eq!(core::mem::size_of::<WfsGpuPageMeta>(), 32);
+        assert_eq!(core::mem::size_of::<WfsGpuCacheStats>(), 64);
     }
 }

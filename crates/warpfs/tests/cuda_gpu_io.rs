@@ -9,7 +9,7 @@
 use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use warpfs::backend::cuda::gpu_io::{GpuIo, GpuIoConfig, KernelArg};
+use warpfs::backend::cuda::gpu_io::{self, GpuIo, GpuIoConfig, KernelArg};
 use warpfs::backend::cuda::{available, pattern, DeviceBuffer};
 use warpfs::{OpenOptions, Runtime, RuntimeConfig};
 
@@ -79,6 +79,77 @@ extern "C" __global__ void rand_read(const wfs_ctx_t *ctx, unsigned fh, unsigned
     if (nbad) atomicAdd(bad, nbad);
 }
 
+/* Every thread reads the same `len` bytes at `off` into its own slot. */
+extern "C" __global__ void same_range(const wfs_ctx_t *ctx, unsigned fh, unsigned long long off,
+                                     unsigned long long len, unsigned char *out,
+                                     unsigned long long stride, long long *res, unsigned n) {
+    unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    res[i] = wfs_read(ctx, fh, off, len, out + (unsigned long long)i * stride);
+}
+
+/* wfs_read_async, some unrelated work, then wfs_wait. */
+extern "C" __global__ void async_many(const wfs_ctx_t *ctx, unsigned fh,
+                                      const unsigned long long *offs,
+                                      const unsigned long long *lens, unsigned char *out,
+                                      unsigned long long stride, long long *res, unsigned n) {
+    unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    long long t = wfs_read_async(ctx, fh, offs[i], lens[i], out + (unsigned long long)i * stride);
+    unsigned long long x = i;
+    for (int k = 0; k < 64; ++k) x = x * 6364136223846793005ull + 1442695040888963407ull;
+    if (x == 0) out[0] = 0; /* keeps the loop; never true for these seeds in practice */
+    res[i] = wfs_wait(ctx, t);
+}
+
+/* Element reads: thread t reads `per` scattered elements of a wfs_array<unsigned long long>. */
+extern "C" __global__ void array_u64(const wfs_ctx_t *ctx, unsigned fh,
+                                     unsigned long long byte_offset, unsigned long long len,
+                                     unsigned per, unsigned long long *out, unsigned n) {
+    unsigned t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n) return;
+    wfs_array<unsigned long long> a = wfs_array_make<unsigned long long>(ctx, fh, byte_offset, len);
+    for (unsigned k = 0; k < per; ++k) {
+        unsigned long long i = ((unsigned long long)t * 7919ull + (unsigned long long)k * 104729ull) % len;
+        out[(unsigned long long)t * per + k] = a[i];
+    }
+}
+
+/* Unaligned 4-byte elements (byte_offset odd) and a range copy per thread. */
+extern "C" __global__ void array_u32_copy(const wfs_ctx_t *ctx, unsigned fh,
+                                          unsigned long long byte_offset, unsigned long long len,
+                                          unsigned *elems, unsigned *copies, unsigned count,
+                                          long long *res, unsigned n) {
+    unsigned t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n) return;
+    wfs_array<unsigned> a = wfs_array_make<unsigned>(ctx, fh, byte_offset, len);
+    unsigned long long i = ((unsigned long long)t * 2654435761ull) % len;
+    elems[t] = a[i];
+    unsigned long long first = ((unsigned long long)t * 40503ull) % len;
+    res[t] = a.copy(first, count, copies + (unsigned long long)t * count);
+}
+
+/* Out-of-range element reads: T() and counted; then the counter. */
+extern "C" __global__ void array_out_of_range(const wfs_ctx_t *ctx, unsigned fh,
+                                              unsigned long long len, unsigned long long *out,
+                                              unsigned n) {
+    unsigned t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n) return;
+    wfs_array<unsigned long long> a = wfs_array_make<unsigned long long>(ctx, fh, 0, len);
+    out[t] = a[len + t];
+}
+extern "C" __global__ void errors_of(const wfs_ctx_t *ctx, unsigned long long *out) {
+    out[0] = wfs_errors(ctx);
+}
+
+/* Prefetch hints, no waiting: 0 posted or -EAGAIN dropped. */
+extern "C" __global__ void prefetch_many(const wfs_ctx_t *ctx, unsigned fh, unsigned long long span,
+                                         long long *res, unsigned n) {
+    unsigned t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n) return;
+    res[t] = wfs_prefetch(ctx, fh, (unsigned long long)t * span, span);
+}
+
 /* Every size and offset of WFS_LAYOUT as NVRTC lays the records out (drift check). */
 extern "C" __global__ void layout(unsigned long long *out) {
     int i = 0;
@@ -92,6 +163,80 @@ extern "C" __global__ void atomic_probe(unsigned long long *host_word, unsigned 
     for (unsigned k = 0; k < iters; ++k) atomicAdd_system(host_word, 1ull);
 }
 "#;
+
+/// Every device-API entry point, instantiated once (templates are only checked when used).
+const API_USE: &str = r#"
+#include <warpfs.cuh>
+extern "C" __global__ void api_use(const wfs_ctx_t *ctx, unsigned fh, unsigned char *buf,
+                                   long long *out) {
+    long long r = 0;
+    r += wfs_read(ctx, fh, 0, 64, buf);
+    r += wfs_write(ctx, fh, 0, 64, buf);
+    r += wfs_fsync(ctx, fh);
+    r += wfs_size(ctx, fh);
+    r += wfs_read_direct(ctx, fh, 0, 64, buf);
+    long long t = wfs_read_async(ctx, fh, 0, 64, buf);
+    r += wfs_wait(ctx, t);
+    r += wfs_prefetch(ctx, fh, 0, 1 << 20);
+    wfs_array<unsigned long long> a = wfs_array_make<unsigned long long>(ctx, fh, 0, 1000);
+    r += (long long)a[threadIdx.x * 37];
+    r += a.copy(3, 10, (unsigned long long *)buf);
+    wfs_array<unsigned char> b = wfs_array_make<unsigned char>(ctx, fh, 1, 1000);
+    r += b[threadIdx.x];
+    struct Odd { unsigned char x[7]; };
+    wfs_array<Odd> o = wfs_array_make<Odd>(ctx, fh, 3, 1000);
+    r += o[threadIdx.x].x[2];
+    r += (long long)wfs_errors(ctx);
+    out[threadIdx.x] = r;
+}
+"#;
+
+/// The kernel sources of the tests and benches, by name, for the NVRTC compile check.
+fn kernel_sources() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("api_use", API_USE),
+        ("tests/cuda_gpu_io.rs KERNELS", KERNELS),
+        (
+            "gpu_bench_kernels::BENCH_KERNELS",
+            warpfs::backend::cuda::gpu_bench_kernels::BENCH_KERNELS,
+        ),
+    ]
+}
+
+/// Compiles `warpfs.cuh` (every entry point) and every kernel source of the tests and benches
+/// to PTX for compute_90 with NVRTC. Needs libnvrtc, not a GPU: runs wherever libnvrtc loads
+/// (`LD_LIBRARY_PATH`); `WARPFS_REQUIRE_NVRTC=1` (CI) turns a missing libnvrtc into a failure.
+#[test]
+fn every_kernel_compiles_with_nvrtc() {
+    if !gpu_io::nvrtc_available() {
+        assert!(
+            std::env::var("WARPFS_REQUIRE_NVRTC").ok().as_deref() != Some("1"),
+            "WARPFS_REQUIRE_NVRTC=1 but libnvrtc.so.13 does not load: put its folder on \
+             LD_LIBRARY_PATH (.ci/run installs it into target/nvrtc)"
+        );
+        println!(
+            "skipping: libnvrtc not found; put libnvrtc.so.13 on LD_LIBRARY_PATH (e.g. \
+             `python3 -m pip install --target DIR nvidia-cuda-nvrtc==13.0.88`, then \
+             LD_LIBRARY_PATH=DIR/nvidia/cu13/lib)"
+        );
+        return;
+    }
+    for (name, src) in kernel_sources() {
+        let ptx = gpu_io::compile_ptx(src, "compute_90", &[])
+            .unwrap_or_else(|e| panic!("{name} does not compile for compute_90: {e}"));
+        assert!(
+            ptx.contains(".entry"),
+            "{name}: NVRTC produced PTX without a kernel entry"
+        );
+        // A cubin for sm_90 runs ptxas inside NVRTC: inline PTX and every instruction checked.
+        let cubin = gpu_io::compile_cubin(src, "sm_90", &[])
+            .unwrap_or_else(|e| panic!("{name} does not assemble for sm_90: {e}"));
+        println!(
+            "{name}: {} bytes of PTX, {cubin} bytes of sm_90 cubin",
+            ptx.len()
+        );
+    }
+}
 
 fn gpu() -> bool {
     // SAFETY: only tries to dlopen libcuda.
@@ -336,7 +481,8 @@ fn kernels_get_errors_for_bad_handles_and_modes() {
     assert!(one_op(&gpu, &module, 1, ro.raw(), n)
         .iter()
         .all(|&r| r == 64));
-    assert!(rt.stats().daemon.errors >= 3 * n as u64);
+    // SIZE and WRITE fail once per thread; the cached READ of a bad handle once per page load.
+    assert!(rt.stats().daemon.errors > 2 * n as u64);
 }
 
 #[test]
@@ -459,6 +605,466 @@ fn waits_are_bounded_timeout_and_shutdown() {
         t.elapsed() < Duration::from_secs(20),
         "shutdown took {:?}",
         t.elapsed()
+    );
+}
+
+fn launch(
+    gpu: &GpuIo<'_>,
+    module: &warpfs::backend::cuda::gpu_io::GpuModule,
+    name: &str,
+    grid: u32,
+    block: u32,
+    args: &[KernelArg],
+) {
+    let k = module.kernel(name).unwrap();
+    // SAFETY: every caller passes the arguments of `name`'s signature, with buffers sized for
+    // grid × block threads; synchronised before the buffers are read or dropped.
+    unsafe { k.launch((grid, 1, 1), (block, 1, 1), 0, args).unwrap() };
+    gpu.synchronize().unwrap();
+}
+
+fn u64s_back(b: &DeviceBuffer, n: usize) -> Vec<u64> {
+    i64s_back(b, n).into_iter().map(|x| x as u64).collect()
+}
+
+#[test]
+fn many_threads_on_one_page_make_one_request() {
+    if !gpu() {
+        return;
+    }
+    let path = pattern_file("one_page.bin", 1 << 20);
+    let rt = runtime(2);
+    let f = rt.open(&path, OpenOptions::read_only()).unwrap();
+    let gpu = GpuIo::new(&rt, small_cfg()).unwrap();
+    let module = gpu.compile(KERNELS, &[]).unwrap();
+    let n: u32 = 8192; // 64 warps of 128-thread blocks, all on page 5
+    let (off, len, stride) = (5 * 4096 + 100u64, 3000u64, 4096u64);
+    let mut out = gpu.alloc(n as usize * stride as usize).unwrap();
+    out.fill(POISON).unwrap();
+    let res = results_buffer(&gpu, n as usize);
+    let before = (gpu.cache_stats().unwrap(), rt.stats().daemon.requests);
+    launch(
+        &gpu,
+        &module,
+        "same_range",
+        n / 128,
+        128,
+        &[
+            KernelArg::U64(gpu.context_ptr()),
+            KernelArg::U32(f.raw()),
+            KernelArg::U64(off),
+            KernelArg::U64(len),
+            KernelArg::U64(out.ptr()),
+            KernelArg::U64(stride),
+            KernelArg::U64(res.ptr()),
+            KernelArg::U32(n),
+        ],
+    );
+    let stats = gpu.cache_stats().unwrap() - before.0;
+    let requests = rt.stats().daemon.requests - before.1;
+    let r = i64s_back(&res, n as usize);
+    assert!(r.iter().all(|&x| x == len as i64), "results {:?}", &r[..8]);
+    let mut host = vec![0u8; out.len()];
+    out.copy_to_host(0, &mut host).unwrap();
+    for (i, b) in host.chunks_exact(stride as usize).enumerate() {
+        assert_eq!(
+            pattern::first_mismatch(&b[..len as usize], off),
+            None,
+            "thread {i}"
+        );
+        assert!(
+            b[len as usize..].iter().all(|&x| x == POISON),
+            "thread {i} wrote past"
+        );
+    }
+    println!("{n} threads on one page: {stats:?}, daemon requests {requests}");
+    assert_eq!(stats.misses, 1, "one page load for {n} threads: {stats:?}");
+    assert_eq!(requests, 1, "one daemon request for {n} threads");
+    assert_eq!(stats.hits + stats.coalesced, n as u64 - 1, "{stats:?}");
+}
+
+#[test]
+fn eviction_under_pressure_far_more_requesters_than_pages() {
+    if !gpu() {
+        return;
+    }
+    let size: u64 = 16 << 20;
+    let path = pattern_file("pressure.bin", size as usize);
+    let rt = runtime(4);
+    let f = rt.open(&path, OpenOptions::read_only()).unwrap();
+    let gpu = GpuIo::new(
+        &rt,
+        GpuIoConfig {
+            gpu_cache_bytes: 64 * 4096, // 64 frames for 4096 pages and 8192 threads
+            ..small_cfg()
+        },
+    )
+    .unwrap();
+    assert_eq!(gpu.cache_frames(), 64);
+    let err = gpu
+        .check_launch((64, 1, 1), (128, 1, 1), 32)
+        .unwrap_err()
+        .to_string();
+    println!("check_launch: {err}");
+    assert!(err.contains("64 frames"), "{err}");
+    gpu.check_launch((1, 1, 1), (64, 1, 1), 32).unwrap(); // 2 warps × 32 = 64 frames: fits
+    let module = gpu.compile(KERNELS, &[]).unwrap();
+    let before = gpu.cache_stats().unwrap();
+    // Every read checked in the kernel (length and first/last word of the page).
+    let (_, bad) = gpu_rand_read(&gpu, &module, f.raw(), size / 4096, (64, 128), 8, 7);
+    let stats = gpu.cache_stats().unwrap() - before;
+    println!("pressure: {stats:?}");
+    assert_eq!(bad, 0, "reads under eviction pressure returned wrong bytes");
+    assert!(stats.evictions > 0, "{stats:?}");
+    assert!(stats.misses > 64, "{stats:?}");
+    assert!(
+        stats.hits + stats.coalesced + stats.misses + stats.bypassed >= 64 * 128 * 8,
+        "every lane access is counted once: {stats:?}"
+    );
+}
+
+#[test]
+fn write_through_updates_cached_pages() {
+    if !gpu() {
+        return;
+    }
+    let path = pattern_file("wt.bin", 1 << 20);
+    let rt = runtime(2);
+    let f = rt.open(&path, OpenOptions::read_write()).unwrap();
+    let gpu = GpuIo::new(&rt, small_cfg()).unwrap();
+    let module = gpu.compile(KERNELS, &[]).unwrap();
+    let n: u32 = 64;
+    let len: u64 = 6000;
+    let stride = 8192u64;
+    // 1. Cache the pages (read the first n × len bytes).
+    let offs: Vec<u64> = (0..n as u64).map(|i| i * len).collect();
+    let lens = vec![len; n as usize];
+    let d_offs = upload(&gpu, &u64s(&offs));
+    let d_lens = upload(&gpu, &u64s(&lens));
+    let mut out = gpu.alloc(n as usize * stride as usize).unwrap();
+    let res = results_buffer(&gpu, n as usize);
+    let read = |out: &mut DeviceBuffer| {
+        out.fill(POISON).unwrap();
+        launch(
+            &gpu,
+            &module,
+            "read_many",
+            1,
+            n,
+            &[
+                KernelArg::U64(gpu.context_ptr()),
+                KernelArg::U32(f.raw()),
+                KernelArg::U64(d_offs.ptr()),
+                KernelArg::U64(d_lens.ptr()),
+                KernelArg::U64(out.ptr()),
+                KernelArg::U64(stride),
+                KernelArg::U64(res.ptr()),
+                KernelArg::U32(n),
+            ],
+        );
+        assert!(i64s_back(&res, n as usize).iter().all(|&r| r == len as i64));
+        let mut host = vec![0u8; out.len()];
+        out.copy_to_host(0, &mut host).unwrap();
+        host
+    };
+    let first = read(&mut out);
+    for i in 0..n as usize {
+        let b = &first[i * stride as usize..][..len as usize];
+        assert_eq!(
+            pattern::first_mismatch(b, offs[i]),
+            None,
+            "before write, thread {i}"
+        );
+    }
+    // 2. Overwrite the range from the GPU with another pattern, fsync.
+    let mut src = vec![0u8; (n as u64 * len) as usize];
+    pattern::fill(&mut src, 1 << 40);
+    let d_src = upload(&gpu, &src);
+    let wres = results_buffer(&gpu, n as usize);
+    launch(
+        &gpu,
+        &module,
+        "write_many",
+        1,
+        n,
+        &[
+            KernelArg::U64(gpu.context_ptr()),
+            KernelArg::U32(f.raw()),
+            KernelArg::U64(d_src.ptr()),
+            KernelArg::U64(len),
+            KernelArg::U64(wres.ptr()),
+            KernelArg::U32(n),
+        ],
+    );
+    assert!(i64s_back(&wres, n as usize)
+        .iter()
+        .all(|&r| r == len as i64));
+    assert_eq!(one_op(&gpu, &module, 3, f.raw(), 1), vec![0], "wfs_fsync");
+    gpu.flush().unwrap();
+    // 3. The GPU sees its writes through the cache; the host sees them in the file.
+    let second = read(&mut out);
+    for i in 0..n as usize {
+        let b = &second[i * stride as usize..][..len as usize];
+        assert_eq!(
+            pattern::first_mismatch(b, (1 << 40) + offs[i]),
+            None,
+            "after write, thread {i}"
+        );
+    }
+    let disk = std::fs::read(&path).unwrap();
+    assert_eq!(pattern::first_mismatch(&disk[..src.len()], 1 << 40), None);
+    assert_eq!(
+        pattern::first_mismatch(&disk[src.len()..], src.len() as u64),
+        None
+    );
+    let stats = gpu.cache_stats().unwrap();
+    println!("write-through: {stats:?}");
+    assert!(stats.write_patches > 0, "{stats:?}");
+}
+
+#[test]
+fn async_reads_every_byte_checked() {
+    if !gpu() {
+        return;
+    }
+    let size: u64 = 8 << 20;
+    let path = pattern_file("async.bin", size as usize);
+    let rt = runtime(4);
+    let f = rt.open(&path, OpenOptions::read_only()).unwrap();
+    let gpu = GpuIo::new(&rt, small_cfg()).unwrap();
+    let module = gpu.compile(KERNELS, &[]).unwrap();
+    let n: usize = 4096;
+    let stride = 4096u64;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let mut offs: Vec<u64> = (0..n).map(|_| rng.random_range(0..size - 4096)).collect();
+    let mut lens: Vec<u64> = (0..n).map(|_| rng.random_range(1..=4096)).collect();
+    offs[0] = size - 10; // short at end of file
+    lens[0] = 4096;
+    offs[1] = size + 1; // past the end
+    lens[1] = 100;
+    let d_offs = upload(&gpu, &u64s(&offs));
+    let d_lens = upload(&gpu, &u64s(&lens));
+    let mut out = gpu.alloc(n * stride as usize).unwrap();
+    out.fill(POISON).unwrap();
+    let res = results_buffer(&gpu, n);
+    launch(
+        &gpu,
+        &module,
+        "async_many",
+        (n / 128) as u32,
+        128,
+        &[
+            KernelArg::U64(gpu.context_ptr()),
+            KernelArg::U32(f.raw()),
+            KernelArg::U64(d_offs.ptr()),
+            KernelArg::U64(d_lens.ptr()),
+            KernelArg::U64(out.ptr()),
+            KernelArg::U64(stride),
+            KernelArg::U64(res.ptr()),
+            KernelArg::U32(n as u32),
+        ],
+    );
+    let r = i64s_back(&res, n);
+    let mut host = vec![0u8; out.len()];
+    out.copy_to_host(0, &mut host).unwrap();
+    for i in 0..n {
+        let want = lens[i].min(size.saturating_sub(offs[i]));
+        assert_eq!(
+            r[i], want as i64,
+            "async read {i} at {} len {}",
+            offs[i], lens[i]
+        );
+        let b = &host[i * stride as usize..][..stride as usize];
+        assert_eq!(
+            pattern::first_mismatch(&b[..want as usize], offs[i]),
+            None,
+            "async {i}"
+        );
+        assert!(
+            b[want as usize..].iter().all(|&x| x == POISON),
+            "async {i} wrote past"
+        );
+    }
+}
+
+#[test]
+fn array_elements_and_copies_checked() {
+    if !gpu() {
+        return;
+    }
+    let size: u64 = 4 << 20;
+    let path = pattern_file("array.bin", size as usize);
+    let rt = runtime(2);
+    let f = rt.open(&path, OpenOptions::read_only()).unwrap();
+    let gpu = GpuIo::new(
+        &rt,
+        GpuIoConfig {
+            gpu_cache_bytes: 1 << 20, // a quarter of the file: evictions too
+            gpu_page_bytes: 16384,
+            ..small_cfg()
+        },
+    )
+    .unwrap();
+    let module = gpu.compile(KERNELS, &[]).unwrap();
+    // u64 elements from byte 8 × 1000 on.
+    let (base, len) = (8000u64, (size - 8000) / 8);
+    let (threads, per) = (8192usize, 16usize);
+    let out = results_buffer(&gpu, threads * per);
+    launch(
+        &gpu,
+        &module,
+        "array_u64",
+        (threads / 256) as u32,
+        256,
+        &[
+            KernelArg::U64(gpu.context_ptr()),
+            KernelArg::U32(f.raw()),
+            KernelArg::U64(base),
+            KernelArg::U64(len),
+            KernelArg::U32(per as u32),
+            KernelArg::U64(out.ptr()),
+            KernelArg::U32(threads as u32),
+        ],
+    );
+    let got = u64s_back(&out, threads * per);
+    for t in 0..threads as u64 {
+        for k in 0..per as u64 {
+            let i = (t * 7919 + k * 104_729) % len;
+            assert_eq!(
+                got[(t * per as u64 + k) as usize],
+                pattern::word(base / 8 + i),
+                "t {t} k {k}"
+            );
+        }
+    }
+    // Unaligned u32 elements (byte 3 on) and range copies of 100 elements.
+    let (base, len, count) = (3u64, (size - 3) / 4, 100usize);
+    let threads = 2048usize;
+    let elems = results_buffer(&gpu, threads); // 8 bytes each, 4 used
+    let mut copies = gpu.alloc(threads * count * 4).unwrap();
+    copies.fill(POISON).unwrap();
+    let res = results_buffer(&gpu, threads);
+    launch(
+        &gpu,
+        &module,
+        "array_u32_copy",
+        (threads / 128) as u32,
+        128,
+        &[
+            KernelArg::U64(gpu.context_ptr()),
+            KernelArg::U32(f.raw()),
+            KernelArg::U64(base),
+            KernelArg::U64(len),
+            KernelArg::U64(elems.ptr()),
+            KernelArg::U64(copies.ptr()),
+            KernelArg::U32(count as u32),
+            KernelArg::U64(res.ptr()),
+            KernelArg::U32(threads as u32),
+        ],
+    );
+    let mut e = vec![0u8; threads * 4];
+    elems.copy_to_host(0, &mut e).unwrap();
+    let mut c = vec![0u8; threads * count * 4];
+    copies.copy_to_host(0, &mut c).unwrap();
+    let r = i64s_back(&res, threads);
+    for t in 0..threads as u64 {
+        let i = (t * 2_654_435_761) % len;
+        let mut want = [0u8; 4];
+        pattern::fill(&mut want, base + 4 * i);
+        assert_eq!(
+            &e[t as usize * 4..][..4],
+            &want,
+            "u32 element {i} (thread {t})"
+        );
+        let first = (t * 40503) % len;
+        let n = (count as u64).min(len - first);
+        assert_eq!(r[t as usize], (n * 4) as i64, "copy of thread {t}");
+        let b = &c[t as usize * count * 4..][..count * 4];
+        assert_eq!(
+            pattern::first_mismatch(&b[..n as usize * 4], base + 4 * first),
+            None,
+            "copy {t}"
+        );
+    }
+    // Out of range: T() and counted.
+    let before = gpu.cache_stats().unwrap().api_errors;
+    let oor = results_buffer(&gpu, 64);
+    launch(
+        &gpu,
+        &module,
+        "array_out_of_range",
+        1,
+        64,
+        &[
+            KernelArg::U64(gpu.context_ptr()),
+            KernelArg::U32(f.raw()),
+            KernelArg::U64(1000),
+            KernelArg::U64(oor.ptr()),
+            KernelArg::U32(64),
+        ],
+    );
+    assert!(u64s_back(&oor, 64).iter().all(|&x| x == 0));
+    let cnt = results_buffer(&gpu, 1);
+    launch(
+        &gpu,
+        &module,
+        "errors_of",
+        1,
+        1,
+        &[KernelArg::U64(gpu.context_ptr()), KernelArg::U64(cnt.ptr())],
+    );
+    let after = gpu.cache_stats().unwrap().api_errors;
+    assert_eq!(after - before, 64);
+    assert_eq!(
+        u64s_back(&cnt, 1)[0],
+        after,
+        "wfs_errors on the device matches cache_stats"
+    );
+    println!("array: {:?}", gpu.cache_stats().unwrap());
+}
+
+#[test]
+fn prefetch_hints_are_posted_without_waiting() {
+    if !gpu() {
+        return;
+    }
+    let path = pattern_file("prefetch.bin", 8 << 20);
+    let rt = runtime(2);
+    let f = rt.open(&path, OpenOptions::read_only()).unwrap();
+    let gpu = GpuIo::new(&rt, small_cfg()).unwrap();
+    let module = gpu.compile(KERNELS, &[]).unwrap();
+    let n = 128u32;
+    let res = results_buffer(&gpu, n as usize);
+    let before = rt.stats().daemon.prefetches;
+    launch(
+        &gpu,
+        &module,
+        "prefetch_many",
+        1,
+        n,
+        &[
+            KernelArg::U64(gpu.context_ptr()),
+            KernelArg::U32(f.raw()),
+            KernelArg::U64(65536),
+            KernelArg::U64(res.ptr()),
+            KernelArg::U32(n),
+        ],
+    );
+    let r = i64s_back(&res, n as usize);
+    assert!(
+        r.iter().all(|&x| x == 0 || x == -(libc::EAGAIN as i64)),
+        "{r:?}"
+    );
+    let posted = r.iter().filter(|&&x| x == 0).count() as u64;
+    assert!(posted > 0);
+    let t = Instant::now();
+    while rt.stats().daemon.prefetches - before < posted && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        rt.stats().daemon.prefetches - before,
+        posted,
+        "every posted hint served"
     );
 }
 

@@ -39,30 +39,37 @@
 //! buffer. The daemon validates every field exactly as for host requesters ([`crate::daemon`]).
 //! `tests/gpu_ring_protocol.rs` stress-tests steps 2–4 against the real consumer on the host.
 //!
-//! # Plan for the rest of issue 4
+//! # GPU page cache (`gpu_cache`, `include/warpfs.cuh`)
 //!
-//! - **Warp coalescing**: `wfs_read_warp` with `__match_any_sync` on (fh, page) so lanes that
-//!   want one page post one request; per-block variant through shared memory.
-//! - **GPU page cache** in device memory: page table (open addressing keyed by file id + page),
-//!   per-page state word (EMPTY/LOADING/VALID/DIRTY + reference count in one 32-bit atomic),
-//!   CLOCK hand, cross-warp coalescing (a LOADING page's waiters poll its state — the loader
-//!   waits only on the daemon), dirty write-back on eviction/fsync/flush through WRITE requests.
-//!   Launch check: resident warps × pages held per warp ≤ cache pages, else a clear error.
-//! - **Three tiers**: the daemon answers a GPU miss that hits the host tier by handing the
-//!   pinned host page's offset (a new `aux` use) so the GPU copies it directly over PCIe; a
-//!   miss there goes to the engine. Measure GPU zero-copy vs DMA (cuMemcpyAsync by a daemon
-//!   copy thread) and record the deciding figures.
-//! - **Async**: `wfs_read_async` returns a ticket (record index + position); `wfs_wait` polls.
-//! - **Prefetch**: `wfs_prefetch` posts into the prefetch ring (same protocol, its own claim
-//!   counter), no completion wait.
-//! - **Array type**: `wfs_array<T>` over the GPU page cache (element access, range copy).
-//! - **Faults**: a kernel that traps mid-request leaves records PENDING and groups busy: reset
-//!   the device state and drain the ring on the next launch (test on the device).
-//! - **Bench**: `warpfs bench` GPU phases (warm/cold random 4 KiB, cache-hit element reads,
-//!   p50/p99 from a per-request `%globaltimer` histogram, daemon CPU use), baselines in the
-//!   same run.
+//! Device memory: an open-addressing page table (linear probing over at most 64 buckets,
+//! 2+ buckets per frame; words EMPTY / TOMB / `(frame+1) << 32 | tag`), one 32-bit state word
+//! per frame (pin count + REF/VALID/LOADING/BUSY/ERROR), per-frame metadata (fh, page, valid
+//! length, table word, error), a CLOCK hand, insert locks, statistics stripes.
+//! - Lookups are lock-free: pin (`atom.acquire.gpu` add), then check the frame's key; a stale
+//!   or colliding entry is unpinned and skipped.
+//! - A miss claims a victim with CLOCK (unpinned, REF clear; at most two sweeps — then the
+//!   access reads around the cache, counted `bypassed`, never waits for a frame), then under
+//!   the key's insert lock (held for a few device-memory operations, never across a wait)
+//!   re-checks and lists the frame LOADING, pinned by the loader.
+//! - Warp coalescing: `__match_any_sync` on (fh, page) elects one leader per page; the loaders
+//!   of a warp post their loads together (one request per page). Cross-warp: a thread finding
+//!   a page LOADING pins it and polls its state word; only the loader waits on the daemon.
+//! - Writes are write-through (no dirty pages): `wfs_write` goes to the daemon, then copies
+//!   the bytes into any cached page of the range (waiting for a page being loaded). So
+//!   `wfs_fsync` is only the FSYNC request and [`GpuIo::flush`] flushes the host side.
+//! - Async: `wfs_read_async` takes a record of the async pool (device-memory busy word),
+//!   posts one request, returns `(index << 32) | position`; `wfs_wait` polls it and copies.
+//! - Prefetch: `wfs_prefetch` posts into the prefetch ring (own claim counter), naming the
+//!   never-armed sink record, and drops the hint when the ring is half full.
+//!
+//! # Not done yet (issue 4)
+//!
+//! Write-back of dirty pages; three tiers (the daemon answering a GPU miss that hits the host
+//! tier with the host page's location); the `warpfs bench` GPU phases (kernels are in
+//! [`super::gpu_bench_kernels`]); per-block API variants; recovery from a kernel that traps.
 
 use super::driver::{check, Context, CudaError, DeviceBuffer};
+use super::gpu_cache::{self, GpuCacheMemory, GpuCacheStats};
 use super::mapped::MappedHostMemory;
 use crate::abi::{self, WfsGpuContext, WfsGpuControl, WfsGpuState};
 use crate::channel::{Channel, ChannelConfig};
@@ -93,6 +100,14 @@ pub struct GpuIoConfig {
     pub lane_bytes: usize,
     /// Longest a device call may wait before it returns `-ETIMEDOUT`.
     pub timeout: Duration,
+    /// Bytes of GPU page cache in device memory (`wfs_read`, `wfs_array`); 0 turns it off
+    /// (every `wfs_read` is then a daemon request).
+    pub gpu_cache_bytes: usize,
+    /// Page size of the GPU page cache: a power of two from 4 KiB to 64 KiB.
+    pub gpu_page_bytes: usize,
+    /// Completion records (each with a `lane_bytes` buffer) for `wfs_read_async`: tickets
+    /// outstanding at once.
+    pub async_slots: usize,
 }
 
 impl Default for GpuIoConfig {
@@ -102,6 +117,9 @@ impl Default for GpuIoConfig {
             warp_slots: 1024,
             lane_bytes: 4096,
             timeout: Duration::from_secs(10),
+            gpu_cache_bytes: 1 << 30,
+            gpu_page_bytes: 4096,
+            async_slots: 4096,
         }
     }
 }
@@ -120,6 +138,7 @@ pub struct GpuIo<'rt> {
     region: Arc<MappedHostMemory>,
     control_off: usize,
     state: DeviceBuffer,
+    cache: Option<GpuCacheMemory>,
     dev_ctx: DeviceBuffer,
     serving: AtomicBool,
     closed: bool,
@@ -155,13 +174,21 @@ impl<'rt> GpuIo<'rt> {
                 cfg.lane_bytes
             )));
         }
+        if cfg.async_slots > (1 << 30) {
+            return Err(Error::Config(format!(
+                "GpuIoConfig::async_slots must be at most 2^30, got {}",
+                cfg.async_slots
+            )));
+        }
         let ctx = Context::new(cfg.device)?;
-        let records = cfg.warp_slots * 32;
+        let group_records = cfg.warp_slots * 32;
+        // Request groups, then the async pool, then one never-armed record for prefetch hints.
+        let records = group_records + cfg.async_slots + 1;
         let data_bytes = records
             .checked_mul(cfg.lane_bytes)
             .ok_or_else(|| Error::Config("warp_slots × 32 × lane_bytes overflows".into()))?;
         let ch_cfg = ChannelConfig {
-            ring_capacity: records.max(2).next_power_of_two(),
+            ring_capacity: (group_records + cfg.async_slots).max(2).next_power_of_two(),
             completions: records,
             data_bytes,
         };
@@ -174,9 +201,20 @@ impl<'rt> GpuIo<'rt> {
             region.clone() as Arc<dyn SharedMemory>,
         )?);
 
-        let state_len = core::mem::size_of::<WfsGpuState>() + 4 * cfg.warp_slots;
+        // State · busy words (groups, async pool) · async pool's (dst, len) pairs (16-aligned).
+        let busy_end = core::mem::size_of::<WfsGpuState>() + 4 * (cfg.warp_slots + cfg.async_slots);
+        let state_len = busy_end.div_ceil(16) * 16 + 16 * cfg.async_slots;
         let mut state = DeviceBuffer::new(&ctx, state_len)?;
         state.fill(0)?;
+        let cache = if cfg.gpu_cache_bytes == 0 {
+            None
+        } else {
+            Some(GpuCacheMemory::new(
+                &ctx,
+                cfg.gpu_cache_bytes,
+                cfg.gpu_page_bytes,
+            )?)
+        };
 
         let base = region.device_ptr();
         let wire = WfsGpuContext {
@@ -192,7 +230,15 @@ impl<'rt> GpuIo<'rt> {
             control: base + control_off as u64,
             state: state.ptr(),
             timeout_ns: u64::try_from(cfg.timeout.as_nanos()).unwrap_or(u64::MAX),
-            reserved: [0; 6],
+            cache: cache.as_ref().map_or(0, |c| c.descriptor_ptr()),
+            prefetch_ring: base + layout.prefetch as u64,
+            prefetch_slots: base
+                + (layout.prefetch + core::mem::size_of::<abi::WfsRingHeader>()) as u64,
+            async_first: group_records as u32,
+            async_count: cfg.async_slots as u32,
+            sink: (records - 1) as u32,
+            reserved32: 0,
+            reserved: 0,
         };
         let mut dev_ctx = DeviceBuffer::new(&ctx, core::mem::size_of::<WfsGpuContext>())?;
         // SAFETY: WfsGpuContext is a plain #[repr(C)] record of integers; viewing it as bytes
@@ -214,6 +260,7 @@ impl<'rt> GpuIo<'rt> {
             region,
             control_off,
             state,
+            cache,
             dev_ctx,
             serving: AtomicBool::new(true),
             closed: false,
@@ -298,6 +345,120 @@ impl<'rt> GpuIo<'rt> {
         Ok(device_attribute(self.ctx.ordinal(), attr)?)
     }
 
+    /// GPU page-cache statistics (summed stripes) plus the device API's error counter
+    /// (`wfs_errors`). All zero without a cache. Waits for running kernels of the context.
+    pub fn cache_stats(&self) -> Result<GpuCacheStats> {
+        let mut s = match &self.cache {
+            Some(c) => c.stats()?,
+            None => GpuCacheStats::default(),
+        };
+        let mut raw = [0u8; 8];
+        self.state
+            .copy_to_host(core::mem::offset_of!(WfsGpuState, errors), &mut raw)?;
+        s.api_errors = u64::from_le_bytes(raw);
+        Ok(s)
+    }
+
+    /// Frames of the GPU page cache (0 without one).
+    pub fn cache_frames(&self) -> u32 {
+        self.cache.as_ref().map_or(0, |c| c.frames())
+    }
+
+    /// Forgets every page of the GPU page cache (after the files changed behind the GPU's
+    /// back, or for a cold measurement). Waits for the context's kernels first. Costs four
+    /// memsets.
+    pub fn invalidate_cache(&mut self) -> Result<()> {
+        self.ctx.synchronize()?;
+        match &mut self.cache {
+            Some(c) => c.reset(),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes every write the GPU made durable on the host side: waits for the context's
+    /// kernels, then flushes the runtime. The GPU page cache is write-through (a `wfs_write` is
+    /// acknowledged only once the daemon has the bytes), so it holds no dirty page; this
+    /// flushes what the runtime's host tier holds.
+    pub fn flush(&self) -> Result<()> {
+        self.ctx.synchronize()?;
+        self.rt.flush()
+    }
+
+    /// Refuses (with an error saying what to change) a launch of `grid` blocks of `block`
+    /// threads whose resident warps × `pages_held_per_warp` exceed the GPU page cache's
+    /// frames. Resident warps are bounded by the device's limits (threads and blocks per SM ×
+    /// SMs) or the grid, whichever is smaller; [`GpuIo::check_kernel_launch`] uses the
+    /// kernel's real occupancy instead. `wfs_read`/`wfs_array` hold at most 32 pages per warp
+    /// (one per lane) and only while the lanes copy; with no frame free they read around the
+    /// cache rather than wait, so a refused launch would still complete, slower.
+    pub fn check_launch(
+        &self,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        pages_held_per_warp: u32,
+    ) -> Result<()> {
+        let threads = block.0 * block.1 * block.2;
+        let per_sm_threads = self.device_attribute(
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR,
+        )? as u64;
+        let per_sm_blocks = self.device_attribute(
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_BLOCKS_PER_MULTIPROCESSOR,
+        )? as u64;
+        let blocks_per_sm = (per_sm_threads / u64::from(threads.max(1))).min(per_sm_blocks);
+        self.check_resident(grid, threads, blocks_per_sm, pages_held_per_warp)
+    }
+
+    /// [`GpuIo::check_launch`] with the kernel's real occupancy
+    /// (`cuOccupancyMaxActiveBlocksPerMultiprocessor`: registers and shared memory counted).
+    pub fn check_kernel_launch(
+        &self,
+        kernel: &Kernel<'_>,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        shared_bytes: u32,
+        pages_held_per_warp: u32,
+    ) -> Result<()> {
+        let threads = block.0 * block.1 * block.2;
+        let mut n = 0i32;
+        self.ctx.bind()?;
+        // SAFETY: kernel.raw is a live function of a loaded module in this context; n is a
+        // valid out pointer.
+        check(
+            unsafe {
+                sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
+                    &mut n,
+                    kernel.raw,
+                    threads as i32,
+                    shared_bytes as usize,
+                )
+            },
+            "cuOccupancyMaxActiveBlocksPerMultiprocessor",
+        )?;
+        self.check_resident(grid, threads, n.max(0) as u64, pages_held_per_warp)
+    }
+
+    fn check_resident(
+        &self,
+        grid: (u32, u32, u32),
+        threads: u32,
+        blocks_per_sm: u64,
+        pages_held_per_warp: u32,
+    ) -> Result<()> {
+        let Some(cache) = &self.cache else {
+            return Ok(()); // no GPU page cache: nothing held
+        };
+        let sms = self
+            .device_attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
+            as u64;
+        let blocks = u64::from(grid.0) * u64::from(grid.1) * u64::from(grid.2);
+        let warps = gpu_cache::resident_warps(blocks, threads, blocks_per_sm, sms);
+        gpu_cache::check_holds(
+            warps,
+            u64::from(pages_held_per_warp),
+            u64::from(cache.frames()),
+        )
+    }
+
     /// Size of the device state block (bytes) — for tests.
     pub fn state_bytes(&self) -> usize {
         self.state.len()
@@ -365,15 +526,96 @@ fn arch_for(major: i32, minor: i32) -> &'static str {
     }
 }
 
-fn compile(ctx: &Arc<Context>, src: &str, options: &[&str]) -> Result<GpuModule> {
+/// Whether NVRTC (`libnvrtc.so.13`) can be loaded on this machine. No GPU needed.
+pub fn nvrtc_available() -> bool {
     // SAFETY: only tries to dlopen libnvrtc.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Compiles CUDA C++ `src` to PTX with NVRTC for virtual architecture `arch` (e.g.
+/// `"compute_90"`), with `warpfs.cuh` and `warpfs_abi.h` on the include path and `--std=c++17`;
+/// `options` are extra NVRTC flags. Needs no GPU and no driver, only libnvrtc — so every kernel
+/// can be checked on any machine. Costs tens to hundreds of ms.
+pub fn compile_ptx(src: &str, arch: &'static str, options: &[&str]) -> Result<String> {
+    if !nvrtc_available() {
         return Err(Error::Config(
-            "libnvrtc not found: install the CUDA toolkit's NVRTC (libnvrtc.so.13) or put it on \
-             LD_LIBRARY_PATH"
+            "libnvrtc not found: install the CUDA toolkit's NVRTC (libnvrtc.so.13, e.g. `python3 \
+             -m pip install nvidia-cuda-nvrtc`) or put its folder on LD_LIBRARY_PATH"
                 .into(),
         ));
     }
+    let inc = include_dir()?;
+    let mut opts = vec!["--std=c++17".to_string()];
+    opts.extend(options.iter().map(|s| s.to_string()));
+    let copts = cudarc::nvrtc::CompileOptions {
+        include_paths: vec![inc.display().to_string()],
+        arch: Some(arch),
+        options: opts,
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, copts).map_err(|e| match e {
+        cudarc::nvrtc::CompileError::CompileError { log, options, .. } => Error::Config(format!(
+            "NVRTC could not compile the kernel (options {options:?}):\n{}",
+            log.to_string_lossy()
+        )),
+        other => Error::Config(format!("NVRTC failed: {other}")),
+    })?;
+    Ok(ptx.to_src())
+}
+
+/// Compiles CUDA C++ `src` with NVRTC all the way to a cubin for real architecture `arch`
+/// (e.g. `"sm_90"`): NVRTC runs ptxas, so inline PTX, register allocation and every
+/// instruction are checked as the driver would at load time — still without a GPU. Returns
+/// the cubin's size in bytes. Costs about twice [`compile_ptx`].
+pub fn compile_cubin(src: &str, arch: &str, options: &[&str]) -> Result<usize> {
+    use cudarc::nvrtc::{result, sys as nsys};
+    if !nvrtc_available() {
+        return Err(Error::Config(
+            "libnvrtc not found: put libnvrtc.so.13 on LD_LIBRARY_PATH".into(),
+        ));
+    }
+    let inc = include_dir()?;
+    let csrc = CString::new(src).map_err(|_| Error::Config("source contains NUL".into()))?;
+    let prog = result::create_program(&csrc, None)
+        .map_err(|e| Error::Config(format!("nvrtcCreateProgram: {e:?}")))?;
+    let mut opts = vec![
+        "--std=c++17".to_string(),
+        format!("--gpu-architecture={arch}"),
+        format!("--include-path={}", inc.display()),
+    ];
+    opts.extend(options.iter().map(|s| s.to_string()));
+    // SAFETY: prog was created above and is destroyed once, below; the log and cubin buffers
+    // are sized by NVRTC's own size queries.
+    unsafe {
+        let compiled = result::compile_program(prog, &opts);
+        let out = match compiled {
+            Ok(()) => {
+                let mut size = 0usize;
+                let r = nsys::nvrtcGetCUBINSize(prog, &mut size);
+                if r == nsys::nvrtcResult::NVRTC_SUCCESS {
+                    Ok(size)
+                } else {
+                    Err(Error::Config(format!("nvrtcGetCUBINSize: {r:?}")))
+                }
+            }
+            Err(e) => {
+                let log = result::get_program_log(prog)
+                    .map(|l| {
+                        let b: Vec<u8> = l.iter().map(|&c| c as u8).collect();
+                        String::from_utf8_lossy(&b).into_owned()
+                    })
+                    .unwrap_or_default();
+                Err(Error::Config(format!(
+                    "NVRTC could not compile for {arch} ({e:?}):\n{log}"
+                )))
+            }
+        };
+        let _ = result::destroy_program(prog);
+        out
+    }
+}
+
+fn compile(ctx: &Arc<Context>, src: &str, options: &[&str]) -> Result<GpuModule> {
     let major = device_attribute(
         ctx.ordinal(),
         sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
@@ -388,23 +630,8 @@ fn compile(ctx: &Arc<Context>, src: &str, options: &[&str]) -> Result<GpuModule>
              acquire/release); this device is {major}.{minor}"
         )));
     }
-    let inc = include_dir()?;
-    let mut opts = vec!["--std=c++17".to_string()];
-    opts.extend(options.iter().map(|s| s.to_string()));
-    let copts = cudarc::nvrtc::CompileOptions {
-        include_paths: vec![inc.display().to_string()],
-        arch: Some(arch_for(major, minor)),
-        options: opts,
-        ..Default::default()
-    };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, copts).map_err(|e| match e {
-        cudarc::nvrtc::CompileError::CompileError { log, options, .. } => Error::Config(format!(
-            "NVRTC could not compile the kernel (options {options:?}):\n{}",
-            log.to_string_lossy()
-        )),
-        other => Error::Config(format!("NVRTC failed: {other}")),
-    })?;
-    let image = CString::new(ptx.to_src())
+    let ptx = compile_ptx(src, arch_for(major, minor), options)?;
+    let image = CString::new(ptx)
         .map_err(|_| Error::Config("NVRTC produced PTX with a NUL byte".into()))?;
     ctx.bind()?;
     let mut raw: sys::CUmodule = std::ptr::null_mut();

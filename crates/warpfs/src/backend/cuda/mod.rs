@@ -33,6 +33,8 @@
 pub mod bulk;
 pub mod checksum;
 pub mod driver;
+pub mod gpu_bench_kernels;
+pub mod gpu_cache;
 pub mod gpu_io;
 pub mod mapped;
 pub mod multi;

@@ -12,6 +12,7 @@ Examples:
   warpfs bench --size 256M --json   smaller file, machine-readable results
   warpfs stat data.bin              size, page-cache residency, O_DIRECT support
   warpfs load model.bin --verify    whole file into GPU memory, checksum checked (--features cuda)
+  warpfs load m.safetensors         every tensor into GPU memory, one vectored call
 
 Exit codes: 0 ok · 1 a read or write returned wrong bytes · 2 error (the message says what to do)";
 
@@ -215,6 +216,22 @@ pub struct LoadArgs {
     /// CPU threads moving data [default: the library's, min(12, cores)].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// File format: auto (safetensors if the name ends in .safetensors or the header says
+    /// so, else raw bytes), raw (the whole file as bytes), safetensors (every tensor, one
+    /// vectored call; --verify checks each tensor).
+    #[arg(long, value_enum, default_value_t = LoadFormat::Auto)]
+    pub format: LoadFormat,
+}
+
+/// How `warpfs load` reads its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LoadFormat {
+    /// Detect from the extension or the header.
+    Auto,
+    /// The whole file as bytes.
+    Raw,
+    /// A safetensors file: every tensor into one device buffer.
+    Safetensors,
 }
 
 /// `warpfs stat` arguments.

@@ -23,6 +23,7 @@ Examples:
   warpfs bench --phases rand-read --threads 4 --qd 128
   warpfs bench --file /data/model.bin --phases seq,rand-read
   warpfs bench --dir /mnt/nvme --json > result.json
+  warpfs bench --plot plots/ --seconds 1      sweeps; writes SVG curves into plots/
 
 Each phase runs twice in this process on the same file: through warpfs and the plain way
 (read/pread/pwrite with the same sizes and thread count); the table shows both and the ratio.
@@ -174,6 +175,11 @@ pub struct BenchArgs {
     /// 10m, 1h), every byte checked, memory sampled; exit 1 on a mismatch, 2 on errors or growth.
     #[arg(long, value_parser = crate::bench::soak::parse_duration, value_name = "DURATION")]
     pub soak: Option<std::time::Duration>,
+    /// Sweep instead of the phases and write SVG plots into DIR: rand-read IOPS against
+    /// threads (warpfs vs pread), seq GB/s against I/O size (warpfs vs read loop), and the
+    /// latency CDF of rand-read requests; plus plot-data.json with every point.
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<PathBuf>,
     /// Backend.
     #[command(flatten)]
     pub backend: BackendOpt,

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod plots;
 pub mod rand;
 pub mod report;
 pub mod seq;
@@ -290,6 +291,9 @@ fn say(args: &BenchArgs, msg: impl AsRef<str>) {
 pub fn run(args: &BenchArgs) -> Result<i32> {
     if let Some(d) = args.soak {
         return soak::run_cli(args, d);
+    }
+    if let Some(dir) = &args.plot {
+        return plots::run(args, dir);
     }
     let wall = Instant::now();
     let backend = backend::resolve(args.backend.backend)?;

@@ -5,7 +5,9 @@
 #![cfg(feature = "cuda")]
 
 use std::path::PathBuf;
-use warpfs::backend::cuda::{available, pattern, BulkConfig, BulkFile, CudaBulk, DeviceBuffer};
+use warpfs::backend::cuda::{
+    available, checksum, pattern, BulkConfig, BulkFile, ChecksumKernel, CudaBulk, DeviceBuffer,
+};
 use warpfs::safetensors::{
     device_layout, encode_header, load_into, load_to_gpu, Dtype, Header, SafetensorsError,
 };
@@ -125,6 +127,29 @@ fn every_tensor_lands_at_its_offset() {
         assert_eq!(got.len(), tensors.len());
         assert_eq!(report.bytes, header.data_len, "{name}");
         check(name, &header, &host(&dst));
+
+        // The per-tensor GPU checksum `warpfs load --verify` uses agrees with the CPU's over
+        // the file bytes (and catches a tensor whose bytes are off by one position).
+        let file_bytes = std::fs::read(&p).unwrap();
+        match ChecksumKernel::new(eng.context()) {
+            Ok(mut k) => {
+                for t in &got {
+                    let want = checksum::checksum(
+                        &file_bytes[t.file_offset as usize..(t.file_offset + t.len) as usize],
+                    );
+                    assert_eq!(k.checksum_range(&dst, t.offset, t.len).unwrap(), want);
+                    if t.len > 1 && ((t.file_offset + t.len) as usize) < file_bytes.len() {
+                        let shifted = checksum::checksum(
+                            &file_bytes
+                                [t.file_offset as usize + 1..(t.file_offset + t.len) as usize + 1],
+                        );
+                        assert_ne!(shifted, want);
+                    }
+                }
+                assert!(k.checksum_range(&dst, dst.len() as u64, 1).is_err());
+            }
+            Err(e) => println!("skipping GPU checksums: {e}"),
+        }
 
         // The one-call API: same bytes, named lookups.
         let loaded = load_to_gpu(&eng, &p).unwrap();

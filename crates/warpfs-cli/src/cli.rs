@@ -12,6 +12,7 @@ Examples:
   warpfs bench --size 256M --json   smaller file, machine-readable results
   warpfs stat data.bin              size, page-cache residency, O_DIRECT support
   warpfs load model.bin --verify    whole file into GPU memory, checksum checked (--features cuda)
+  warpfs load m.safetensors         every tensor into GPU memory, one vectored call
 
 Exit codes: 0 ok · 1 a read or write returned wrong bytes · 2 error (the message says what to do)";
 
@@ -22,6 +23,7 @@ Examples:
   warpfs bench --phases rand-read --threads 4 --qd 128
   warpfs bench --file /data/model.bin --phases seq,rand-read
   warpfs bench --dir /mnt/nvme --json > result.json
+  warpfs bench --plot plots/ --seconds 1      sweeps; writes SVG curves into plots/
 
 Each phase runs twice in this process on the same file: through warpfs and the plain way
 (read/pread/pwrite with the same sizes and thread count); the table shows both and the ratio.
@@ -177,6 +179,11 @@ pub struct BenchArgs {
     /// phase spreads the file over them (and reads a file per GPU) beside the one-GPU figure.
     #[arg(long, value_name = "all|LIST")]
     pub gpus: Option<String>,
+    /// Sweep instead of the phases and write SVG plots into DIR: rand-read IOPS against
+    /// threads (warpfs vs pread), seq GB/s against I/O size (warpfs vs read loop), and the
+    /// latency CDF of rand-read requests; plus plot-data.json with every point.
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<PathBuf>,
     /// Backend.
     #[command(flatten)]
     pub backend: BackendOpt,
@@ -219,6 +226,22 @@ pub struct LoadArgs {
     /// CPU threads moving data [default: the library's, min(12, cores)].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// File format: auto (safetensors if the name ends in .safetensors or the header says
+    /// so, else raw bytes), raw (the whole file as bytes), safetensors (every tensor, one
+    /// vectored call; --verify checks each tensor).
+    #[arg(long, value_enum, default_value_t = LoadFormat::Auto)]
+    pub format: LoadFormat,
+}
+
+/// How `warpfs load` reads its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LoadFormat {
+    /// Detect from the extension or the header.
+    Auto,
+    /// The whole file as bytes.
+    Raw,
+    /// A safetensors file: every tensor into one device buffer.
+    Safetensors,
 }
 
 /// `warpfs stat` arguments.

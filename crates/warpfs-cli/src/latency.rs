@@ -25,6 +25,20 @@ impl Latencies {
     pub fn merge(&mut self, other: Latencies) {
         self.nanos.extend(other.nanos);
     }
+    /// The empirical CDF at up to `points` evenly spaced ranks: `(latency µs, fraction of
+    /// operations at or below it)`, ending at the slowest operation. Sorts the samples.
+    pub fn cdf_us(&mut self, points: usize) -> Vec<(f64, f64)> {
+        self.nanos.sort_unstable();
+        let n = self.nanos.len();
+        let k = points.clamp(1, n.max(1));
+        (1..=k)
+            .filter(|_| n > 0)
+            .map(|i| {
+                let rank = (i * n).div_ceil(k);
+                (self.nanos[rank - 1] as f64 / 1000.0, rank as f64 / n as f64)
+            })
+            .collect()
+    }
     /// The `p`-th percentile (0–100) in microseconds (nearest rank); `None` when empty.
     pub fn percentile_us(&mut self, p: f64) -> Option<f64> {
         if self.nanos.is_empty() {
@@ -57,5 +71,11 @@ mod tests {
         assert_eq!(a.percentile_us(50.0), Some(50.0));
         assert_eq!(a.percentile_us(99.0), Some(99.0));
         assert_eq!(a.percentile_us(100.0), Some(100.0));
+        let cdf = a.cdf_us(4);
+        assert_eq!(
+            cdf,
+            vec![(25.0, 0.25), (50.0, 0.5), (75.0, 0.75), (100.0, 1.0)]
+        );
+        assert_eq!(Latencies::default().cdf_us(10), vec![]);
     }
 }

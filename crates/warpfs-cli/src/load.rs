@@ -1,9 +1,50 @@
 //! `warpfs load FILE`: the whole file into GPU memory through the CUDA bulk path; prints the
 //! rate, the CPU threads, the path chosen and why, and with `--verify` compares a checksum
-//! computed on the GPU with one the CPU computes from a plain read of the file.
+//! computed on the GPU with one the CPU computes from a plain read of the file. A safetensors
+//! file (by extension or header) loads tensor by tensor instead ([`safetensors`]).
 
-use crate::cli::LoadArgs;
-use crate::error::Result;
+use crate::cli::{LoadArgs, LoadFormat};
+use crate::error::{Context, Result};
+use std::io::Read;
+use std::path::Path;
+
+#[cfg(feature = "cuda")]
+mod safetensors;
+
+/// The bulk engine's settings: the library's defaults with `--threads`.
+#[cfg(feature = "cuda")]
+fn engine_config(args: &LoadArgs) -> Result<warpfs::backend::cuda::BulkConfig> {
+    let mut cfg = warpfs::backend::cuda::BulkConfig::default();
+    if let Some(t) = args.threads {
+        if t == 0 {
+            crate::error::bail!("--threads must be at least 1");
+        }
+        cfg.threads = t;
+    }
+    Ok(cfg)
+}
+
+/// Whether `warpfs load` should treat `path` as a safetensors file: `--format` if given, else
+/// the `.safetensors` extension, else a header sniff (a plausible length, then `{`).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub fn is_safetensors(path: &Path, format: LoadFormat) -> Result<bool> {
+    match format {
+        LoadFormat::Raw => return Ok(false),
+        LoadFormat::Safetensors => return Ok(true),
+        LoadFormat::Auto => {}
+    }
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+    {
+        return Ok(true);
+    }
+    let mut f = std::fs::File::open(path).ctx(|| format!("opening {}", path.display()))?;
+    let size = f.metadata()?.len();
+    let mut head = Vec::with_capacity(9);
+    f.by_ref().take(9).read_to_end(&mut head)?;
+    Ok(warpfs::safetensors::sniff(&head, size))
+}
 
 /// `warpfs load` in a build without CUDA: says how to get it.
 #[cfg(not(feature = "cuda"))]
@@ -17,24 +58,21 @@ pub fn run(_args: &LoadArgs) -> Result<i32> {
 /// `warpfs load`. Returns the exit code (1 if the checksums differ).
 #[cfg(feature = "cuda")]
 pub fn run(args: &LoadArgs) -> Result<i32> {
-    use crate::error::{bail, Context, EXIT_MISMATCH};
+    use crate::error::{bail, EXIT_MISMATCH};
     use crate::units::fmt_bytes;
     use std::time::Instant;
-    use warpfs::backend::cuda::{self, checksum, BulkConfig, BulkFile, ChecksumKernel, CudaBulk};
+    use warpfs::backend::cuda::{self, checksum, BulkFile, ChecksumKernel, CudaBulk};
 
     if let Err(e) = cuda::driver::init() {
         bail!("{e}");
     }
+    if is_safetensors(&args.file, args.format)? {
+        return safetensors::run(args);
+    }
     let file = BulkFile::open(&args.file)?;
     let size = file.size()?;
     let len = usize::try_from(size).ctx(|| "file size".into())?;
-    let mut cfg = BulkConfig::default();
-    if let Some(t) = args.threads {
-        if t == 0 {
-            bail!("--threads must be at least 1");
-        }
-        cfg.threads = t;
-    }
+    let cfg = engine_config(args)?;
     let t = Instant::now();
     let eng = CudaBulk::new(args.device, cfg).ctx(|| "starting the CUDA bulk engine".into())?;
     let setup = t.elapsed();
@@ -163,4 +201,33 @@ pub fn run(args: &LoadArgs) -> Result<i32> {
         }
     }
     Ok(if ok { 0 } else { EXIT_MISMATCH })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_safetensors_by_name_header_or_flag() {
+        let d = std::env::temp_dir().join(format!("warpfs-load-detect-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let (mut st, data) = warpfs::safetensors::encode_header(
+            &[("w", warpfs::safetensors::Dtype::U8, &[4])],
+            None,
+        )
+        .unwrap();
+        st.resize(st.len() + data as usize, 1);
+        let named = d.join("m.safetensors");
+        let unnamed = d.join("m.bin");
+        let raw = d.join("raw.bin");
+        std::fs::write(&named, b"anything").unwrap();
+        std::fs::write(&unnamed, &st).unwrap();
+        std::fs::write(&raw, vec![7u8; 100]).unwrap();
+        assert!(is_safetensors(&named, LoadFormat::Auto).unwrap());
+        assert!(is_safetensors(&unnamed, LoadFormat::Auto).unwrap());
+        assert!(!is_safetensors(&raw, LoadFormat::Auto).unwrap());
+        assert!(!is_safetensors(&unnamed, LoadFormat::Raw).unwrap());
+        assert!(is_safetensors(&raw, LoadFormat::Safetensors).unwrap());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }

@@ -9,6 +9,7 @@ mod expected;
 mod latency;
 mod load;
 mod pattern;
+mod plot;
 mod progress;
 mod stat;
 mod system;

@@ -23,6 +23,7 @@ pub mod readahead;
 pub mod region;
 pub mod ring;
 pub mod runtime;
+pub mod safetensors;
 pub mod span;
 mod sync;
 

@@ -5,6 +5,7 @@
 pub mod cuda;
 #[cfg(feature = "cuda")]
 pub mod multi;
+pub mod plots;
 pub mod rand;
 pub mod report;
 pub mod seq;
@@ -292,6 +293,9 @@ fn say(args: &BenchArgs, msg: impl AsRef<str>) {
 pub fn run(args: &BenchArgs) -> Result<i32> {
     if let Some(d) = args.soak {
         return soak::run_cli(args, d);
+    }
+    if let Some(dir) = &args.plot {
+        return plots::run(args, dir);
     }
     let wall = Instant::now();
     let backend = match (&args.gpus, args.backend.backend) {

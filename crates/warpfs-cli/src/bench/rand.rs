@@ -37,7 +37,7 @@ pub fn agents(ctx: &Ctx) -> Result<Vec<Vec<Agent>>> {
 }
 
 /// One thread's agents reading random blocks, each agent `depth` deep.
-fn agent_reader(
+pub fn agent_reader(
     mut agents: Vec<Agent>,
     file: &FileHandle,
     blocks: u64,

@@ -15,7 +15,7 @@ const BLOCK: usize = 4 << 20;
 const CHECK_CHUNK: usize = 4 << 20;
 
 /// Marks every 4 KiB of `buf` so a pass that skips a page cannot pass as correct.
-fn poison(buf: &mut [u8]) {
+pub fn poison(buf: &mut [u8]) {
     for page in buf.chunks_mut(4096) {
         page[0] = !page[0];
         let last = page.len() - 1;

@@ -282,6 +282,23 @@ impl ChecksumKernel {
         Ok(finish(unsafe { self.sum_raw(buf.ptr(), len)? }, len))
     }
 
+    /// The checksum of bytes `[offset, offset + len)` of `buf`, as if they were a buffer of
+    /// their own (e.g. one tensor of many in one allocation). `offset` must be a multiple of 8.
+    pub fn checksum_range(&mut self, buf: &DeviceBuffer, offset: u64, len: u64) -> Result<u64> {
+        if offset.checked_add(len).is_none_or(|e| e > buf.len() as u64) {
+            return Err(Error::Range(format!(
+                "checksum of [{offset}, {offset}+{len}) asked of a {}-byte device buffer",
+                buf.len()
+            )));
+        }
+        // SAFETY: the range lies inside buf (checked), a live buffer borrowed for the call,
+        // which waits for the kernel; sum_raw checks the alignment.
+        Ok(finish(
+            unsafe { self.sum_raw(buf.ptr() + offset, len)? },
+            len,
+        ))
+    }
+
     /// The unfinished sum (see [`partial`]) of `len` bytes at device address `base`.
     ///
     /// # Safety

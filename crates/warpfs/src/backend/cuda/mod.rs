@@ -32,6 +32,8 @@ pub mod bulk;
 pub mod checksum;
 pub mod driver;
 pub mod gpu_io;
+#[cfg(feature = "graph")]
+pub mod graph_bfs;
 pub mod mapped;
 pub mod pattern;
 

@@ -372,3 +372,25 @@ proptest! {
         prop_assert_eq!(g.neighbours, &nb[..]);
     }
 }
+
+/// Generation speed on this machine (`cargo test --release --features graph --test graph --
+/// --ignored --nocapture gen_speed`); prints figures, asserts nothing timed.
+#[test]
+#[ignore]
+fn gen_speed() {
+    let s = spec(EdgeModel::Kronecker, 20, 1);
+    let t = std::time::Instant::now();
+    let mut x = 0u64;
+    let st = s.stream();
+    for i in 0..(1u64 << 24) {
+        let (u, v) = st.edge(i);
+        x = x.wrapping_add(u as u64 ^ v as u64);
+    }
+    println!(
+        "edge(): {:.1} ns per edge, one thread ({x})",
+        t.elapsed().as_nanos() as f64 / (1u64 << 24) as f64
+    );
+    let p = dir().join("speed");
+    let r = generate(&s, &p, &GenerateOptions::default()).unwrap();
+    println!("generate scale 20: {:?}, {} passes", r.elapsed, r.passes);
+}

@@ -83,20 +83,49 @@ impl GraphSpec {
         self.edge_factor as u64 * self.vertices()
     }
 
-    /// The permutation's round keys, from the seed.
-    fn keys(&self) -> [u64; 4] {
+    /// The edge stream of this spec (keys derived once).
+    pub fn stream(&self) -> EdgeStream {
         let mut s = SplitMix(self.seed ^ 0x5045_524D_5554_4521);
-        [s.next() | 1, s.next() | 1, s.next(), s.next()]
+        EdgeStream {
+            model: self.model,
+            scale: self.scale,
+            seed: self.seed,
+            mask: self.vertices() - 1,
+            shift: (self.scale / 2).max(1),
+            keys: [s.next() | 1, s.next() | 1, s.next(), s.next()],
+        }
     }
 
+    /// Generated edge `i` (see [`EdgeStream::edge`]); derives the stream's keys each call.
+    pub fn edge(&self, i: u64) -> (u32, u32) {
+        self.stream().edge(i)
+    }
+
+    /// The vertex label of generator vertex `x` (exposed for tests of the bijection).
+    pub fn label(&self, x: u64) -> u64 {
+        self.stream().permute(x)
+    }
+}
+
+/// A [`GraphSpec`]'s edges, ready to generate: edge `i` is a pure function of the spec and `i`.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeStream {
+    model: EdgeModel,
+    scale: u32,
+    seed: u64,
+    mask: u64,
+    shift: u32,
+    keys: [u64; 4],
+}
+
+impl EdgeStream {
     /// Generated edge `i` as `(u, v)` with permuted labels (may be a self-loop or repeat).
-    /// Costs ~`scale / 4` random words.
+    /// Costs ~`scale / 4` random words and no branches per level.
     #[inline]
     pub fn edge(&self, i: u64) -> (u32, u32) {
         let mut rng = SplitMix(mix(self.seed.wrapping_add(i.wrapping_mul(GOLDEN))) ^ self.seed);
-        let mask = self.vertices() - 1;
         let (u, v) = match self.model {
-            EdgeModel::Uniform => (rng.next() & mask, rng.next() & mask),
+            EdgeModel::Uniform => (rng.next() & self.mask, rng.next() & self.mask),
             EdgeModel::Kronecker => {
                 let (mut u, mut v) = (0u64, 0u64);
                 let mut word = 0u64;
@@ -106,44 +135,29 @@ impl GraphSpec {
                     }
                     let r = (word & 0xFFFF) as u32;
                     word >>= 16;
-                    let (bu, bv) = if r < KRON_A {
-                        (0, 0)
-                    } else if r < KRON_AB {
-                        (0, 1)
-                    } else if r < KRON_ABC {
-                        (1, 0)
-                    } else {
-                        (1, 1)
-                    };
-                    u = (u << 1) | bu;
-                    v = (v << 1) | bv;
+                    // Quadrants: r < A → (0,0); < A+B → (0,1); < A+B+C → (1,0); else (1,1).
+                    let (a, ab, abc) = (r >= KRON_A, r >= KRON_AB, r >= KRON_ABC);
+                    u = (u << 1) | ab as u64;
+                    v = (v << 1) | (a ^ ab ^ abc) as u64;
                 }
                 (u, v)
             }
         };
-        let keys = self.keys();
-        (self.permute(u, &keys) as u32, self.permute(v, &keys) as u32)
+        (self.permute(u) as u32, self.permute(v) as u32)
     }
 
     /// The Graph500-style vertex relabelling: a seeded bijection of `0 .. 2^scale` (rounds of
     /// multiply-by-odd, add and xor-shift modulo `2^scale`), so hub vertices land anywhere.
     #[inline]
-    fn permute(&self, x: u64, keys: &[u64; 4]) -> u64 {
-        let mask = self.vertices() - 1;
-        let shift = (self.scale / 2).max(1);
+    fn permute(&self, x: u64) -> u64 {
         let mut x = x;
         for round in 0..3 {
             x = x
-                .wrapping_mul(keys[round & 1])
-                .wrapping_add(keys[2 + (round & 1)])
-                & mask;
-            x ^= x >> shift;
+                .wrapping_mul(self.keys[round & 1])
+                .wrapping_add(self.keys[2 + (round & 1)])
+                & self.mask;
+            x ^= x >> self.shift;
         }
         x
-    }
-
-    /// The vertex label of generator vertex `x` (exposed for tests of the bijection).
-    pub fn label(&self, x: u64) -> u64 {
-        self.permute(x, &self.keys())
     }
 }

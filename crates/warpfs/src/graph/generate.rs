@@ -2,16 +2,20 @@
 //! on all cores.
 //!
 //! 1. **Count**: one parallel pass over the stream counts each vertex's raw degree (both
-//!    directions of every non-loop edge; repeats included).
+//!    directions of every non-loop edge; repeats included), in private per-thread counters
+//!    (4 bytes × vertices × threads) when they fit half the budget.
 //! 2. **Buckets**: consecutive vertex ranges whose raw entries fit the memory budget.
-//! 3. **Per bucket**: one parallel pass over the regenerated stream scatters the entries whose
-//!    source lies in the bucket into place (per-vertex atomic cursors); then, in parallel per
-//!    run of vertices, each list is sorted and deduplicated; the lists are appended to the
-//!    file in vertex order.
+//! 3. **Per bucket**: one parallel pass over the regenerated stream appends the entries whose
+//!    source lies in the bucket to per-thread, per-group vectors (a group: consecutive
+//!    vertices with ~2^18 raw entries, cache-sized); then each group, in parallel, places its
+//!    entries into its vertices' lists, sorts and deduplicates each list; the lists are
+//!    appended to the file in vertex order. No atomics on the hot path (a locked add per
+//!    entry stalls on every cache miss).
 //!
-//! Memory: the budget (raw entries × 4 bytes of the largest bucket) + 4 bytes per vertex
-//! (raw degrees) + ~20 bytes per vertex of the current bucket. Time: (1 + buckets) passes of
-//! edge generation + one sort of every list + one write of the file.
+//! Memory: the budget (12 bytes per raw entry of the largest bucket: the 8-byte pairs, then
+//! the 4-byte lists) + 4 bytes per vertex (raw degrees) + ~20 bytes per vertex of the current
+//! bucket. Time: (1 + buckets) passes of edge generation + one sort of every list + one
+//! write of the file.
 
 use super::edges::GraphSpec;
 use super::error::{GraphError, Result};
@@ -23,6 +27,10 @@ use std::time::{Duration, Instant};
 
 /// Edges generated per parallel task.
 const EDGE_CHUNK: u64 = 1 << 16;
+/// Raw entries per placement group (≈1 MiB of lists: cache-sized).
+const GROUP_ENTRIES: u64 = 1 << 18;
+/// Most placement groups per bucket.
+const MAX_GROUPS: u64 = 1 << 14;
 
 /// Settings of [`generate`].
 pub struct GenerateOptions<'a> {
@@ -77,6 +85,7 @@ pub fn generate(
     spec.check()?;
     let t0 = Instant::now();
     let n = spec.vertices() as usize;
+    let stream = spec.stream();
     let total_edges = spec.generated_edges();
     let chunks = total_edges.div_ceil(EDGE_CHUNK);
     let planned = AtomicU64::new(2 * total_edges);
@@ -86,30 +95,75 @@ pub fn generate(
         }
     };
 
-    // 1. Raw degrees.
-    let mut degrees: Vec<AtomicU32> = Vec::new();
-    degrees.resize_with(n, || AtomicU32::new(0));
-    let self_loops = AtomicU64::new(0);
-    (0..chunks).into_par_iter().for_each(|c| {
-        let (lo, hi) = (c * EDGE_CHUNK, ((c + 1) * EDGE_CHUNK).min(total_edges));
-        let mut loops = 0;
-        for i in lo..hi {
-            let (u, v) = spec.edge(i);
-            if u == v {
-                loops += 1;
-            } else {
-                degrees[u as usize].fetch_add(1, Ordering::Relaxed);
-                degrees[v as usize].fetch_add(1, Ordering::Relaxed);
+    // 1. Raw degrees: private counters per thread where they fit half the budget (no locked
+    // adds: each would stall on its cache miss), else shared atomic counters.
+    let threads = rayon::current_num_threads();
+    let (degrees, self_loops) = if (threads as u64) * (n as u64) * 4 <= opts.memory_bytes / 2 {
+        let per = chunks.div_ceil(threads as u64);
+        let partial: Vec<(Vec<u32>, u64)> = (0..threads as u64)
+            .into_par_iter()
+            .map(|t| {
+                let mut d = vec![0u32; n];
+                let mut loops = 0u64;
+                for c in t * per..((t + 1) * per).min(chunks) {
+                    let (lo, hi) = (c * EDGE_CHUNK, ((c + 1) * EDGE_CHUNK).min(total_edges));
+                    for i in lo..hi {
+                        let (u, v) = stream.edge(i);
+                        if u == v {
+                            loops += 1;
+                        } else {
+                            d[u as usize] += 1;
+                            d[v as usize] += 1;
+                        }
+                    }
+                    report(hi - lo);
+                }
+                (d, loops)
+            })
+            .collect();
+        let loops = partial.iter().map(|p| p.1).sum();
+        let mut degrees = vec![0u32; n];
+        degrees
+            .par_chunks_mut(1 << 16)
+            .enumerate()
+            .for_each(|(k, out)| {
+                let (at, len) = (k << 16, out.len());
+                for (p, _) in &partial {
+                    for (o, x) in out.iter_mut().zip(&p[at..at + len]) {
+                        *o += x;
+                    }
+                }
+            });
+        (degrees, loops)
+    } else {
+        let mut degrees: Vec<AtomicU32> = Vec::new();
+        degrees.resize_with(n, || AtomicU32::new(0));
+        let self_loops = AtomicU64::new(0);
+        (0..chunks).into_par_iter().for_each(|c| {
+            let (lo, hi) = (c * EDGE_CHUNK, ((c + 1) * EDGE_CHUNK).min(total_edges));
+            let mut loops = 0;
+            for i in lo..hi {
+                let (u, v) = stream.edge(i);
+                if u == v {
+                    loops += 1;
+                } else {
+                    degrees[u as usize].fetch_add(1, Ordering::Relaxed);
+                    degrees[v as usize].fetch_add(1, Ordering::Relaxed);
+                }
             }
-        }
-        self_loops.fetch_add(loops, Ordering::Relaxed);
-        report(hi - lo);
-    });
-    let degrees: Vec<u32> = degrees.into_iter().map(AtomicU32::into_inner).collect();
-    let self_loops = self_loops.into_inner();
+            self_loops.fetch_add(loops, Ordering::Relaxed);
+            report(hi - lo);
+        });
+        (
+            degrees.into_iter().map(AtomicU32::into_inner).collect(),
+            self_loops.into_inner(),
+        )
+    };
 
     // 2. Buckets of consecutive vertices within the budget.
-    let budget = (opts.memory_bytes / 4).max(1);
+    // 12 bytes per raw entry: an 8-byte (vertex, neighbour) pair while partitioning, then
+    // 4 bytes in place.
+    let budget = (opts.memory_bytes / 12).max(1);
     let mut buckets = Vec::new();
     let (mut lo, mut acc) = (0usize, 0u64);
     for (v, &d) in degrees.iter().enumerate() {
@@ -123,66 +177,88 @@ pub fn generate(
     buckets.push(lo..n);
     planned.store((1 + buckets.len() as u64) * total_edges, Ordering::Relaxed);
 
-    // 3. Scatter, sort, deduplicate, write — bucket by bucket.
+    // 3. Per bucket: partition, place, sort, deduplicate, write.
     let mut writer = CsrWriter::create(path, n as u64, FLAG_SYMMETRIC)?;
     let mut raw_total = 0u64;
-    let threads = rayon::current_num_threads();
     for range in &buckets {
         let nv = range.len();
         let mut start = Vec::with_capacity(nv + 1);
         let mut s = 0u64;
-        start.push(0);
+        start.push(0u64);
         for &d in &degrees[range.clone()] {
             s += d as u64;
             start.push(s);
         }
         raw_total += s;
         let len = usize::try_from(s).map_err(|_| GraphError::Config("bucket too large".into()))?;
-        let mut slots: Vec<AtomicU32> = Vec::new();
-        slots.resize_with(len, || AtomicU32::new(0));
-        let mut cursor: Vec<AtomicU32> = Vec::new();
-        cursor.resize_with(nv, || AtomicU32::new(0));
-        let (blo, bhi) = (range.start as u32, range.end as u64);
-        let put = |src: u32, dst: u32| {
-            if (src as u64) < bhi && src >= blo {
-                let r = (src - blo) as usize;
-                let at = start[r] + cursor[r].fetch_add(1, Ordering::Relaxed) as u64;
-                slots[at as usize].store(dst, Ordering::Relaxed);
-            }
-        };
-        (0..chunks).into_par_iter().for_each(|c| {
-            let (lo, hi) = (c * EDGE_CHUNK, ((c + 1) * EDGE_CHUNK).min(total_edges));
-            for i in lo..hi {
-                let (u, v) = spec.edge(i);
-                if u != v {
-                    put(u, v);
-                    put(v, u);
-                }
-            }
-            report(hi - lo);
-        });
-        drop(cursor);
-        let mut slots: Vec<u32> = slots.into_iter().map(AtomicU32::into_inner).collect();
 
-        // Runs of vertices, each with its disjoint part of `slots`.
-        let run = (nv / (threads * 16)).max(1024);
-        let mut parts = Vec::with_capacity(nv.div_ceil(run));
+        // Groups: runs of consecutive vertices with about GROUP_ENTRIES raw entries each, so
+        // one group's lists fit a core's cache while they are placed and sorted.
+        let want = (s / GROUP_ENTRIES).clamp(threads as u64 * 4, MAX_GROUPS) as usize;
+        let per = s.div_ceil(want as u64).max(1);
+        let mut bounds = vec![0usize]; // group g = vertices bounds[g] .. bounds[g + 1] (bucket-relative)
+        for (v, &at) in start[..nv].iter().enumerate() {
+            if at >= per * bounds.len() as u64 && v > *bounds.last().expect("non-empty") {
+                bounds.push(v);
+            }
+        }
+        bounds.push(nv);
+        let groups = bounds.len() - 1;
+        let (blo, bhi) = (range.start as u64, range.end as u64);
+        let group_of = |r: u32| bounds.partition_point(|&b| b <= r as usize) - 1;
+
+        // Pass over the stream: each fold accumulator appends (vertex, neighbour) pairs to its
+        // own per-group vectors — sequential writes, no atomics.
+        let acc: Vec<Vec<Vec<u64>>> = (0..chunks)
+            .into_par_iter()
+            .fold(
+                || vec![Vec::<u64>::new(); groups],
+                |mut acc, c| {
+                    let (lo, hi) = (c * EDGE_CHUNK, ((c + 1) * EDGE_CHUNK).min(total_edges));
+                    for i in lo..hi {
+                        let (u, v) = stream.edge(i);
+                        if u != v {
+                            for (a, b) in [(u, v), (v, u)] {
+                                if (a as u64) >= blo && (a as u64) < bhi {
+                                    let r = (a as u64 - blo) as u32;
+                                    acc[group_of(r)].push(((r as u64) << 32) | b as u64);
+                                }
+                            }
+                        }
+                    }
+                    report(hi - lo);
+                    acc
+                },
+            )
+            .collect();
+
+        // Each group's disjoint part of the bucket's slots.
+        let mut slots = vec![0u32; len];
+        let mut parts = Vec::with_capacity(groups);
         let mut rest: &mut [u32] = &mut slots;
-        let mut v0 = 0usize;
-        while v0 < nv {
-            let v1 = (v0 + run).min(nv);
+        for g in 0..groups {
+            let (v0, v1) = (bounds[g], bounds[g + 1]);
             let (head, tail) = rest.split_at_mut((start[v1] - start[v0]) as usize);
-            parts.push((v0, v1, head));
+            parts.push((g, head));
             rest = tail;
-            v0 = v1;
         }
         let done: Vec<(Vec<u64>, usize)> = parts
             .par_iter_mut()
-            .map(|(v0, v1, part)| {
-                let base = start[*v0];
-                let mut degs = Vec::with_capacity(*v1 - *v0);
+            .map(|(g, part)| {
+                let (v0, v1) = (bounds[*g], bounds[*g + 1]);
+                let base = start[v0];
+                let mut fill: Vec<u32> = vec![0; v1 - v0];
+                for a in &acc {
+                    for &e in &a[*g] {
+                        let r = (e >> 32) as usize;
+                        let at = (start[r] - base) as usize + fill[r - v0] as usize;
+                        fill[r - v0] += 1;
+                        part[at] = e as u32;
+                    }
+                }
+                let mut degs = Vec::with_capacity(v1 - v0);
                 let mut w = 0usize;
-                for v in *v0..*v1 {
+                for v in v0..v1 {
                     let (a, b) = ((start[v] - base) as usize, (start[v + 1] - base) as usize);
                     let list = &mut part[a..b];
                     list.sort_unstable();
@@ -200,7 +276,8 @@ pub fn generate(
                 (degs, w)
             })
             .collect();
-        for ((_, _, part), (degs, w)) in parts.iter().zip(&done) {
+        drop(acc);
+        for ((_, part), (degs, w)) in parts.iter().zip(&done) {
             writer.append(degs, &part[..*w])?;
         }
     }

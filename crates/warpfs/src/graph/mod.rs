@@ -23,7 +23,7 @@ pub mod mapped_file;
 
 pub use bfs::{bfs_parallel, bfs_sequential, traversal, BfsResult, Traversal, UNREACHED};
 pub use csr::{Csr, CsrFile, CsrView, VertexIndex};
-pub use edges::{EdgeModel, GraphSpec};
+pub use edges::{EdgeModel, EdgeStream, GraphSpec};
 pub use error::GraphError;
 pub use format::{CsrHeader, CsrWriter};
 pub use generate::{generate, GenerateOptions, GenerateReport};

@@ -89,7 +89,7 @@ fn gpu_bfs_both_ways_equals_cpu_bfs() {
 
     let rt = Runtime::new(RuntimeConfig::default()).unwrap();
     let fh = rt.open(&path, OpenOptions::read_only()).unwrap();
-    let gpu = warpfs::backend::cuda::gpu_io::GpuIo::new(&rt, gpu_io_config(0, 1 << 20)).unwrap();
+    let gpu = warpfs::backend::cuda::gpu_io::GpuIo::new(&rt, gpu_io_config(0, 64 << 20)).unwrap();
     let kernels = BfsKernels::new(&gpu).unwrap();
     let bulk = CudaBulk::new(0, BulkConfig::default()).unwrap();
 

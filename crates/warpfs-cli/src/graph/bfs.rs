@@ -56,6 +56,16 @@ pub fn run(a: &BfsArgs) -> Result<i32> {
             .max_by_key(|&v| (g.degree(v), std::cmp::Reverse(v)))
             .unwrap_or(0),
     };
+    if source >= g.vertices() {
+        bail!(
+            "--source {source} is not a vertex: the graph has {} (0 ..= {})",
+            g.vertices(),
+            g.vertices() - 1
+        );
+    }
+    if g.degree(source) == 0 {
+        bail!("source vertex {source} has no edges, so there is nothing to traverse: pick one with at least one edge (the default is the vertex of highest degree)");
+    }
     let mut skipped = Vec::new();
 
     // CPU BFS: the reference.

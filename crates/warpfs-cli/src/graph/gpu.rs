@@ -116,6 +116,9 @@ pub fn run(
         if gpu_stats.is_none() {
             notes.push("no GPU cache counters in this build".into());
         }
+        if file_read == 0 {
+            notes.push("the host tier counted no file reads: I/O amplification unknown".into());
+        }
         if cold {
             notes.push("cold".into());
         }
@@ -128,7 +131,7 @@ pub fn run(
             hit_rate: gpu_stats.and_then(|s| s.hit_rate()),
             file_bytes_read: Some(file_read),
             gpu_bytes_loaded: gpu_stats.map(|s| s.bytes_loaded),
-            io_amplification: Some(file_read as f64 / t.needed_bytes as f64),
+            io_amplification: (file_read > 0).then(|| file_read as f64 / t.needed_bytes as f64),
             load_seconds: None,
             matches_cpu: ok,
             notes,

@@ -209,11 +209,15 @@ pub fn generate(
 
         // Pass over the stream: each fold accumulator appends (vertex, neighbour) pairs to its
         // own per-group vectors — sequential writes, no atomics.
-        let acc: Vec<Vec<Vec<u64>>> = (0..chunks)
+        // At most ~4 accumulators per thread: each holds `groups` vectors.
+        let min_len = (chunks as usize / (threads * 4)).max(1);
+        let acc: Vec<Vec<Vec<u64>>> = (0..chunks as usize)
             .into_par_iter()
+            .with_min_len(min_len)
             .fold(
                 || vec![Vec::<u64>::new(); groups],
                 |mut acc, c| {
+                    let c = c as u64;
                     let (lo, hi) = (c * EDGE_CHUNK, ((c + 1) * EDGE_CHUNK).min(total_edges));
                     for i in lo..hi {
                         let (u, v) = stream.edge(i);

@@ -63,7 +63,7 @@ pub fn run(
             hit_rate: None,
             file_bytes_read: Some(load.bytes),
             gpu_bytes_loaded: None,
-            io_amplification: None,
+            io_amplification: Some(load.bytes as f64 / t.needed_bytes as f64),
             load_seconds: Some(load.elapsed.as_secs_f64()),
             matches_cpu: ok,
             notes: [

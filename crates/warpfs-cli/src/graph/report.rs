@@ -106,8 +106,8 @@ pub fn render(r: &Report) -> String {
         "search",
         "time",
         "TEPS",
-        "÷ GPU-mem time",
-        "CPU time ÷",
+        "time vs GPU-mem",
+        "speed-up vs CPU",
         "hit rate",
         "I/O ampl.",
         "ok",
@@ -168,4 +168,69 @@ pub fn render(r: &Report) -> String {
         "\nMISMATCH: a search's levels differ from the CPU BFS (see ok/notes); its figures are not valid\n"
     };
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(method: &str, seconds: f64, ok: bool) -> Row {
+        Row {
+            method: method.into(),
+            seconds,
+            teps: 1e9 / seconds,
+            gpu_cache_bytes: None,
+            hit_rate: Some(0.5),
+            file_bytes_read: None,
+            gpu_bytes_loaded: None,
+            io_amplification: Some(1.25),
+            load_seconds: None,
+            matches_cpu: ok,
+            notes: vec![],
+        }
+    }
+
+    fn report(rows: Vec<Row>) -> Report {
+        Report {
+            version: "0",
+            file: "g.csr".into(),
+            vertices: 8,
+            edges_directed: 16,
+            edge_bytes: 64,
+            source: 1,
+            visited: 7,
+            depth: 3,
+            traversed_edges: 1_000_000_000,
+            needed_bytes: 100,
+            page_cache: "warm".into(),
+            cpu_threads: 16,
+            device: Some("H100".into()),
+            rows,
+            skipped: vec![],
+        }
+    }
+
+    #[test]
+    fn table_shows_ratios_against_both_baselines() {
+        let r = report(vec![
+            row("CPU (rayon)", 2.0, true),
+            row("GPU memory", 0.1, true),
+            row("warpfs (GPU cache 25%)", 0.15, true),
+        ]);
+        let t = render(&r);
+        let w = t.lines().find(|l| l.starts_with("warpfs (GPU")).unwrap();
+        assert!(w.contains("1.50×"), "time vs GPU memory: {w}");
+        assert!(w.contains("13.33×"), "speed-up vs CPU: {w}");
+        assert!(
+            w.contains("50.0%") && w.contains("1.25×") && w.contains("yes"),
+            "{w}"
+        );
+        assert!(t.contains("all searches match"));
+        let bad = report(vec![
+            row("CPU (rayon)", 2.0, true),
+            row("GPU memory", 0.1, false),
+        ]);
+        assert!(!bad.all_match());
+        assert!(render(&bad).contains("MISMATCH"));
+    }
 }

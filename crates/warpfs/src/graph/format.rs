@@ -15,7 +15,7 @@
 //! | 56..64 | reserved, 0 |
 //! | `offsets_at`.. | `offsets: [u64; n + 1]`, `offsets[0] = 0`, non-decreasing, `offsets[n] = m` |
 //! | ..`neighbours_at` | zero padding |
-//! | `neighbours_at`.. | `neighbours: [u32 or u64; m]`; vertex `v`'s neighbours are `neighbours[offsets[v]..offsets[v + 1]]`, sorted ascending |
+//! | `neighbours_at`.. | `neighbours: [u32 or u64; m]`; vertex `v`'s neighbours are `neighbours[offsets[v]..offsets[v + 1]]` (sorted ascending in generated files) |
 //!
 //! The file ends exactly at `neighbours_at + m × width`. The neighbour array starts on a
 //! 4096-byte boundary, so a GPU (or `O_DIRECT`) can read it as a page-aligned array; the

@@ -53,6 +53,9 @@ pub enum Command {
     /// Load a whole file into GPU memory (CUDA bulk path): GB/s, threads, path; --verify
     /// compares a GPU-computed checksum with the CPU's. Needs a build with --features cuda.
     Load(LoadArgs),
+    /// Graphs: generate Graph500 Kronecker / uniform CSR files, and BFS through warpfs on the
+    /// GPU against the graph in GPU memory and the CPU.
+    Graph(crate::graph::GraphArgs),
 }
 
 /// Backend selection, shared by every command that runs requests.

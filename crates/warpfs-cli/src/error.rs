@@ -34,6 +34,12 @@ impl From<warpfs::safetensors::SafetensorsError> for CliError {
     }
 }
 
+impl From<warpfs::graph::GraphError> for CliError {
+    fn from(e: warpfs::graph::GraphError) -> Self {
+        CliError(e.to_string())
+    }
+}
+
 impl From<std::io::Error> for CliError {
     fn from(e: std::io::Error) -> Self {
         CliError(e.to_string())

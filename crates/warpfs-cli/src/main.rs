@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod error;
 mod expected;
+mod graph;
 mod latency;
 mod load;
 mod pattern;
@@ -40,6 +41,7 @@ fn main() {
         Command::Bench(args) => bench::run(args),
         Command::Stat(args) => stat::run(args),
         Command::Load(args) => load::run(args),
+        Command::Graph(args) => graph::run(args),
     };
     let code = match result {
         Ok(code) => code,

@@ -150,3 +150,43 @@ fn stat_reports_size_of_a_file() {
     assert!(v["size"].as_u64().unwrap() > 0);
     assert!(v["o_direct"].is_boolean());
 }
+
+#[test]
+fn graph_gen_then_bfs_checks_and_reports() {
+    let dir = std::env::temp_dir().join(format!("warpfs-cli-graph-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let g = dir.join("k10.csr");
+    let g = g.to_str().unwrap();
+    let out = warpfs(&["graph", "gen", g, "--scale", "10", "--seed", "3", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["vertices"], 1024);
+    let edges = j["edges_directed"].as_u64().unwrap();
+    assert!(edges > 0 && edges.is_multiple_of(2));
+
+    let out = warpfs(&["graph", "bfs", g, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["edges_directed"].as_u64(), Some(edges));
+    assert!(r["visited"].as_u64().unwrap() > 1);
+    assert!(r["traversed_edges"].as_u64().unwrap() > 0);
+    assert_eq!(r["rows"][0]["method"], "CPU (rayon)");
+    assert_eq!(r["rows"][0]["matches_cpu"], true);
+
+    // A corrupt file is refused with the reason, exit code 2.
+    let bad = dir.join("bad.csr");
+    let mut bytes = std::fs::read(g).unwrap();
+    bytes.truncate(bytes.len() - 4);
+    std::fs::write(&bad, bytes).unwrap();
+    let out = warpfs(&["graph", "bfs", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("truncated"),
+        "{}",
+        text(&out.stderr)
+    );
+    // --plot needs --sweep-cache.
+    let out = warpfs(&["graph", "bfs", g, "--plot", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--sweep-cache"));
+}

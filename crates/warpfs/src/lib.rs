@@ -19,6 +19,8 @@ pub mod engine;
 pub mod error;
 pub mod files;
 mod futex;
+#[cfg(feature = "graph")]
+pub mod graph;
 pub mod readahead;
 pub mod region;
 pub mod ring;

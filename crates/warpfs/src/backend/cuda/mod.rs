@@ -36,6 +36,8 @@ pub mod driver;
 pub mod gpu_bench_kernels;
 pub mod gpu_cache;
 pub mod gpu_io;
+#[cfg(feature = "graph")]
+pub mod graph_bfs;
 pub mod mapped;
 pub mod multi;
 pub mod numa;

@@ -1,0 +1,155 @@
+//! The GPU searches of `warpfs graph bfs` (feature `cuda`): the whole graph in GPU memory, and
+//! warpfs file-backed arrays at each GPU cache size asked for.
+
+use super::bfs::maybe_cold;
+use super::report::Row;
+use super::BfsArgs;
+use crate::error::{bail, Context, Result};
+use warpfs::backend::cuda::gpu_io::GpuIo;
+use warpfs::backend::cuda::graph_bfs::{
+    bfs_in_gpu_memory, bfs_through_warpfs, cache_counters, gpu_io_config, BfsKernels,
+};
+use warpfs::backend::cuda::{self, BulkConfig, CudaBulk};
+use warpfs::graph::bfs::{first_difference, Traversal};
+use warpfs::graph::CsrFile;
+use warpfs::{OpenOptions, Runtime};
+
+/// Runs the GPU searches, appending rows; returns the device name.
+pub fn run(
+    a: &BfsArgs,
+    file: &CsrFile,
+    source: u64,
+    cpu: &[u32],
+    t: &Traversal,
+    rows: &mut Vec<Row>,
+    skipped: &mut Vec<String>,
+) -> Result<Option<String>> {
+    if let Err(e) = cuda::driver::init() {
+        skipped.push(format!("GPU searches: {e}"));
+        return Ok(None);
+    }
+    let h = *file.header();
+    let teps = |secs: f64| t.traversed_edges as f64 / secs;
+    let mut cfg = warpfs::RuntimeConfig {
+        readahead_pages: a.readahead,
+        ..Default::default()
+    };
+    if let Some(c) = a.host_cache {
+        cfg.cache.capacity = c as usize;
+    }
+    if let Some(w) = a.workers {
+        cfg.workers = w.max(1);
+    }
+
+    // In GPU memory (upper bound). Its own runtime only hosts the channel the kernels need.
+    let device;
+    {
+        let rt = Runtime::new(cfg.clone())?;
+        let gpu = GpuIo::new(&rt, gpu_io_config(a.device, 4096))
+            .ctx(|| "starting the GPU channel".into())?;
+        device = gpu.context().name().to_string();
+        let kernels = BfsKernels::new(&gpu)?;
+        let bulk = CudaBulk::new(a.device, BulkConfig::default())?;
+        let cold = maybe_cold(a.cold, skipped);
+        let (r, load) = bfs_in_gpu_memory(&gpu, &kernels, &bulk, file, source)
+            .ctx(|| "BFS with the graph in GPU memory".into())?;
+        let (ok, note) = check(&r.levels, cpu);
+        let secs = r.elapsed.as_secs_f64();
+        rows.push(Row {
+            method: "GPU memory".into(),
+            seconds: secs,
+            teps: teps(secs),
+            gpu_cache_bytes: None,
+            hit_rate: None,
+            file_bytes_read: Some(load.bytes),
+            gpu_bytes_loaded: None,
+            io_amplification: Some(load.bytes as f64 / t.needed_bytes as f64),
+            load_seconds: Some(load.elapsed.as_secs_f64()),
+            matches_cpu: ok,
+            notes: [
+                Some(format!(
+                    "load {:.2} s at {:.1} GB/s{} not counted",
+                    load.elapsed.as_secs_f64(),
+                    load.gb_per_s(),
+                    if cold { " (cold)" } else { "" }
+                )),
+                note,
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        });
+    }
+
+    // Through warpfs, at each cache size: a fresh runtime and channel each (empty caches).
+    let mut sizes = vec![a.gpu_cache];
+    for s in &a.sweep_cache {
+        if !sizes.contains(s) {
+            sizes.push(*s);
+        }
+    }
+    for size in sizes {
+        let bytes = size.bytes(h.neighbour_bytes());
+        let rt = Runtime::new(cfg.clone())?;
+        let fh = rt
+            .open(file.path(), OpenOptions::read_only())
+            .ctx(|| format!("opening {}", file.path().display()))?;
+        let gpu = GpuIo::new(&rt, gpu_io_config(a.device, bytes))
+            .ctx(|| format!("starting the GPU channel with a {} GPU cache", size.label()))?;
+        let kernels = BfsKernels::new(&gpu)?;
+        let cold = maybe_cold(a.cold, skipped);
+        let before = (rt.stats().cache, cache_counters(&gpu));
+        let r = bfs_through_warpfs(&gpu, &kernels, fh.raw(), &h, source)
+            .ctx(|| "BFS through warpfs file-backed arrays".into())?;
+        let after = (rt.stats().cache, cache_counters(&gpu));
+        let gpu_stats = match (after.1, before.1) {
+            (Some(x), Some(y)) => Some(x.since(&y)),
+            _ => None,
+        };
+        let file_read = after.0.bytes_loaded - before.0.bytes_loaded;
+        let (mut ok, note) = check(&r.levels, cpu);
+        let mut notes: Vec<String> = note.into_iter().collect();
+        if r.array_errors > 0 {
+            ok = false;
+            notes.push(format!("{} array reads failed", r.array_errors));
+        }
+        if gpu_stats.is_none() {
+            notes.push("no GPU cache counters in this build".into());
+        }
+        if file_read == 0 {
+            notes.push("the host tier counted no file reads: I/O amplification unknown".into());
+        }
+        if cold {
+            notes.push("cold".into());
+        }
+        let secs = r.elapsed.as_secs_f64();
+        rows.push(Row {
+            method: format!("warpfs (GPU cache {})", size.label()),
+            seconds: secs,
+            teps: teps(secs),
+            gpu_cache_bytes: Some(bytes),
+            hit_rate: gpu_stats.and_then(|s| s.hit_rate()),
+            file_bytes_read: Some(file_read),
+            gpu_bytes_loaded: gpu_stats.map(|s| s.bytes_loaded),
+            io_amplification: (file_read > 0).then(|| file_read as f64 / t.needed_bytes as f64),
+            load_seconds: None,
+            matches_cpu: ok,
+            notes,
+        });
+    }
+    if rows.is_empty() {
+        bail!("no search ran");
+    }
+    Ok(Some(device))
+}
+
+/// Checks `levels` against the CPU's: `(matches, note)`.
+pub fn check(levels: &[u32], cpu: &[u32]) -> (bool, Option<String>) {
+    match first_difference(levels, cpu) {
+        None => (true, None),
+        Some((v, got, want)) => (
+            false,
+            Some(format!("vertex {v}: level {got}, CPU says {want}")),
+        ),
+    }
+}

@@ -1,0 +1,93 @@
+/*
+ * Level-synchronous top-down BFS over a CSR graph, one kernel launch per level (compiled by
+ * NVRTC from graph_bfs.rs). One warp expands one frontier vertex at a time: lanes 0 and 1 read
+ * offsets[u] and offsets[u + 1], then the lanes stride through u's neighbour list, claim
+ * unvisited neighbours with atomicCAS on their level and append them to the next frontier
+ * with one warp-aggregated atomicAdd per round.
+ *
+ * The same body runs over two array types:
+ *   bfs_level_mem  plain device pointers (the whole CSR in GPU memory: the upper bound);
+ *   bfs_level_wfs  wfs_array<T> from warpfs.cuh (GPU-initiated reads through the GPU page
+ *                  cache, served by the warpfs daemon).
+ */
+#include <warpfs.cuh>
+
+#define BFS_UNREACHED 0xFFFFFFFFu
+
+template <typename T> struct dev_array {
+    const T *p;
+    __device__ __forceinline__ T operator[](unsigned long long i) const { return p[i]; }
+};
+
+__device__ __forceinline__ unsigned bfs_lanemask_lt() {
+    unsigned m;
+    asm volatile("mov.u32 %0, %%lanemask_lt;" : "=r"(m));
+    return m;
+}
+
+template <typename Offsets, typename Neighbours>
+__device__ void bfs_expand(Offsets offsets, Neighbours neighbours, unsigned long long vertices,
+                           unsigned *levels,
+                           const unsigned *frontier, unsigned long long frontier_len,
+                           unsigned *next, unsigned long long *next_len, unsigned next_level) {
+    const unsigned lane = threadIdx.x & 31;
+    const unsigned long long warp = (blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x) / 32;
+    const unsigned long long warps = (gridDim.x * (unsigned long long)blockDim.x) / 32;
+    for (unsigned long long i = warp; i < frontier_len; i += warps) {
+        const unsigned u = frontier[i];
+        unsigned long long o = 0;
+        if (lane < 2) o = offsets[(unsigned long long)u + lane];
+        const unsigned long long begin = __shfl_sync(0xFFFFFFFFu, o, 0);
+        const unsigned long long end = __shfl_sync(0xFFFFFFFFu, o, 1);
+        for (unsigned long long j0 = begin; j0 < end; j0 += 32) {
+            const unsigned long long j = j0 + lane;
+            const bool in = j < end;
+            unsigned w = 0;
+            if (in) w = neighbours[j];
+            bool claimed = false;
+            /* w < vertices: a corrupt file or failed read never writes outside levels. */
+            if (in && w < vertices && levels[w] == BFS_UNREACHED)
+                claimed = atomicCAS(&levels[w], BFS_UNREACHED, next_level) == BFS_UNREACHED;
+            const unsigned got = __ballot_sync(0xFFFFFFFFu, claimed);
+            if (got) {
+                unsigned long long base = 0;
+                if (lane == 0) base = atomicAdd(next_len, (unsigned long long)__popc(got));
+                base = __shfl_sync(0xFFFFFFFFu, base, 0);
+                if (claimed) next[base + __popc(got & bfs_lanemask_lt())] = w;
+            }
+        }
+    }
+}
+
+/* One level over the CSR in device memory. Launch with a multiple of 32 threads per block. */
+extern "C" __global__ void bfs_level_mem(const unsigned long long *offsets,
+                                         const unsigned *neighbours,
+                                         unsigned long long vertices, unsigned *levels,
+                                         const unsigned *frontier,
+                                         unsigned long long frontier_len, unsigned *next,
+                                         unsigned long long *next_len, unsigned next_level) {
+    dev_array<unsigned long long> o = {offsets};
+    dev_array<unsigned> n = {neighbours};
+    bfs_expand(o, n, vertices, levels, frontier, frontier_len, next, next_len, next_level);
+}
+
+/* One level over the CSR file through warpfs: offsets (n + 1 u64 at byte offsets_at) and
+ * neighbours (m u32 at byte neighbours_at) of file handle fh. */
+extern "C" __global__ void bfs_level_wfs(const wfs_ctx_t *ctx, unsigned fh,
+                                         unsigned long long offsets_at,
+                                         unsigned long long vertices,
+                                         unsigned long long neighbours_at,
+                                         unsigned long long edges, unsigned *levels,
+                                         const unsigned *frontier,
+                                         unsigned long long frontier_len, unsigned *next,
+                                         unsigned long long *next_len, unsigned next_level) {
+    const wfs_array<unsigned long long> o =
+        wfs_array_make<unsigned long long>(ctx, fh, offsets_at, vertices + 1);
+    const wfs_array<unsigned> n = wfs_array_make<unsigned>(ctx, fh, neighbours_at, edges);
+    bfs_expand(o, n, vertices, levels, frontier, frontier_len, next, next_len, next_level);
+}
+
+/* The file-backed arrays' error count (reads that returned T() instead of data). */
+extern "C" __global__ void bfs_wfs_errors(const wfs_ctx_t *ctx, unsigned long long *out) {
+    *out = wfs_errors(ctx);
+}

@@ -1,0 +1,117 @@
+//! GPU BFS (`backend::cuda::graph_bfs`): the kernels compile with NVRTC wherever libnvrtc is
+//! present (no GPU needed); on a GPU both searches — CSR in GPU memory and through warpfs
+//! file-backed arrays — must give the CPU BFS's levels, vertex for vertex. Skips with a message
+//! where there is no NVRTC / no CUDA driver.
+#![cfg(all(feature = "cuda", feature = "graph"))]
+
+use std::path::PathBuf;
+use warpfs::backend::cuda::graph_bfs::{
+    bfs_in_gpu_memory, bfs_through_warpfs, gpu_io_config, BfsKernels, GRAPH_BFS_CU,
+};
+use warpfs::backend::cuda::{available, BulkConfig, CudaBulk};
+use warpfs::graph::bfs::first_difference;
+use warpfs::graph::{
+    bfs_parallel, generate, CsrFile, CsrView, EdgeModel, GenerateOptions, GraphSpec,
+};
+use warpfs::{OpenOptions, Runtime, RuntimeConfig};
+
+fn nvrtc() -> bool {
+    // SAFETY: only tries to dlopen libnvrtc.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        println!("skipping: no libnvrtc (set LD_LIBRARY_PATH to a CUDA 13 NVRTC)");
+        return false;
+    }
+    true
+}
+
+fn gpu() -> bool {
+    // SAFETY: only tries to dlopen libcuda.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } || !available() {
+        println!("skipping: no CUDA driver on this machine");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn bfs_kernels_compile_with_nvrtc_for_sm90() {
+    if !nvrtc() {
+        return;
+    }
+    let include = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../include");
+    let opts = cudarc::nvrtc::CompileOptions {
+        include_paths: vec![include.display().to_string()],
+        arch: Some("compute_90"),
+        options: vec!["--std=c++17".into()],
+        ..Default::default()
+    };
+    let ptx = match cudarc::nvrtc::compile_ptx_with_opts(GRAPH_BFS_CU, opts) {
+        Ok(p) => p.to_src(),
+        Err(cudarc::nvrtc::CompileError::CompileError { log, .. }) => {
+            panic!("NVRTC: {}", log.to_string_lossy())
+        }
+        Err(e) => panic!("NVRTC: {e}"),
+    };
+    for k in ["bfs_level_mem", "bfs_level_wfs", "bfs_wfs_errors"] {
+        assert!(
+            ptx.contains(&format!(".entry {k}")),
+            "kernel {k} missing from the PTX"
+        );
+    }
+}
+
+fn graph(name: &str, scale: u32) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("warpfs-gpu-bfs-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let p = d.join(name);
+    let spec = GraphSpec {
+        model: EdgeModel::Kronecker,
+        scale,
+        edge_factor: 16,
+        seed: 5,
+    };
+    generate(&spec, &p, &GenerateOptions::default()).unwrap();
+    p
+}
+
+#[test]
+fn gpu_bfs_both_ways_equals_cpu_bfs() {
+    if !gpu() || !nvrtc() {
+        return;
+    }
+    let path = graph("kron12", 12);
+    let file = CsrFile::open(&path).unwrap();
+    let CsrView::U32(g) = file.view() else {
+        panic!("4-byte indices")
+    };
+    let src = (0..g.vertices()).max_by_key(|&v| g.degree(v)).unwrap();
+    let cpu = bfs_parallel(&g, src).unwrap();
+
+    let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+    let fh = rt.open(&path, OpenOptions::read_only()).unwrap();
+    let gpu = warpfs::backend::cuda::gpu_io::GpuIo::new(&rt, gpu_io_config(0, 64 << 20)).unwrap();
+    let kernels = BfsKernels::new(&gpu).unwrap();
+    let bulk = CudaBulk::new(0, BulkConfig::default()).unwrap();
+
+    let (mem, load) = bfs_in_gpu_memory(&gpu, &kernels, &bulk, &file, src).unwrap();
+    assert_eq!(load.bytes, file.header().file_bytes());
+    assert_eq!(
+        first_difference(&mem.levels, &cpu.levels),
+        None,
+        "in-memory GPU BFS"
+    );
+    assert_eq!(mem.depth, cpu.depth);
+
+    let wfs = bfs_through_warpfs(&gpu, &kernels, fh.raw(), file.header(), src).unwrap();
+    assert_eq!(wfs.array_errors, 0, "file-backed array reads failed");
+    assert_eq!(
+        first_difference(&wfs.levels, &cpu.levels),
+        None,
+        "warpfs GPU BFS"
+    );
+    assert_eq!(wfs.depth, cpu.depth);
+    assert_eq!(wfs.frontier_sizes, mem.frontier_sizes);
+
+    // A source outside the graph is an error, not a launch.
+    assert!(bfs_in_gpu_memory(&gpu, &kernels, &bulk, &file, g.vertices()).is_err());
+}

@@ -24,6 +24,8 @@ Examples:
   warpfs bench --file /data/model.bin --phases seq,rand-read
   warpfs bench --dir /mnt/nvme --json > result.json
   warpfs bench --plot plots/ --seconds 1      sweeps; writes SVG curves into plots/
+  warpfs bench --backend cuda --size 8G --seconds 2     bulk + GPU-initiated phases (H100)
+  warpfs bench --gpus all --size 8G --seconds 2         the same, per GPU and scaling with N
 
 Each phase runs twice in this process on the same file: through warpfs and the plain way
 (read/pread/pwrite with the same sizes and thread count); the table shows both and the ratio.
@@ -76,6 +78,13 @@ pub enum Phase {
     RandRead,
     /// Random 4 KiB writes + periodic fsync through agents vs pwrite + fdatasync.
     RandWrite,
+    /// cuda: random 4 KiB reads from GPU threads (wfs_read with and without the GPU cache,
+    /// warm; cold as root) vs multi-threaded pread (warm) and O_DIRECT QD 64 (cold).
+    GpuRandRead,
+    /// cuda: cache-hit element reads per second through wfs_array<u64>.
+    GpuArray,
+    /// cuda: p50/p99 of single 4 KiB GPU requests (host-tier hit, page-cache read); daemon CPU.
+    Latency,
 }
 
 impl Phase {
@@ -85,7 +94,14 @@ impl Phase {
             Phase::Seq => "seq",
             Phase::RandRead => "rand-read",
             Phase::RandWrite => "rand-write",
+            Phase::GpuRandRead => "gpu-rand-read",
+            Phase::GpuArray => "gpu-array",
+            Phase::Latency => "latency",
         }
+    }
+    /// Whether the phase runs GPU kernels (cuda backend only).
+    pub fn gpu(self) -> bool {
+        matches!(self, Phase::GpuRandRead | Phase::GpuArray | Phase::Latency)
     }
 }
 
@@ -125,6 +141,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// Phases to run, comma-separated; always run in the order seq, rand-read, rand-write.
+    /// With --backend cuda (or --gpus): seq moves the file into GPU memory, and rand-read (in
+    /// the default list) means the GPU-initiated phases gpu-rand-read, gpu-array, latency.
     #[arg(
         long,
         value_enum,

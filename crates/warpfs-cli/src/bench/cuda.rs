@@ -79,17 +79,23 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     if !(args.seconds > 0.0 && args.seconds.is_finite()) {
         bail!("--seconds must be a positive number, e.g. --seconds 3");
     }
+    let gpu_phases = super::gpu_io::wanted(args);
     let mut skipped = Vec::new();
     for p in &args.phases {
-        if *p != Phase::Seq {
+        if *p != Phase::Seq && *p != Phase::RandRead && !p.gpu() {
             skipped.push(serde_json::json!({
                 "phase": p.name(),
-                "reason": "the cuda backend runs the seq phase (file → GPU memory) only; use --backend host for it",
+                "reason": "the cuda backend runs seq (file → GPU memory) and the GPU-initiated phases; use --backend host for it",
             }));
         }
     }
     if !args.phases.contains(&Phase::Seq) {
-        bail!("--backend cuda runs the seq phase only; add --phases seq");
+        if gpu_phases.is_empty() {
+            bail!(
+                "--backend cuda runs seq, gpu-rand-read, gpu-array and latency; add --phases seq"
+            );
+        }
+        return super::gpu_io::run_standalone(args, &[0]);
     }
     let progress = Progress::new(!args.json);
     let file = match &args.file {
@@ -188,6 +194,8 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         });
     }
     bar.finish_and_clear();
+    drop(dst);
+    let gpu = super::gpu_io::run_phases(args, &file, &[0], &gpu_phases, &progress)?;
 
     let c = eng.config();
     let wname = format!(
@@ -197,7 +205,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     );
     let bname = "pread + pageable cuMemcpyHtoD (64 MiB)";
     let ratio = w.gbps() / b.gbps().max(1e-9);
-    let mismatches = w.mismatches + b.mismatches;
+    let mismatches = w.mismatches + b.mismatches + gpu.bad;
     let device = eng.context().name().to_string();
     if args.json {
         let j = serde_json::json!({
@@ -230,6 +238,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
                 "baseline": b.json(bname, size),
                 "ratio": ratio,
             }],
+            "gpu_phases": gpu.json,
             "skipped": skipped,
             "mismatches": mismatches,
             "wall_seconds": wall.elapsed().as_secs_f64(),
@@ -275,6 +284,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
             );
         }
         println!("warpfs / baseline: {ratio:.2}×");
+        print!("{}", gpu.text);
         for s in &skipped {
             println!("skipped {}: {}", s["phase"], s["reason"]);
         }

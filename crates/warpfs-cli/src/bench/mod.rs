@@ -4,6 +4,8 @@
 #[cfg(feature = "cuda")]
 pub mod cuda;
 #[cfg(feature = "cuda")]
+pub mod gpu_io;
+#[cfg(feature = "cuda")]
 pub mod multi;
 pub mod plots;
 pub mod rand;
@@ -310,6 +312,16 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     #[cfg(feature = "cuda")]
     if backend == backend::BackendArg::Cuda {
         if let Some(spec) = &args.gpus {
+            if !args.phases.contains(&Phase::Seq) {
+                if let Err(e) = warpfs::backend::cuda::driver::init() {
+                    bail!("{e}");
+                }
+                let devices = warpfs::backend::cuda::multi::parse_gpus(
+                    spec,
+                    warpfs::backend::cuda::multi::device_count(),
+                )?;
+                return gpu_io::run_standalone(args, &devices);
+            }
             return multi::run(args, spec);
         }
         return cuda::run(args);
@@ -341,7 +353,13 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     let mut skipped = Vec::new();
     let mut run_phases = Vec::new();
     for p in phases {
-        if p == Phase::RandWrite && !file.pattern {
+        if p.gpu() {
+            skipped.push(Skipped {
+                phase: p.name(),
+                reason: "GPU-initiated phases need --backend cuda (a build with --features cuda)"
+                    .into(),
+            });
+        } else if p == Phase::RandWrite && !file.pattern {
             skipped.push(Skipped {
                 phase: p.name(),
                 reason: "--file is not a warpfs test file; writing would destroy its contents (run without --file)".into(),
@@ -396,6 +414,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
             Phase::Seq => seq::run(&ctx)?,
             Phase::RandRead => rand::run(&ctx)?,
             Phase::RandWrite => write::run(&ctx)?,
+            Phase::GpuRandRead | Phase::GpuArray | Phase::Latency => continue,
         };
         results.push(r);
     }

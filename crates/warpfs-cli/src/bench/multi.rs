@@ -290,10 +290,18 @@ pub fn run(args: &BenchArgs, spec: &str) -> Result<i32> {
         }
     }
     bar.finish_and_clear();
+    drop((whole, parts, each));
+    let gpu = super::gpu_io::run_phases(
+        args,
+        &files[0],
+        &devices,
+        &super::gpu_io::wanted(args),
+        &progress,
+    )?;
 
     let one_gbps = s_one.gbps();
     let scaling = |s: &Side| s.gbps() / (n as f64 * one_gbps).max(1e-9);
-    let mismatches = s_one.mismatches + s_spread.mismatches + s_each.mismatches;
+    let mismatches = s_one.mismatches + s_spread.mismatches + s_each.mismatches + gpu.bad;
     let names: Vec<String> = mb
         .engines()
         .iter()
@@ -330,6 +338,7 @@ pub fn run(args: &BenchArgs, spec: &str) -> Result<i32> {
             "host_pread_only_gbps": s_host.gbps(),
             "pcie_only_one_gbps": s_pcie1.gbps(),
             "pcie_only_all_gbps": s_pcie.gbps(),
+            "gpu_phases": gpu.json,
             "mismatches": mismatches,
             "wall_seconds": wall.elapsed().as_secs_f64(),
         });
@@ -394,6 +403,7 @@ pub fn run(args: &BenchArgs, spec: &str) -> Result<i32> {
             "a warm read moves each byte through host memory three times (page cache → staging: \
              read + write; staging → GPU: read); `pread` alone moves it twice, the PCIe rows once"
         );
+        print!("{}", gpu.text);
     }
     Ok(if mismatches > 0 { EXIT_MISMATCH } else { 0 })
 }

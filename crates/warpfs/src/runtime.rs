@@ -198,6 +198,7 @@ impl Runtime {
         daemon.attach(channel.clone());
         let lanes = Arc::new(HostLanes::new(
             channel,
+            cache.clone(),
             daemon.doorbell(),
             cfg.max_agents,
             cfg.agent_queue_depth,

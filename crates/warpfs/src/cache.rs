@@ -290,6 +290,12 @@ pub struct HostCache {
     page_size: usize,
     slots: Box<[Slot]>,
     shards: Box<[Shard]>,
+    /// Direct-mapped, lock-free hints key → page (`fingerprint << 32 | page index`, 0 =
+    /// empty), twice as many as pages. A hit found through a hint costs one atomic load and
+    /// the page lock instead of a shard lock and a hash-map probe (two cache misses fewer on a
+    /// large cache). Only a hint: the page's own metadata, checked under its lock, decides,
+    /// and a stale or overwritten hint falls back to the map.
+    hints: Box<[AtomicU64]>,
     free: Mutex<Vec<PageIdx>>,
     /// Length of `free` (a hint, updated under its lock): a lookup that may not evict gives
     /// up before reserving the key when it reads 0.
@@ -356,6 +362,9 @@ impl HostCache {
             slots,
             shards,
             free_pages: AtomicUsize::new(pages),
+            hints: (0..(2 * pages).next_power_of_two())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             free: Mutex::new(free),
             writeback_queue: Mutex::new(VecDeque::new()),
             hand: AtomicUsize::new(0),
@@ -418,6 +427,39 @@ impl HostCache {
         (self.base + i * self.page_size) as *mut u8
     }
 
+    /// The hint word of `key` and the value it holds when it points at page `idx`.
+    #[inline]
+    fn hint(&self, key: Key, idx: PageIdx) -> (&AtomicU64, u64) {
+        let h = mix(key.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ key.1.rotate_left(17));
+        let word = &self.hints[(h as usize) & (self.hints.len() - 1)];
+        // Fingerprint: the hash's top 32 bits, never 0 (0 marks an empty hint).
+        let fp = (h >> 32).max(1);
+        (word, fp << 32 | u64::from(idx))
+    }
+
+    /// The page the hint of `key` names, if the hint is `key`'s (the page may still be stale).
+    #[inline]
+    fn hinted(&self, key: Key) -> Option<PageIdx> {
+        let (word, mine) = self.hint(key, 0);
+        let v = word.load(Ordering::Relaxed);
+        (v >> 32 == mine >> 32).then_some(v as PageIdx)
+    }
+
+    /// Records that page `idx` holds `key`.
+    #[inline]
+    fn set_hint(&self, key: Key, idx: PageIdx) {
+        let (word, v) = self.hint(key, idx);
+        word.store(v, Ordering::Relaxed);
+    }
+
+    /// Loads the hint words of `keys` (file id, page) so that their cache misses overlap: the
+    /// daemon calls it for a batch before looking the pages up one by one. A hint, no effect.
+    pub fn warm(&self, keys: impl Iterator<Item = (u64, u64)>) {
+        for key in keys {
+            std::hint::black_box(self.hint(key, 0).0.load(Ordering::Relaxed));
+        }
+    }
+
     /// Puts `idx` on the free list.
     fn push_free(&self, idx: PageIdx) {
         let mut free = lock(&self.free);
@@ -473,6 +515,23 @@ impl HostCache {
         may_evict: bool,
     ) -> Lookup {
         let key = (file.id, page);
+        if let Some(idx) = self.hinted(key) {
+            match self.probe(idx, key, !readahead, false) {
+                Probe::Hit => {
+                    if !readahead {
+                        bump(&self.counters().hits, 1);
+                    }
+                    return Lookup::Hit(idx);
+                }
+                Probe::Busy(loading) => {
+                    if loading && !readahead {
+                        bump(&self.counters().coalesced, 1);
+                    }
+                    return Lookup::Busy;
+                }
+                Probe::Stale => {} // the map knows
+            }
+        }
         let shard = self.shard(key);
         for _ in 0..RETRIES {
             let mut map = lock(shard);
@@ -489,6 +548,7 @@ impl HostCache {
                     race_point();
                     match self.probe(idx, key, !readahead, false) {
                         Probe::Hit => {
+                            self.set_hint(key, idx);
                             if !readahead {
                                 bump(&self.counters().hits, 1);
                             }
@@ -535,6 +595,7 @@ impl HostCache {
             };
             map.insert(key, idx);
             drop(map);
+            self.set_hint(key, idx);
             if !readahead {
                 bump(&self.counters().misses, 1);
             }
@@ -1034,6 +1095,56 @@ mod tests {
             capacity: pages * page_size,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn lookups_that_may_not_evict_take_only_free_pages() {
+        let c = small(4, 512);
+        let f = &files(1)[0];
+        // Free pages are taken as usual.
+        for p in 0..4 {
+            let Lookup::Miss(idx) = c.lookup_with(f, p, false, false) else {
+                panic!("page {p}: a free page was there")
+            };
+            fill(&c, idx, &[p as u8; 512]);
+            c.finish_load(idx, 512);
+            c.release(idx);
+        }
+        // Full cache: no eviction, a miss is counted, nothing changes.
+        let before = c.stats();
+        assert!(matches!(c.lookup_with(f, 9, false, false), Lookup::Full));
+        let after = c.stats();
+        assert_eq!(after.misses, before.misses + 1);
+        assert_eq!(after.evictions, before.evictions);
+        // Every resident page still hits (through its hint or the map) with its own bytes.
+        for p in 0..4 {
+            let Lookup::Hit(idx) = c.lookup_with(f, p, false, false) else {
+                panic!("page {p} should hit")
+            };
+            assert_eq!(page_bytes(&c, idx, 512), vec![p as u8; 512]);
+            c.release(idx);
+        }
+        // A lookup that may evict does, and a stale hint for the evicted key never hits.
+        let Lookup::Miss(idx) = c.lookup(f, 9, false) else {
+            panic!("a victim was available")
+        };
+        fill(&c, idx, &[9; 512]);
+        c.finish_load(idx, 512);
+        c.release(idx);
+        let mut resident = 0;
+        for p in 0..4 {
+            match c.lookup_with(f, p, false, false) {
+                Lookup::Hit(i) => {
+                    assert_eq!(page_bytes(&c, i, 512), vec![p as u8; 512]);
+                    c.release(i);
+                    resident += 1;
+                }
+                Lookup::Full => {}
+                other => panic!("page {p}: unexpected {other:?}"),
+            }
+        }
+        assert_eq!(resident, 3, "exactly one page was evicted for page 9");
+        c.check_invariants();
     }
 
     #[test]

@@ -79,7 +79,10 @@ impl Default for DaemonConfig {
     }
 }
 
+/// Counters of one worker (the last set: control paths), each set on its own cache lines
+/// so that workers counting every request never share a line; [`Daemon::stats`] sums them.
 #[derive(Default)]
+#[repr(align(128))]
 struct Counters {
     requests: AtomicU64,
     errors: AtomicU64,
@@ -102,13 +105,19 @@ struct Shared {
     /// Set by the first ring while workers sleep, cleared by the worker it woke: later rings
     /// before that worker runs cost one load, not a system call each.
     rung: AtomicBool,
-    counters: Counters,
+    /// One set per worker, then one for control paths (`fail_pending`).
+    counters: Box<[Counters]>,
     engine_name: &'static str,
     /// Engine for flushes requested from outside the workers.
     control: Mutex<Box<dyn IoEngine>>,
 }
 
 impl Shared {
+    /// The counters of control paths (not a worker's).
+    fn control_counters(&self) -> &Counters {
+        self.counters.last().expect("one set per worker plus one")
+    }
+
     /// Wakes one sleeping worker, unless a wake is already on its way.
     fn wake_one(&self) {
         if !self.rung.swap(true, Ordering::SeqCst) {
@@ -176,6 +185,7 @@ impl Daemon {
                 ..cfg.engine
             },
         );
+        let counters = (0..=cfg.workers).map(|_| Counters::default()).collect();
         let shared = Arc::new(Shared {
             readahead: Readahead::new(cfg.readahead_pages, 16),
             engine_name: control.name(),
@@ -189,7 +199,7 @@ impl Daemon {
             doorbell: AtomicU32::new(0),
             sleepers: AtomicU32::new(0),
             rung: AtomicBool::new(false),
-            counters: Counters::default(),
+            counters,
         });
         let mut workers = Vec::new();
         for id in 0..shared.cfg.workers {
@@ -242,14 +252,20 @@ impl Daemon {
 
     /// Counters.
     pub fn stats(&self) -> DaemonStats {
-        let c = &self.shared.counters;
+        let sum = |f: fn(&Counters) -> &AtomicU64| {
+            self.shared
+                .counters
+                .iter()
+                .map(|c| f(c).load(Ordering::Relaxed))
+                .sum()
+        };
         DaemonStats {
-            requests: c.requests.load(Ordering::Relaxed),
-            errors: c.errors.load(Ordering::Relaxed),
-            corrupt_slots: c.corrupt.load(Ordering::Relaxed),
-            batches: c.batches.load(Ordering::Relaxed),
-            ios: c.ios.load(Ordering::Relaxed),
-            prefetches: c.prefetches.load(Ordering::Relaxed),
+            requests: sum(|c| &c.requests),
+            errors: sum(|c| &c.errors),
+            corrupt_slots: sum(|c| &c.corrupt),
+            batches: sum(|c| &c.batches),
+            ios: sum(|c| &c.ios),
+            prefetches: sum(|c| &c.prefetches),
         }
     }
 
@@ -326,7 +342,10 @@ fn fail_pending(shared: &Shared, ch: &Channel) {
             let req = match p {
                 crate::ring::Popped::Request(r) | crate::ring::Popped::Corrupt(r) => r,
             };
-            shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+            shared
+                .control_counters()
+                .errors
+                .fetch_add(1, Ordering::Relaxed);
             let _ = ch
                 .completions
                 .complete(req.completion, req.ticket, -(libc::ESHUTDOWN as i64));
@@ -650,7 +669,9 @@ impl Worker {
             self.refresh_channels();
             let took = self.take_batch();
             if took > 0 {
-                self.shared.counters.batches.fetch_add(1, Ordering::Relaxed);
+                self.shared.counters[self.id]
+                    .batches
+                    .fetch_add(1, Ordering::Relaxed);
                 if self.shared.sleepers.load(Ordering::Relaxed) > 0
                     && self.channels.iter().any(|c| !c.demand.is_empty())
                 {
@@ -766,8 +787,12 @@ impl Worker {
                         Some(crate::ring::Popped::Corrupt(req)) => {
                             empty = 0;
                             took += 1;
-                            self.shared.counters.corrupt.fetch_add(1, Ordering::Relaxed);
-                            self.shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                            self.shared.counters[self.id]
+                                .corrupt
+                                .fetch_add(1, Ordering::Relaxed);
+                            self.shared.counters[self.id]
+                                .errors
+                                .fetch_add(1, Ordering::Relaxed);
                             let _ = ch.completions.complete(
                                 req.completion,
                                 req.ticket,
@@ -786,16 +811,16 @@ impl Worker {
     /// Validates a fresh request; queues it as a job or completes it with an error.
     fn accept(&mut self, ch: &Local<Channel>, req: WfsRequest) {
         let s = &self.shared;
-        s.counters.requests.fetch_add(1, Ordering::Relaxed);
+        s.counters[self.id].requests.fetch_add(1, Ordering::Relaxed);
         let fail = |errno: i32| {
-            s.counters.errors.fetch_add(1, Ordering::Relaxed);
+            s.counters[self.id].errors.fetch_add(1, Ordering::Relaxed);
             let _ = ch
                 .completions
                 .complete(req.completion, req.ticket, -(errno as i64));
         };
         if req.completion as usize >= ch.completions.len() {
             // Nobody can be told; count it and move on.
-            s.counters.errors.fetch_add(1, Ordering::Relaxed);
+            s.counters[self.id].errors.fetch_add(1, Ordering::Relaxed);
             return;
         }
         if req.flags != 0 || req.reserved != 0 {
@@ -865,7 +890,9 @@ impl Worker {
     fn finish_job(&mut self, j: usize, result: i64) {
         if let Some(job) = self.jobs.remove(j) {
             if result < 0 {
-                self.shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                self.shared.counters[self.id]
+                    .errors
+                    .fetch_add(1, Ordering::Relaxed);
             }
             let _ = job
                 .ch
@@ -892,6 +919,13 @@ impl Worker {
         let mut order: Vec<usize> = self.deferred.drain(..).collect();
         order.append(&mut self.fresh);
         let n = order.len();
+        // Start the batch's cache-hint loads together, so their memory latencies overlap
+        // instead of adding up one lookup at a time.
+        let ps = self.cache.page_size() as u64;
+        self.cache.warm(order.iter().map(|&j| {
+            let job = &self.jobs[j];
+            (job.file.id, job.req.offset / ps)
+        }));
         for j in order {
             let outcome = match self.jobs[j].req.op {
                 abi::WFS_OP_READ => self.plan_read(j),
@@ -908,8 +942,7 @@ impl Worker {
                     let count = (pages.end - pages.start).min(4096) as u32;
                     self.prefetch
                         .push((job.file.clone(), pages.start, 1, count));
-                    self.shared
-                        .counters
+                    self.shared.counters[self.id]
                         .prefetches
                         .fetch_add(1, Ordering::Relaxed);
                     Outcome::Now(0)
@@ -933,8 +966,7 @@ impl Worker {
         if self.ops.is_empty() {
             return;
         }
-        self.shared
-            .counters
+        self.shared.counters[self.id]
             .ios
             .fetch_add(self.ops.len() as u64, Ordering::Relaxed);
         // SAFETY: every buffer is either a cache page pinned until its op completes (loads,

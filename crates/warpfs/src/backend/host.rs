@@ -436,3 +436,75 @@ impl Drop for Agent {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use crate::cache::CacheConfig;
+    use crate::{OpenOptions, Runtime, RuntimeConfig};
+
+    fn pat(off: u64) -> u8 {
+        (off ^ (off >> 8) ^ (off >> 13)).wrapping_mul(31) as u8
+    }
+
+    /// One-page reads that hit the cache come back through cache-page references: the bytes
+    /// are right, and every pin is released (afterwards a lookup of every page can still
+    /// evict, and the lane's records are handed back).
+    #[test]
+    fn cache_page_references_deliver_the_bytes_and_release_the_pins() {
+        let dir = std::env::temp_dir().join(format!("warpfs-host-refs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        let len = 64 * 4096u64 + 100;
+        std::fs::write(&path, (0..len).map(pat).collect::<Vec<u8>>()).unwrap();
+        let rt = Runtime::new(RuntimeConfig {
+            workers: 2,
+            cache: CacheConfig {
+                page_size: 4096,
+                capacity: 16 * 4096,
+            },
+            readahead_pages: 0,
+            max_agents: 2,
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        let f = rt.open(&path, OpenOptions::read_only()).unwrap();
+        let mut agent = rt.agent().unwrap();
+        let mut buf = vec![0u8; 4096];
+        // Pages 0..8 twice (the second pass hits), partial pages, and the short last page.
+        for pass in 0..3 {
+            for (off, n) in (0..8u64)
+                .map(|p| (p * 4096, 4096))
+                .chain([(4096 + 17, 1000), (64 * 4096, 4096)])
+            {
+                buf.fill(0xA5);
+                let want = (len.saturating_sub(off) as usize).min(n);
+                let got = agent.read(&f, off, &mut buf[..n]).unwrap();
+                assert_eq!(got, want, "pass {pass}, offset {off}");
+                let expect: Vec<u8> = (off..off + want as u64).map(pat).collect();
+                assert_eq!(&buf[..want], &expect[..], "pass {pass}, offset {off}");
+            }
+        }
+        let hits = rt.stats().cache.hits;
+        assert!(hits >= 16, "the later passes hit the cache ({hits} hits)");
+        // No pin leaked: the cache can still recycle every page.
+        for p in 8..64u64 {
+            let got = agent.read(&f, p * 4096, &mut buf).unwrap();
+            assert_eq!(got, 4096);
+            assert_eq!(buf[0], pat(p * 4096));
+        }
+        let before = rt.stats().cache.evictions;
+        for p in 0..64u64 {
+            // Multi-page reads always admit: they must be able to evict every page.
+            let mut two = vec![0u8; 8192];
+            let got = agent.read(&f, p * 4096, &mut two).unwrap();
+            assert!(got > 0);
+        }
+        assert!(rt.stats().cache.evictions > before);
+        drop(agent);
+        // The lane came back with its records (a second and third agent fit in max_agents 2).
+        let a = rt.agent().unwrap();
+        let b = rt.agent().unwrap();
+        drop((a, b));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -9,6 +9,7 @@ use crate::completion::Completions;
 use crate::error::{Error, Result};
 use crate::region::{range_in, HostMemory, SharedMemory};
 use crate::ring::Ring;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Geometry of a channel.
@@ -80,6 +81,9 @@ pub struct Channel {
     region: Arc<dyn SharedMemory>,
     layout: ChannelLayout,
     data_len: usize,
+    /// Per completion record: its requester takes cache-page references (host memory, never
+    /// shared with a device; see [`Channel::set_cache_refs`]).
+    cache_refs: Box<[AtomicBool]>,
 }
 
 impl std::fmt::Debug for Channel {
@@ -116,6 +120,9 @@ impl Channel {
             region,
             layout,
             data_len: cfg.data_bytes,
+            cache_refs: (0..cfg.completions)
+                .map(|_| AtomicBool::new(false))
+                .collect(),
         })
     }
 
@@ -138,6 +145,28 @@ impl Channel {
     /// Bytes in the data region.
     pub fn data_len(&self) -> usize {
         self.data_len
+    }
+
+    /// Declares whether the requester owning completion records `records` accepts cache-page
+    /// references: a one-page read that hits the host cache is then completed with
+    /// `aux = page index + 1` and the page left pinned, instead of being copied into the data
+    /// region; the requester copies the bytes from the cache page itself and releases the pin
+    /// (`HostCache::release`). Only requesters in the daemon's address space can (host
+    /// agents); every other record gets its bytes in the data region and `aux = 0`. Indices
+    /// out of range are ignored.
+    pub fn set_cache_refs(&self, records: std::ops::Range<u32>, on: bool) {
+        for i in records {
+            if let Some(f) = self.cache_refs.get(i as usize) {
+                f.store(on, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Whether record `idx`'s requester accepts cache-page references.
+    pub fn takes_cache_refs(&self, idx: u32) -> bool {
+        self.cache_refs
+            .get(idx as usize)
+            .is_some_and(|f| f.load(Ordering::Relaxed))
     }
 
     /// Pointer to `[off, off+len)` of the data region, or `None` if it is not inside.

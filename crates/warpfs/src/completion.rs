@@ -141,12 +141,26 @@ impl Completions {
         let c = self.cell(idx).expect("completion index out of range");
         c.ticket.store(ticket, Ordering::Relaxed);
         c.result.store(0, Ordering::Relaxed);
+        c.aux.store(0, Ordering::Relaxed);
         c.state.store(WFS_COMP_PENDING, Ordering::Release);
     }
 
     /// Daemon: delivers `result` to record `idx` if it is pending for `ticket`, waking a
     /// sleeping host requester. Validates everything; never panics.
     pub fn complete(&self, idx: u32, ticket: u32, result: i64) -> Result<(), CompleteError> {
+        self.complete_aux(idx, ticket, result, 0)
+    }
+
+    /// Like [`Completions::complete`], and also delivers `aux` (published with `result`: a
+    /// requester that saw DONE reads both). `aux` is op-specific; see `daemon` for the host
+    /// agents' cache-page references. On `Err` nothing was delivered.
+    pub fn complete_aux(
+        &self,
+        idx: u32,
+        ticket: u32,
+        result: i64,
+        aux: u64,
+    ) -> Result<(), CompleteError> {
         let c = self.cell(idx).ok_or(CompleteError::OutOfRange)?;
         let mut state = c.state.load(Ordering::Acquire);
         loop {
@@ -156,6 +170,7 @@ impl Completions {
                 return Err(CompleteError::NotPending);
             }
             c.result.store(result, Ordering::Relaxed);
+            c.aux.store(aux, Ordering::Relaxed);
             match c.state.compare_exchange(
                 state,
                 WFS_COMP_DONE,
@@ -174,11 +189,17 @@ impl Completions {
 
     /// Requester: the result if record `idx` is done (the record is then free again).
     pub fn poll(&self, idx: u32) -> Option<i64> {
+        self.poll_aux(idx).map(|(r, _)| r)
+    }
+
+    /// Requester: `(result, aux)` if record `idx` is done (the record is then free again).
+    pub fn poll_aux(&self, idx: u32) -> Option<(i64, u64)> {
         let c = self.cell(idx)?;
         if c.state.load(Ordering::Acquire) == WFS_COMP_DONE {
             let r = c.result.load(Ordering::Relaxed);
+            let aux = c.aux.load(Ordering::Relaxed);
             c.state.store(WFS_COMP_FREE, Ordering::Relaxed);
-            Some(r)
+            Some((r, aux))
         } else {
             None
         }
@@ -187,9 +208,14 @@ impl Completions {
     /// Requester: waits for record `idx` (spin, then sleep on the state word). Returns `None`
     /// if `timeout` passes first; the record then stays pending.
     pub fn wait(&self, idx: u32, timeout: Option<Duration>) -> Option<i64> {
+        self.wait_aux(idx, timeout).map(|(r, _)| r)
+    }
+
+    /// Like [`Completions::wait`], returning `(result, aux)`.
+    pub fn wait_aux(&self, idx: u32, timeout: Option<Duration>) -> Option<(i64, u64)> {
         // Spin briefly, then yield (lets a daemon worker on this core run), then sleep.
         for i in 0..(64 + 256) {
-            if let Some(r) = self.poll(idx) {
+            if let Some(r) = self.poll_aux(idx) {
                 return Some(r);
             }
             if i < 64 {
@@ -204,7 +230,7 @@ impl Completions {
         let c = self.cell(idx)?;
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            if let Some(r) = self.poll(idx) {
+            if let Some(r) = self.poll_aux(idx) {
                 return Some(r);
             }
             let slice = match deadline {
@@ -312,5 +338,38 @@ mod tests {
         let t = Completions::with_len(1);
         t.arm(0, 1);
         assert_eq!(t.wait(0, Some(Duration::from_millis(5))), None);
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// A completion's result and aux word are published together: a requester that sees the
+    /// record done reads both as written, and re-arming clears aux for the next request.
+    #[test]
+    fn result_and_aux_arrive_together() {
+        loom::model(|| {
+            let t = Arc::new(Completions::with_len(1));
+            t.arm(0, 1);
+            let t2 = t.clone();
+            let daemon = thread::spawn(move || t2.complete_aux(0, 1, 7, 9).is_ok());
+            let mut got = None;
+            for _ in 0..3 {
+                if let Some(r) = t.poll_aux(0) {
+                    got = Some(r);
+                    break;
+                }
+                thread::yield_now();
+            }
+            assert!(daemon.join().unwrap());
+            let got = got.or_else(|| t.poll_aux(0));
+            assert_eq!(got, Some((7, 9)));
+            t.arm(0, 2);
+            t.complete(0, 2, 1).unwrap();
+            assert_eq!(t.poll_aux(0), Some((1, 0)));
+        });
     }
 }

@@ -28,7 +28,11 @@ use std::time::Duration;
 /// Settings of a [`Runtime`]. `Default` sizes everything to the machine.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
-    /// Daemon worker threads (default: half the cores, at least 1, at most 8).
+    /// Daemon worker threads (default: half the cores, at least 1, at most 8). Half, so
+    /// that requesters (host agents, or the CPU threads feeding a GPU) keep the other half:
+    /// on 2 cores, 2 workers beside 1 or 2 agent threads measured no better than 1 + 1 in
+    /// `warpfs bench --phases rand-read` side by side, and oversubscribing a core only wins
+    /// CPU share from other programs, not speed.
     pub workers: usize,
     /// Host cache tier geometry.
     pub cache: CacheConfig,
@@ -198,6 +202,7 @@ impl Runtime {
         daemon.attach(channel.clone());
         let lanes = Arc::new(HostLanes::new(
             channel,
+            cache.clone(),
             daemon.doorbell(),
             cfg.max_agents,
             cfg.agent_queue_depth,

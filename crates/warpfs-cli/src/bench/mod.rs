@@ -229,14 +229,21 @@ where
             .enumerate()
             .map(|(i, st)| {
                 let (work, barrier, counter) = (&work, &barrier, &counter);
-                s.spawn(move || {
-                    barrier.wait();
-                    let limit = plan.limit(i, n, counter);
-                    let t0 = Instant::now();
-                    let mut t = work(st, &limit, seed_base.wrapping_add(i as u64 * 0x9E37_79B9))?;
-                    t.elapsed = t0.elapsed();
-                    Ok(t)
-                })
+                // Named after the phase (first 15 bytes), so profilers can tell the sides apart.
+                let thread_name: String = name.chars().take(15).collect();
+                std::thread::Builder::new()
+                    .name(thread_name)
+                    .spawn_scoped(s, move || {
+                        barrier.wait();
+                        let limit = plan.limit(i, n, counter);
+                        let t0 = Instant::now();
+                        let mut t =
+                            work(st, &limit, seed_base.wrapping_add(i as u64 * 0x9E37_79B9))?;
+                        t.elapsed = t0.elapsed();
+                        Ok(t)
+                    })
+                    // Like `Scope::spawn`, which panics when the OS refuses a thread.
+                    .expect("spawning a bench thread")
             })
             .collect();
         barrier.wait();

@@ -5,8 +5,15 @@
 //! region. An agent arms a record, writes a request into the demand ring, rings the doorbell
 //! and later waits on the record (spin, then futex) — exactly the protocol of a GPU thread,
 //! except that a GPU polls instead of sleeping.
+//!
+//! One shortcut a GPU cannot take: agents live in the daemon's address space, so their
+//! records take cache-page references ([`Channel::set_cache_refs`]). A one-page read that
+//! hits the host cache completes with `aux = page index + 1` and the page pinned; the agent
+//! copies straight from the cache page into the caller's buffer and unpins it. That saves the
+//! daemon a 4 KiB copy into the data region and the agent a second copy out of it.
 
 use crate::abi::{self, WfsRequest};
+use crate::cache::HostCache;
 use crate::channel::Channel;
 use crate::daemon::Doorbell;
 use crate::error::{Error, Result};
@@ -17,6 +24,8 @@ use std::time::Duration;
 /// What the lanes of a host channel share.
 pub(crate) struct HostLanes {
     pub(crate) channel: Arc<Channel>,
+    /// The cache whose pages completions may reference.
+    pub(crate) cache: Arc<HostCache>,
     pub(crate) doorbell: Doorbell,
     pub(crate) queue_depth: usize,
     pub(crate) request_buffer: usize,
@@ -30,6 +39,7 @@ impl HostLanes {
     /// records and buffers.
     pub(crate) fn new(
         channel: Arc<Channel>,
+        cache: Arc<HostCache>,
         doorbell: Doorbell,
         lanes: usize,
         queue_depth: usize,
@@ -38,6 +48,7 @@ impl HostLanes {
     ) -> Self {
         Self {
             channel,
+            cache,
             doorbell,
             queue_depth,
             request_buffer,
@@ -57,10 +68,12 @@ impl HostLanes {
         })?;
         taken[lane] = true;
         let qd = self.queue_depth;
+        let base = (lane * qd) as u32;
+        self.channel.set_cache_refs(base..base + qd as u32, true);
         Ok(Agent {
             lanes: self.clone(),
             lane,
-            base: (lane * qd) as u32,
+            base,
             free: (0..qd as u32).rev().collect(),
             pending: vec![false; qd],
             next_ticket: 1,
@@ -75,6 +88,7 @@ pub struct Ticket {
     pub(crate) slot: u32,
     pub(crate) op: u32,
     pub(crate) len: usize,
+    pub(crate) offset: u64,
 }
 
 /// A host requester: owns `agent_queue_depth` completion records and request buffers.
@@ -181,26 +195,33 @@ impl Agent {
         }
         self.lanes.doorbell.ring();
         self.pending[slot as usize] = true;
-        Ok(Ticket { slot, op, len })
+        Ok(Ticket {
+            slot,
+            op,
+            len,
+            offset,
+        })
     }
 
-    /// Waits for `t`; returns the raw result (≥ 0) and keeps the slot reserved until the
-    /// caller has read its buffer (`release`).
-    fn wait_raw(&mut self, t: &Ticket) -> Result<i64> {
+    /// Waits for `t`; returns the raw result (≥ 0) and the cache-page reference (`aux`, 0 if
+    /// none: then the bytes are in the slot's buffer) and keeps the slot reserved until the
+    /// caller has read its buffer. A caller given a reference must [`Agent::unpin`] it.
+    fn wait_raw(&mut self, t: &Ticket) -> Result<(i64, u64)> {
         let idx = self.base + t.slot;
         match self
             .lanes
             .channel
             .completions
-            .wait(idx, Some(self.lanes.timeout))
+            .wait_aux(idx, Some(self.lanes.timeout))
         {
-            Some(r) => {
+            Some((r, aux)) => {
                 self.pending[t.slot as usize] = false;
                 if r < 0 {
+                    self.unpin(aux);
                     self.free.push(t.slot);
                     Err(Error::from_result(op_name(t.op), r))
                 } else {
-                    Ok(r)
+                    Ok((r, aux))
                 }
             }
             // The record stays pending: the slot is not reused (the daemon may still write it).
@@ -228,23 +249,65 @@ impl Agent {
                 "wait_read's destination is shorter than the read".into(),
             ));
         }
-        let r = self.wait_raw(&ticket)? as usize;
-        let n = r.min(ticket.len);
-        let src = self
-            .lanes
-            .channel
-            .data_range(self.buf_offset(ticket.slot), n as u64)
-            .expect("agent buffers lie inside the data region");
-        // SAFETY: the daemon finished with this buffer (completion observed with Acquire);
-        // n ≤ request_buffer and ≤ dst.len().
+        let (r, aux) = self.wait_raw(&ticket)?;
+        let n = (r as usize).min(ticket.len);
+        let src = match self.page_ref(aux, ticket.offset, n) {
+            Some(p) => p,
+            None if aux != 0 => {
+                // A reference that does not cover the read: never trust it (unreachable with
+                // the daemon's checks).
+                self.unpin(aux);
+                self.free.push(ticket.slot);
+                return Err(Error::Range(
+                    "the daemon answered a read with a bad cache-page reference".into(),
+                ));
+            }
+            None => {
+                self.lanes
+                    .channel
+                    .data_range(self.buf_offset(ticket.slot), n as u64)
+                    .expect("agent buffers lie inside the data region") as *const u8
+            }
+        };
+        // SAFETY: either the daemon finished with this slot's buffer (completion observed with
+        // Acquire), or `src` lies inside a cache page pinned for us (checked by `page_ref`),
+        // which is not reused before `unpin`; n ≤ request_buffer and ≤ dst.len().
         unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), n) };
+        self.unpin(aux);
         self.free.push(ticket.slot);
         Ok(n)
     }
 
+    /// Where `n` bytes at file `offset` lie in the cache page that `aux` references, if `aux`
+    /// is a reference (page index + 1) and the bytes fit in that page.
+    fn page_ref(&self, aux: u64, offset: u64, n: usize) -> Option<*const u8> {
+        let idx = aux.checked_sub(1)?;
+        let cache = &self.lanes.cache;
+        let ps = cache.page_size();
+        if idx >= cache.pages() as u64 {
+            return None;
+        }
+        let at = (offset % ps as u64) as usize;
+        if at + n > ps {
+            return None;
+        }
+        // SAFETY: idx < pages and at + n ≤ page size: inside the arena.
+        Some(unsafe { cache.page_ptr(idx as u32).add(at) } as *const u8)
+    }
+
+    /// Drops the pin of cache-page reference `aux` (nothing if 0 or out of range).
+    fn unpin(&self, aux: u64) {
+        if let Some(idx) = aux.checked_sub(1) {
+            if idx < self.lanes.cache.pages() as u64 {
+                self.lanes.cache.release(idx as u32);
+            }
+        }
+    }
+
     /// Waits for any request; returns its result (bytes, size, or 0).
     pub fn wait(&mut self, ticket: Ticket) -> Result<u64> {
-        let r = self.wait_raw(&ticket)?;
+        let (r, aux) = self.wait_raw(&ticket)?;
+        self.unpin(aux);
         self.free.push(ticket.slot);
         Ok(r as u64)
     }
@@ -347,18 +410,22 @@ impl Drop for Agent {
         for slot in 0..self.pending.len() {
             if self.pending[slot] {
                 let idx = self.base + slot as u32;
-                if self
+                match self
                     .lanes
                     .channel
                     .completions
-                    .wait(idx, Some(self.lanes.timeout))
-                    .is_none()
+                    .wait_aux(idx, Some(self.lanes.timeout))
                 {
-                    clean = false;
+                    Some((_, aux)) => self.unpin(aux),
+                    None => clean = false,
                 }
             }
         }
         if clean {
+            let qd = self.lanes.queue_depth as u32;
+            self.lanes
+                .channel
+                .set_cache_refs(self.base..self.base + qd, false);
             let mut taken = self.lanes.taken.lock().unwrap_or_else(|p| p.into_inner());
             taken[self.lane] = false;
         } else {
@@ -367,5 +434,77 @@ impl Drop for Agent {
                 "agent dropped with requests the daemon never answered; its lane is retired"
             );
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use crate::cache::CacheConfig;
+    use crate::{OpenOptions, Runtime, RuntimeConfig};
+
+    fn pat(off: u64) -> u8 {
+        (off ^ (off >> 8) ^ (off >> 13)).wrapping_mul(31) as u8
+    }
+
+    /// One-page reads that hit the cache come back through cache-page references: the bytes
+    /// are right, and every pin is released (afterwards a lookup of every page can still
+    /// evict, and the lane's records are handed back).
+    #[test]
+    fn cache_page_references_deliver_the_bytes_and_release_the_pins() {
+        let dir = std::env::temp_dir().join(format!("warpfs-host-refs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        let len = 64 * 4096u64 + 100;
+        std::fs::write(&path, (0..len).map(pat).collect::<Vec<u8>>()).unwrap();
+        let rt = Runtime::new(RuntimeConfig {
+            workers: 2,
+            cache: CacheConfig {
+                page_size: 4096,
+                capacity: 16 * 4096,
+            },
+            readahead_pages: 0,
+            max_agents: 2,
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        let f = rt.open(&path, OpenOptions::read_only()).unwrap();
+        let mut agent = rt.agent().unwrap();
+        let mut buf = vec![0u8; 4096];
+        // Pages 0..8 twice (the second pass hits), partial pages, and the short last page.
+        for pass in 0..3 {
+            for (off, n) in (0..8u64)
+                .map(|p| (p * 4096, 4096))
+                .chain([(4096 + 17, 1000), (64 * 4096, 4096)])
+            {
+                buf.fill(0xA5);
+                let want = (len.saturating_sub(off) as usize).min(n);
+                let got = agent.read(&f, off, &mut buf[..n]).unwrap();
+                assert_eq!(got, want, "pass {pass}, offset {off}");
+                let expect: Vec<u8> = (off..off + want as u64).map(pat).collect();
+                assert_eq!(&buf[..want], &expect[..], "pass {pass}, offset {off}");
+            }
+        }
+        let hits = rt.stats().cache.hits;
+        assert!(hits >= 16, "the later passes hit the cache ({hits} hits)");
+        // No pin leaked: the cache can still recycle every page.
+        for p in 8..64u64 {
+            let got = agent.read(&f, p * 4096, &mut buf).unwrap();
+            assert_eq!(got, 4096);
+            assert_eq!(buf[0], pat(p * 4096));
+        }
+        let before = rt.stats().cache.evictions;
+        for p in 0..64u64 {
+            // Multi-page reads always admit: they must be able to evict every page.
+            let mut two = vec![0u8; 8192];
+            let got = agent.read(&f, p * 4096, &mut two).unwrap();
+            assert!(got > 0);
+        }
+        assert!(rt.stats().cache.evictions > before);
+        drop(agent);
+        // The lane came back with its records (a second and third agent fit in max_agents 2).
+        let a = rt.agent().unwrap();
+        let b = rt.agent().unwrap();
+        drop((a, b));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

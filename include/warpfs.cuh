@@ -294,7 +294,12 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 op, u32 fh, u64 o
             st_relaxed_sys_u32(&comp->state, WFS_COMP_PENDING);
             /* Wait until the daemon handed the slot back from its previous lap. */
             u32 ns = 32;
+            u32 spins = 0;
             while (ld_acquire_sys_u64(&slot->seq) != pos) {
+                if ((++spins & 7) == 0 && closing(ctx)) {
+                    r = -WFS_ESHUTDOWN;
+                    break;
+                }
                 if (now_ns() > deadline) {
                     r = -WFS_ETIMEDOUT;
                     break;
@@ -433,6 +438,8 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 op, u32 fh, u64 o
 #define WFS_ACQ_BYPASS 3u  /* no frame within the bounded search: read around the cache */
 #define WFS_ACQ_ABSENT 4u  /* not cached (lookup without insert) */
 #define WFS_ACQ_TIMEOUT 5u /* the deadline passed */
+#define WFS_ACQ_RETRY 6u   /* transient (lock busy, frame being evicted): try again */
+#define WFS_ACQ_SHUTDOWN 7u /* the runtime is closing the channel */
 
 __device__ __forceinline__ u32 atom_add_acquire_gpu(u32 *p, u32 v) {
     u32 r;
@@ -555,13 +562,13 @@ __device__ __noinline__ u32 claim_victim(const wfs_ctx_t *ctx, const WfsGpuCache
     return WFS_NO_FRAME;
 }
 
-__device__ __forceinline__ bool lock_take(u32 *l, u64 deadline) {
-    u32 ns = 32;
-    while (atomicCAS(l, 0u, 1u) != 0u) {
-        if (now_ns() > deadline) return false;
-        __nanosleep(ns);
-        ns = ns < 1024 ? ns * 2 : 1024;
-    }
+/* One attempt at a key's insert lock: never spins. A lane must never spin on a lock or a frame
+ * state that a lane of its own warp is changing: on a convergence barrier the holder may not
+ * be scheduled until the spinner gives up (SIMT deadlock, seen as a stall until the timeout).
+ * So every cache step below is one bounded attempt, and the warp retries together
+ * (acquire_round), after every lane finished its attempt and dropped what it held. */
+__device__ __forceinline__ bool lock_try(u32 *l) {
+    if (atomicCAS(l, 0u, 1u) != 0u) return false;
     __threadfence();
     return true;
 }
@@ -570,22 +577,19 @@ __device__ __forceinline__ void lock_drop(u32 *l) {
     atomicExch(l, 0u);
 }
 
-/* Miss: claims a frame, and under the key's insert lock lists it as LOADING, pinned by the
- * caller. Returns WFS_ACQ_LOAD (frame in `f`), WFS_ACQ_BYPASS, WFS_ACQ_TIMEOUT, or WFS_ACQ_HIT
- * meaning "someone listed it meanwhile: look again". */
+/* Miss, one attempt: under the key's insert lock (taken with one CAS, held for a bounded
+ * sequence of device-memory operations, never across a wait), re-checks the table, claims a
+ * victim frame and lists it as LOADING, pinned by the caller. Returns WFS_ACQ_LOAD (frame in
+ * `f_out`), WFS_ACQ_BYPASS (no frame or no bucket), or WFS_ACQ_RETRY (lock busy, or someone
+ * listed the key meanwhile: look again). Never waits. */
 __device__ __noinline__ u32 insert_page(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 fh, u64 page, u64 h,
-                           u64 deadline, u32 &f_out) {
+                                        u64 deadline, u32 &f_out) {
     const u32 tag = (u32)(h >> 32);
     const u64 bmask = c->bucket_mask;
     const u32 probe = c->probe;
     u64 *table = table_of(c);
-    const u32 f = claim_victim(ctx, c, deadline);
-    if (f == WFS_NO_FRAME) return WFS_ACQ_BYPASS;
     u32 *lk = reinterpret_cast<u32 *>(c->locks) + ((h ^ (h >> 32)) & c->lock_mask);
-    if (!lock_take(lk, deadline)) {
-        free_frame(c, f);
-        return WFS_ACQ_TIMEOUT;
-    }
+    if (!lock_try(lk)) return WFS_ACQ_RETRY;
     bool present = false;
     u32 free_i = probe;
     for (u32 i = 0; i < probe; ++i) {
@@ -605,34 +609,45 @@ __device__ __noinline__ u32 insert_page(const wfs_ctx_t *ctx, const WfsGpuCache 
             break;
         }
     }
-    u32 result = present ? WFS_ACQ_HIT : WFS_ACQ_BYPASS;
-    if (!present && free_i < probe) {
-        volatile WfsGpuPageMeta *m = frame_meta(c, f);
-        m->fh = fh;
-        m->page = page;
-        m->len = 0;
-        m->err = 0;
-        const u64 word = ((u64)(f + 1) << 32) | tag;
-        m->word = word;
+    if (present) {
+        lock_drop(lk);
+        return WFS_ACQ_RETRY;
+    }
+    if (free_i >= probe) {
+        lock_drop(lk);
+        return WFS_ACQ_BYPASS;
+    }
+    const u32 f = claim_victim(ctx, c, deadline);
+    if (f == WFS_NO_FRAME) {
+        lock_drop(lk);
+        return WFS_ACQ_BYPASS;
+    }
+    u32 result = WFS_ACQ_BYPASS;
+    volatile WfsGpuPageMeta *m = frame_meta(c, f);
+    m->fh = fh;
+    m->page = page;
+    m->len = 0;
+    m->err = 0;
+    const u64 word = ((u64)(f + 1) << 32) | tag;
+    m->word = word;
+    __threadfence();
+    /* BUSY -> LOADING, pinned once by the loader (stale readers' transient pins kept). */
+    state_update(frame_state(c, f), WFS_PG_FLAGS, WFS_PG_LOADING, 1u);
+    for (u32 i = free_i; i < probe; ++i) {
+        const u64 b = (h + i) & bmask;
+        const u64 w = ld_relaxed_gpu_u64(table + b);
+        if (w != WFS_TABLE_EMPTY && w != WFS_TABLE_TOMB) continue;
+        m->bucket = (u32)b;
         __threadfence();
-        /* BUSY -> LOADING, pinned once by the loader (stale readers' transient pins kept). */
-        state_update(frame_state(c, f), WFS_PG_FLAGS, WFS_PG_LOADING, 1u);
-        for (u32 i = free_i; i < probe; ++i) {
-            const u64 b = (h + i) & bmask;
-            const u64 w = ld_relaxed_gpu_u64(table + b);
-            if (w != WFS_TABLE_EMPTY && w != WFS_TABLE_TOMB) continue;
-            m->bucket = (u32)b;
-            __threadfence();
-            if (atomicCAS(reinterpret_cast<unsigned long long *>(table + b), (unsigned long long)w,
-                          (unsigned long long)word) == w) {
-                result = WFS_ACQ_LOAD;
-                break;
-            }
+        if (atomicCAS(reinterpret_cast<unsigned long long *>(table + b), (unsigned long long)w,
+                      (unsigned long long)word) == w) {
+            result = WFS_ACQ_LOAD;
+            break;
         }
-        if (result != WFS_ACQ_LOAD) {
-            /* Another key took every free bucket meanwhile: unpin, back to BUSY, then free. */
-            state_update(frame_state(c, f), WFS_PG_FLAGS, WFS_PG_BUSY, 0xFFFFFFFFu);
-        }
+    }
+    if (result != WFS_ACQ_LOAD) {
+        /* Another key took every free bucket meanwhile: unpin, back to BUSY, then free. */
+        state_update(frame_state(c, f), WFS_PG_FLAGS, WFS_PG_BUSY, 0xFFFFFFFFu);
     }
     lock_drop(lk);
     if (result == WFS_ACQ_LOAD) {
@@ -643,9 +658,10 @@ __device__ __noinline__ u32 insert_page(const wfs_ctx_t *ctx, const WfsGpuCache 
     return result;
 }
 
-/* Finds (fh, page) and pins its frame. With `may_insert`, a miss lists a frame LOADING for
- * the caller to load (WFS_ACQ_LOAD). Waits (bounded) only while a frame of this key is being
- * evicted or failed (it leaves the table within a few operations). */
+/* One attempt to find (fh, page) and pin its frame; never waits. With `may_insert`, a miss
+ * lists a frame LOADING for the caller to load (WFS_ACQ_LOAD). WFS_ACQ_RETRY: a frame of this
+ * key is being evicted or failed, or its insert lock is busy — the caller retries (with its
+ * warp, after a backoff; see acquire_round), bounded by its deadline. */
 __device__ u32 acquire_page(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 fh, u64 page,
                             bool may_insert, u64 deadline, u32 &f_out) {
     const u64 h = key_hash(fh, page);
@@ -653,40 +669,43 @@ __device__ u32 acquire_page(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 fh, 
     const u64 bmask = c->bucket_mask;
     const u32 probe = c->probe;
     const u64 *table = table_of(c);
+    for (u32 i = 0; i < probe; ++i) {
+        const u64 w = ld_relaxed_gpu_u64(table + ((h + i) & bmask));
+        if (w == WFS_TABLE_EMPTY) break;
+        if (w == WFS_TABLE_TOMB || (u32)w != tag) continue;
+        const u32 f = (u32)(w >> 32) - 1;
+        u32 *st = frame_state(c, f);
+        const u32 old = atom_add_acquire_gpu(st, 1u);
+        volatile WfsGpuPageMeta *m = frame_meta(c, f);
+        if (m->fh != fh || m->page != page) {
+            red_add_release_gpu(st, 0xFFFFFFFFu); /* another key's tag, or reassigned */
+            continue;
+        }
+        if (old & WFS_PG_VALID) {
+            if (!(old & WFS_PG_REF)) atomicOr(st, WFS_PG_REF);
+            f_out = f;
+            return WFS_ACQ_HIT;
+        }
+        if (old & WFS_PG_LOADING) {
+            f_out = f;
+            return WFS_ACQ_WAIT;
+        }
+        red_add_release_gpu(st, 0xFFFFFFFFu); /* BUSY (evicting) or ERROR: look again */
+        return WFS_ACQ_RETRY;
+    }
+    if (!may_insert) return WFS_ACQ_ABSENT;
+    return insert_page(ctx, c, fh, page, h, deadline, f_out);
+}
+
+/* acquire_page for one thread on its own (no insert): retries with backoff, bounded by the
+ * deadline and the closing word. WFS_ACQ_TIMEOUT when either ends it. */
+__device__ __noinline__ u32 acquire_page_lookup(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 fh, u64 page,
+                                                u64 deadline, u32 &f_out) {
     u32 ns = 32;
     for (;;) {
-        bool busy = false;
-        for (u32 i = 0; i < probe; ++i) {
-            const u64 w = ld_relaxed_gpu_u64(table + ((h + i) & bmask));
-            if (w == WFS_TABLE_EMPTY) break;
-            if (w == WFS_TABLE_TOMB || (u32)w != tag) continue;
-            const u32 f = (u32)(w >> 32) - 1;
-            u32 *st = frame_state(c, f);
-            const u32 old = atom_add_acquire_gpu(st, 1u);
-            volatile WfsGpuPageMeta *m = frame_meta(c, f);
-            if (m->fh != fh || m->page != page) {
-                red_add_release_gpu(st, 0xFFFFFFFFu); /* another key's tag, or reassigned */
-                continue;
-            }
-            if (old & WFS_PG_VALID) {
-                if (!(old & WFS_PG_REF)) atomicOr(st, WFS_PG_REF);
-                f_out = f;
-                return WFS_ACQ_HIT;
-            }
-            if (old & WFS_PG_LOADING) {
-                f_out = f;
-                return WFS_ACQ_WAIT;
-            }
-            red_add_release_gpu(st, 0xFFFFFFFFu); /* BUSY (evicting) or ERROR: look again */
-            busy = true;
-            break;
-        }
-        if (!busy) {
-            if (!may_insert) return WFS_ACQ_ABSENT;
-            const u32 r = insert_page(ctx, c, fh, page, h, deadline, f_out);
-            if (r != WFS_ACQ_HIT) return r;
-        }
-        if (now_ns() > deadline) return WFS_ACQ_TIMEOUT;
+        const u32 r = acquire_page(ctx, c, fh, page, false, deadline, f_out);
+        if (r != WFS_ACQ_RETRY) return r;
+        if (now_ns() > deadline || closing(ctx)) return WFS_ACQ_TIMEOUT;
         __nanosleep(ns);
         ns = ns < 2048 ? ns * 2 : 4096;
     }
@@ -762,20 +781,42 @@ __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpu
     const u32 leader = want ? (u32)(__ffs(peers) - 1) : lane;
     const bool is_leader = want && leader == lane;
     u32 f = WFS_NO_FRAME;
-    u32 status = WFS_ACQ_BYPASS;
+    u32 status = WFS_ACQ_RETRY;
     long long res = 0;
-    if (is_leader) status = acquire_page(ctx, c, fh, page, true, deadline, f);
+    /* Every leader makes one non-waiting attempt; the warp then retries the leaders whose
+     * attempt was transient, all together after a backoff. No lane ever spins while a lane of
+     * its own warp holds an insert lock or a half-evicted frame (each attempt drops them). */
+    u32 ns = 32;
+    for (u32 round = 0;; ++round) {
+        if (is_leader && status == WFS_ACQ_RETRY) status = acquire_page(ctx, c, fh, page, true, deadline, f);
+        if (__ballot_sync(group, is_leader && status == WFS_ACQ_RETRY) == 0) break;
+        const bool shut = (round & 7) == 7 && closing(ctx);
+        const bool late = now_ns() > deadline;
+        if (__any_sync(group, shut || late)) {
+            const u32 why = __any_sync(group, shut) ? WFS_ACQ_SHUTDOWN : WFS_ACQ_TIMEOUT;
+            if (is_leader && status == WFS_ACQ_RETRY) status = why;
+            break;
+        }
+        __nanosleep(ns);
+        ns = ns < 2048 ? ns * 2 : 4096;
+    }
     const bool loader = is_leader && status == WFS_ACQ_LOAD;
+    /* The loaders of this warp post together (one request per page); only then do the lanes
+     * that found a page being loaded by another warp wait for it. */
+    __syncwarp(group);
     if (loader) {
-        /* The loaders of this warp post together: one request per page. */
         const u64 ps = 1ull << c->page_shift;
         const long long r = io(ctx, WFS_OP_READ, fh, page << c->page_shift, ps, frame_data(c, f));
         finish_load(c, f, r);
         if (r < 0) res = r;
-    } else if (is_leader && status == WFS_ACQ_WAIT) {
+    }
+    __syncwarp(group);
+    if (is_leader && status == WFS_ACQ_WAIT) {
         res = wait_loaded(ctx, c, f, deadline);
     } else if (is_leader && status == WFS_ACQ_TIMEOUT) {
         res = -WFS_ETIMEDOUT;
+    } else if (is_leader && status == WFS_ACQ_SHUTDOWN) {
+        res = -WFS_ESHUTDOWN;
     } else if (is_leader && status == WFS_ACQ_BYPASS) {
         res = WFS_BYPASS_RESULT;
     }
@@ -889,7 +930,7 @@ __device__ __noinline__ void patch_cache(const wfs_ctx_t *ctx, const WfsGpuCache
         const u64 in_off = pos & (ps - 1);
         const u64 seg = (n - done) < (ps - in_off) ? (n - done) : (ps - in_off);
         u32 f = WFS_NO_FRAME;
-        const u32 st = acquire_page(ctx, c, fh, pos >> shift, false, deadline, f);
+        const u32 st = acquire_page_lookup(ctx, c, fh, pos >> shift, deadline, f);
         bool ok = st == WFS_ACQ_HIT;
         if (st == WFS_ACQ_WAIT) {
             ok = wait_loaded(ctx, c, f, deadline) == 0;
@@ -1007,6 +1048,7 @@ __device__ __noinline__ long long read_async(const wfs_ctx_t *ctx, u32 fh, u64 o
         if (atomicCAS(&busy[idx], 0u, 1u) == 0u) break;
         idx = idx + 1 == n ? 0 : idx + 1;
         if ((tries & 63) == 63) {
+            if (closing(ctx)) return -WFS_ESHUTDOWN;
             if (now_ns() > deadline) return -WFS_EBUSY;
             backoff(ns);
         }
@@ -1025,7 +1067,7 @@ __device__ __noinline__ long long read_async(const wfs_ctx_t *ctx, u32 fh, u64 o
     st_relaxed_sys_u32(&comp->state, WFS_COMP_PENDING);
     ns = 32;
     while (ld_acquire_sys_u64(&slot->seq) != pos) {
-        if (now_ns() > deadline) {
+        if (now_ns() > deadline || closing(ctx)) {
             atomicExch(&busy[idx], 2u); /* retired: the position may still be served */
             return -WFS_ETIMEDOUT;
         }
@@ -1099,6 +1141,7 @@ __device__ __noinline__ long long prefetch(const wfs_ctx_t *ctx, u32 fh, u64 off
     const u64 deadline = now_ns() + ctx->timeout_ns;
     u32 ns = 32;
     while (ld_acquire_sys_u64(&slot->seq) != pos) {
+        if (closing(ctx)) return -WFS_ESHUTDOWN;
         if (now_ns() > deadline) return -WFS_ETIMEDOUT;
         backoff(ns);
     }

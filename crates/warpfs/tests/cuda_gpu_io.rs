@@ -238,6 +238,56 @@ fn every_kernel_compiles_with_nvrtc() {
     }
 }
 
+/// Longest a test kernel may run before the watchdog ends it: `WARPFS_GPU_WATCHDOG_SECS`
+/// (default 120 s, far above any test kernel's run and the device calls' own timeouts).
+fn watchdog_limit() -> Duration {
+    let secs = std::env::var("WARPFS_GPU_WATCHDOG_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(120);
+    Duration::from_secs(secs)
+}
+
+/// Waits for the kernels queued on `gpu` with a watchdog instead of a blocking synchronize:
+/// past [`watchdog_limit`] it raises the channel's `closing` word (device waits return
+/// -ESHUTDOWN), prints the GPU cache statistics and fails the test naming `what`. A kernel
+/// that does not end even then cannot be recovered in this process: the watchdog prints that
+/// and exits, so a hang is never silent.
+fn finish(gpu: &GpuIo<'_>, what: &str) {
+    let t = Instant::now();
+    let limit = watchdog_limit();
+    if gpu.wait_kernels(limit).unwrap() {
+        println!("  {what}: finished in {:.3} s", t.elapsed().as_secs_f64());
+        return;
+    }
+    eprintln!(
+        "WATCHDOG: kernel {what} still running after {limit:?}; raising the channel's closing word"
+    );
+    gpu.abort_device_waits();
+    if gpu.wait_kernels(Duration::from_secs(30)).unwrap() {
+        eprintln!(
+            "WATCHDOG: {what} ended {:.1} s after closing; GPU cache stats {:?}",
+            t.elapsed().as_secs_f64() - limit.as_secs_f64(),
+            gpu.cache_stats()
+        );
+        panic!("watchdog: kernel {what} ran past {limit:?} (hung; ended by the closing word)");
+    }
+    eprintln!(
+        "WATCHDOG: kernel {what} did not end within 30 s of the closing word either (an \
+         unbounded device wait); exiting the test process"
+    );
+    std::process::exit(3);
+}
+
+/// Compiles the test kernels with NVRTC and loads them, saying so (with the time taken).
+fn compile_kernels(gpu: &GpuIo<'_>) -> warpfs::backend::cuda::gpu_io::GpuModule {
+    println!("  NVRTC compile + module load of the test kernels ...");
+    let t = Instant::now();
+    let m = gpu.compile(KERNELS, &[]).unwrap();
+    println!("  compiled + loaded in {:.2} s", t.elapsed().as_secs_f64());
+    m
+}
+
 fn gpu() -> bool {
     // SAFETY: only tries to dlopen libcuda.
     if !unsafe { cudarc::driver::sys::is_culib_present() } || !available() {
@@ -312,6 +362,7 @@ fn one_op(
 ) -> Vec<i64> {
     let res = results_buffer(gpu, n as usize);
     let k = module.kernel("one_op").unwrap();
+    println!("  launch one_op");
     // SAFETY: arguments match one_op's signature; res holds n results; gpu outlives the launch
     // (synchronised below).
     unsafe {
@@ -329,7 +380,7 @@ fn one_op(
         )
         .unwrap()
     };
-    gpu.synchronize().unwrap();
+    finish(gpu, "one_op");
     i64s_back(&res, n as usize)
 }
 
@@ -343,7 +394,7 @@ fn kernels_read_random_ranges_every_byte_checked() {
     let rt = runtime(4);
     let f = rt.open(&path, OpenOptions::read_only()).unwrap();
     let gpu = GpuIo::new(&rt, small_cfg()).unwrap();
-    let module = gpu.compile(KERNELS, &[]).unwrap();
+    let module = compile_kernels(&gpu);
 
     let n: usize = 8192;
     let stride: u64 = 16384;
@@ -377,6 +428,7 @@ fn kernels_read_random_ranges_every_byte_checked() {
     let res = results_buffer(&gpu, n);
     let k = module.kernel("read_many").unwrap();
     let t = Instant::now();
+    println!("  launch read_many");
     // SAFETY: arguments match read_many's signature; buffers hold n entries / n × stride bytes.
     unsafe {
         k.launch(
@@ -396,7 +448,7 @@ fn kernels_read_random_ranges_every_byte_checked() {
         )
         .unwrap()
     };
-    gpu.synchronize().unwrap();
+    finish(&gpu, "read_many");
     println!("read_many: {n} reads in {:?}", t.elapsed());
 
     let results = i64s_back(&res, n);
@@ -433,9 +485,10 @@ fn nvrtc_layout_of_the_records_matches_abi_rs() {
     }
     let rt = runtime(1);
     let gpu = GpuIo::new(&rt, small_cfg()).unwrap();
-    let module = gpu.compile(KERNELS, &[]).unwrap();
+    let module = compile_kernels(&gpu);
     let table = warpfs::abi::layout_table();
     let out = results_buffer(&gpu, table.len());
+    println!("  launch layout");
     // SAFETY: layout(unsigned long long*) writes table.len() values (one per WFS_LAYOUT row).
     unsafe {
         module
@@ -444,7 +497,7 @@ fn nvrtc_layout_of_the_records_matches_abi_rs() {
             .launch((1, 1, 1), (1, 1, 1), 0, &[KernelArg::U64(out.ptr())])
             .unwrap()
     };
-    gpu.synchronize().unwrap();
+    finish(&gpu, "layout");
     let got = i64s_back(&out, table.len());
     for ((name, want), got) in table.iter().zip(got) {
         assert_eq!(got as usize, *want, "{name}: NVRTC {got}, abi.rs {want}");
@@ -460,7 +513,7 @@ fn kernels_get_errors_for_bad_handles_and_modes() {
     let rt = runtime(2);
     let ro = rt.open(&path, OpenOptions::read_only()).unwrap();
     let gpu = GpuIo::new(&rt, small_cfg()).unwrap();
-    let module = gpu.compile(KERNELS, &[]).unwrap();
+    let module = compile_kernels(&gpu);
     let ebadf = -(libc::EBADF as i64);
     let n = 80; // blocks of 64: the second block's warp runs with 16 lanes
     assert!(one_op(&gpu, &module, 4, ro.raw(), n)
@@ -497,7 +550,7 @@ fn kernel_writes_then_fsync_then_host_reads_match() {
         .open(&path, OpenOptions::read_write().create(true))
         .unwrap();
     let gpu = GpuIo::new(&rt, small_cfg()).unwrap();
-    let module = gpu.compile(KERNELS, &[]).unwrap();
+    let module = compile_kernels(&gpu);
     let n: u32 = 2048;
     let len: u64 = 6000; // not a multiple of the lane buffer: two chunks, unaligned offsets
     let mut src = vec![0u8; (n as u64 * len) as usize];
@@ -505,6 +558,7 @@ fn kernel_writes_then_fsync_then_host_reads_match() {
     let d_src = upload(&gpu, &src);
     let res = results_buffer(&gpu, n as usize);
     let k = module.kernel("write_many").unwrap();
+    println!("  launch write_many");
     // SAFETY: arguments match write_many's signature; src holds n × len bytes.
     unsafe {
         k.launch(
@@ -522,7 +576,7 @@ fn kernel_writes_then_fsync_then_host_reads_match() {
         )
         .unwrap()
     };
-    gpu.synchronize().unwrap();
+    finish(&gpu, "write_many");
     let r = i64s_back(&res, n as usize);
     assert!(
         r.iter().all(|&x| x == len as i64),
@@ -554,7 +608,7 @@ fn waits_are_bounded_timeout_and_shutdown() {
         },
     )
     .unwrap();
-    let module = gpu.compile(KERNELS, &[]).unwrap();
+    let module = compile_kernels(&gpu);
     gpu.set_serving(false);
     let t = Instant::now();
     let r = one_op(&gpu, &module, 1, f.raw(), 64);
@@ -576,11 +630,12 @@ fn waits_are_bounded_timeout_and_shutdown() {
         },
     )
     .unwrap();
-    let module = gpu.compile(KERNELS, &[]).unwrap();
+    let module = compile_kernels(&gpu);
     gpu.set_serving(false);
     let res = results_buffer(&gpu, 64);
     let k = module.kernel("one_op").unwrap();
     let t = Instant::now();
+    println!("  launch one_op (server paused, then shutdown)");
     // SAFETY: arguments match one_op; res holds 64 results; shutdown() waits for the kernel.
     unsafe {
         k.launch(
@@ -619,8 +674,9 @@ fn launch(
     let k = module.kernel(name).unwrap();
     // SAFETY: every caller passes the arguments of `name`'s signature, with buffers sized for
     // grid × block threads; synchronised before the buffers are read or dropped.
+    println!("  launch {name}: {grid} blocks × {block} threads");
     unsafe { k.launch((grid, 1, 1), (block, 1, 1), 0, args).unwrap() };
-    gpu.synchronize().unwrap();
+    finish(gpu, name);
 }
 
 fn u64s_back(b: &DeviceBuffer, n: usize) -> Vec<u64> {
@@ -636,7 +692,7 @@ fn many_threads_on_one_page_make_one_request() {
     let rt = runtime(2);
     let f = rt.open(&path, OpenOptions::read_only()).unwrap();
     let gpu = GpuIo::new(&rt, small_cfg()).unwrap();
-    let module = gpu.compile(KERNELS, &[]).unwrap();
+    let module = compile_kernels(&gpu);
     let n: u32 = 8192; // 64 warps of 128-thread blocks, all on page 5
     let (off, len, stride) = (5 * 4096 + 100u64, 3000u64, 4096u64);
     let mut out = gpu.alloc(n as usize * stride as usize).unwrap();
@@ -708,7 +764,7 @@ fn eviction_under_pressure_far_more_requesters_than_pages() {
     println!("check_launch: {err}");
     assert!(err.contains("64 frames"), "{err}");
     gpu.check_launch((1, 1, 1), (64, 1, 1), 32).unwrap(); // 2 warps × 32 = 64 frames: fits
-    let module = gpu.compile(KERNELS, &[]).unwrap();
+    let module = compile_kernels(&gpu);
     let before = gpu.cache_stats().unwrap();
     // Every read checked in the kernel (length and first/last word of the page).
     let (_, bad) = gpu_rand_read(&gpu, &module, f.raw(), size / 4096, (64, 128), 8, 7);
@@ -732,7 +788,7 @@ fn write_through_updates_cached_pages() {
     let rt = runtime(2);
     let f = rt.open(&path, OpenOptions::read_write()).unwrap();
     let gpu = GpuIo::new(&rt, small_cfg()).unwrap();
-    let module = gpu.compile(KERNELS, &[]).unwrap();
+    let module = compile_kernels(&gpu);
     let n: u32 = 64;
     let len: u64 = 6000;
     let stride = 8192u64;
@@ -832,7 +888,7 @@ fn async_reads_every_byte_checked() {
     let rt = runtime(4);
     let f = rt.open(&path, OpenOptions::read_only()).unwrap();
     let gpu = GpuIo::new(&rt, small_cfg()).unwrap();
-    let module = gpu.compile(KERNELS, &[]).unwrap();
+    let module = compile_kernels(&gpu);
     let n: usize = 4096;
     let stride = 4096u64;
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
@@ -905,7 +961,7 @@ fn array_elements_and_copies_checked() {
         },
     )
     .unwrap();
-    let module = gpu.compile(KERNELS, &[]).unwrap();
+    let module = compile_kernels(&gpu);
     // u64 elements from byte 8 × 1000 on.
     let (base, len) = (8000u64, (size - 8000) / 8);
     let (threads, per) = (8192usize, 16usize);
@@ -1032,7 +1088,7 @@ fn prefetch_hints_are_posted_without_waiting() {
     let rt = runtime(2);
     let f = rt.open(&path, OpenOptions::read_only()).unwrap();
     let gpu = GpuIo::new(&rt, small_cfg()).unwrap();
-    let module = gpu.compile(KERNELS, &[]).unwrap();
+    let module = compile_kernels(&gpu);
     let n = 128u32;
     let res = results_buffer(&gpu, n as usize);
     let before = rt.stats().daemon.prefetches;
@@ -1114,6 +1170,7 @@ fn gpu_rand_read(
     bad.fill(0).unwrap();
     let k = module.kernel("rand_read").unwrap();
     let t = Instant::now();
+    println!("  launch rand_read");
     // SAFETY: arguments match rand_read; out holds 4096 bytes per thread; bad one counter.
     unsafe {
         k.launch(
@@ -1132,7 +1189,7 @@ fn gpu_rand_read(
         )
         .unwrap()
     };
-    gpu.synchronize().unwrap();
+    finish(gpu, "rand_read");
     let dt = t.elapsed().as_secs_f64();
     let mut b = [0u8; 8];
     bad.copy_to_host(0, &mut b).unwrap();
@@ -1173,7 +1230,7 @@ fn gpu_random_read_iops() {
         let rt = runtime(workers);
         let f = rt.open(&path, OpenOptions::read_only()).unwrap();
         let gpu = GpuIo::new(&rt, GpuIoConfig::default()).unwrap();
-        let module = gpu.compile(KERNELS, &[]).unwrap();
+        let module = compile_kernels(&gpu);
         // Warm-up (daemon threads spinning, host cache tier touched), then the measured run.
         let _ = gpu_rand_read(&gpu, &module, f.raw(), pages, (264, 128), 4, 1);
         let (iops, bad) = gpu_rand_read(&gpu, &module, f.raw(), pages, (264, 128), 64, 2);
@@ -1193,7 +1250,7 @@ fn gpu_random_read_iops() {
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_HOST_NATIVE_ATOMIC_SUPPORTED,
             )
             .unwrap();
-        let module = gpu.compile(KERNELS, &[]).unwrap();
+        let module = compile_kernels(&gpu);
         let word =
             warpfs::backend::cuda::mapped::MappedHostMemory::new(gpu.context(), 4096).unwrap();
         use warpfs::region::SharedMemory;
@@ -1202,6 +1259,7 @@ fn gpu_random_read_iops() {
         let k = module.kernel("atomic_probe").unwrap();
         let (blocks, per) = (132u32 * 4, 256u32);
         let iters = 16u32;
+        println!("  launch atomic_probe");
         // SAFETY: atomic_probe(u64*, unsigned); the word outlives the launch (synchronised).
         unsafe {
             k.launch(
@@ -1216,7 +1274,7 @@ fn gpu_random_read_iops() {
         for _ in 0..host_adds {
             host.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
-        gpu.synchronize().unwrap();
+        finish(&gpu, "atomic_probe");
         let want = host_adds + blocks as u64 * per as u64 * iters as u64;
         let got = host.load(std::sync::atomic::Ordering::SeqCst);
         rows.push(format!(

@@ -297,6 +297,63 @@ impl<'rt> GpuIo<'rt> {
         Ok(self.ctx.synchronize()?)
     }
 
+    /// Waits up to `limit` for the kernels queued on the context's legacy default stream (where
+    /// [`Kernel::launch`] queues them) to finish, polling `cuStreamQuery` every millisecond
+    /// instead of blocking in `cuCtxSynchronize`. `Ok(true)` once they finished, `Ok(false)` if
+    /// `limit` passed first (a watchdog then calls [`GpuIo::abort_device_waits`]).
+    pub fn wait_kernels(&self, limit: Duration) -> Result<bool> {
+        self.ctx.bind()?;
+        let start = std::time::Instant::now();
+        loop {
+            // SAFETY: the context is current on this thread; the null stream is the legacy
+            // default stream of that context.
+            let code = unsafe { sys::cuStreamQuery(std::ptr::null_mut()) };
+            match code {
+                sys::CUresult::CUDA_SUCCESS => return Ok(true),
+                sys::CUresult::CUDA_ERROR_NOT_READY => {}
+                other => check(other, "cuStreamQuery")?,
+            }
+            if start.elapsed() >= limit {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// [`GpuIo::synchronize`] with a watchdog: waits up to `limit` for the queued kernels; past
+    /// it, raises the `closing` word (device waits return `-ESHUTDOWN`), waits up to 30 s more
+    /// and returns an error naming `what` with the GPU cache statistics, instead of hanging.
+    /// The channel is unusable for device calls after such an error.
+    pub fn synchronize_within(&self, limit: Duration, what: &str) -> Result<()> {
+        if self.wait_kernels(limit)? {
+            return Ok(self.ctx.synchronize()?);
+        }
+        self.abort_device_waits();
+        let ended = self.wait_kernels(Duration::from_secs(30))?;
+        let stats = if ended {
+            format!("{:?}", self.cache_stats()?)
+        } else {
+            "unavailable (the kernel is still running)".into()
+        };
+        Err(Error::Config(format!(
+            "kernel {what} ran past {limit:?} (hung?); the watchdog raised the closing word and \
+             it {}; GPU cache statistics: {stats}. Report this with the statistics; a longer \
+             legitimate run needs a larger limit",
+            if ended {
+                "ended"
+            } else {
+                "did not end within 30 s"
+            }
+        )))
+    }
+
+    /// Raises the channel's `closing` word without detaching it: every waiting device call
+    /// returns `-ESHUTDOWN` within one backoff step (a few µs), so a stuck kernel ends. For
+    /// watchdogs; the channel is unusable for device calls afterwards (drop the `GpuIo`).
+    pub fn abort_device_waits(&self) {
+        self.closing_word().store(1, Ordering::SeqCst);
+    }
+
     /// Stops (`false`) or resumes (`true`) the daemon's service of this channel; stopping
     /// completes requests waiting in the ring with `-ESHUTDOWN`, later ones wait (and time
     /// out). For tests of the bounded waits.

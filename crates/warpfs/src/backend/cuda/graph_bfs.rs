@@ -16,6 +16,10 @@ use crate::error::{Error, Result};
 use crate::graph::{CsrFile, CsrHeader, UNREACHED};
 use std::time::{Duration, Instant};
 
+/// Longest one BFS kernel may run before the watchdog ends it (device calls are bounded by
+/// the channel timeout each; a level far slower than this is a hang).
+const LEVEL_WATCHDOG: Duration = Duration::from_secs(600);
+
 /// The BFS kernels' CUDA source (includes `warpfs.cuh`).
 pub const GRAPH_BFS_CU: &str = include_str!("graph_bfs.cu");
 
@@ -179,7 +183,7 @@ fn level_loop(
             next: next.ptr(),
             count: f.count.ptr(),
         })?;
-        gpu.synchronize()?;
+        gpu.synchronize_within(LEVEL_WATCHDOG, &format!("BFS level {level}"))?;
         let mut c = [0u8; 8];
         f.count.copy_to_host(0, &mut c)?;
         len = u64::from_le_bytes(c);
@@ -320,7 +324,7 @@ pub fn bfs_through_warpfs(
             &[KernelArg::U64(ctx), KernelArg::U64(out.ptr())],
         )?
     };
-    gpu.synchronize()?;
+    gpu.synchronize_within(LEVEL_WATCHDOG, "bfs_wfs_errors")?;
     let mut c = [0u8; 8];
     out.copy_to_host(0, &mut c)?;
     r.array_errors = u64::from_le_bytes(c);

@@ -8,7 +8,7 @@
 //!   threads vs 64 threads of O_DIRECT `pread` (queue depth 64 both).
 //! - **gpu-array**: cache-hit element reads through `wfs_array<u64>` per second, after a warm-up
 //!   kernel loads a window that fits the GPU cache.
-//! - **latency**: p50/p99 of single 4 KiB requests (one GPU thread, `%globaltimer` around each
+//! - **latency**: p50/p99 of single 4 KiB requests (one GPU warp, `wfs_read_direct_warp`, `%globaltimer` around each
 //!   `wfs_read_direct`) for a page-cache (engine) read and a host-tier hit; daemon CPU during
 //!   them and idle.
 //!
@@ -385,6 +385,7 @@ fn rand_side(
                 direct,
                 seed: FILE_SEED,
                 lat_per: 0,
+                warp: false,
             };
             let bufs = d.rand.as_mut().expect("allocated above");
             d.k.launch_rand(&d.gpu, &l, bufs)?;
@@ -845,16 +846,17 @@ fn latency(
         ("host-tier hit", HOT_PAGES, true),
     ] {
         let d = &mut devs[0];
-        let mut bufs = d.k.rand_buffers(1, LAT_SAMPLES)?;
+        let mut bufs = d.k.rand_buffers(32, LAT_SAMPLES)?;
         let l = RandLaunch {
             grid: 1,
-            block: 1,
+            block: 32,
             fh,
             pages,
             reads: LAT_SAMPLES,
             direct: true,
             seed: FILE_SEED,
             lat_per: LAT_SAMPLES,
+            warp: true,
         };
         let mut bad = 0;
         if warm {
@@ -885,12 +887,12 @@ fn latency(
     }
     bar.finish_and_clear();
     rep.json.push(json!({
-        "phase": "latency", "request_bytes": 4096, "gpu_threads": 1, "api": "wfs_read_direct (one request at a time)",
+        "phase": "latency", "request_bytes": 4096, "gpu_threads": 32, "api": "wfs_read_direct_warp (one warp, one request at a time, lanes copy together)",
         "rows": rows, "idle_daemon_cpu_percent_of_core": idle_pct, "daemon_threads": daemon_threads,
     }));
     let t = &mut rep.text;
     t.push_str(&format!(
-        "\nlatency · one GPU thread, single 4 KiB wfs_read_direct requests ({LAT_SAMPLES} each)\n{:<28} {:>9} {:>9} {:>9} {:>9} {:>16}  check\n",
+        "\nlatency · one GPU warp, single 4 KiB wfs_read_direct_warp requests ({LAT_SAMPLES} each; the warp's lanes copy the page together)\n{:<28} {:>9} {:>9} {:>9} {:>9} {:>16}  check\n",
         "request", "p50 µs", "p99 µs", "mean µs", "daemon %", "host hit/miss"
     ));
     for r in &rows {

@@ -12,30 +12,45 @@ __device__ __forceinline__ unsigned long long bench_word(unsigned long long seed
 }
 
 /* Each thread `reads` random 4 KiB pages (destination poisoned before each); counts reads with
- * a bad length or (when `check`) any word differing from the pattern, and records the latency (ns) of its first `lat_per` reads into lat. */
+ * a bad length or (when `check`) any word differing from the pattern, and records the latency (ns) of its first `lat_per` reads into lat.
+ * With `warp`, the lanes of a warp read one page together (the *_warp calls: one request, the
+ * lanes copy it together; every lane records the same latency, lane 0 counts bad reads). */
 extern "C" __global__ void bench_rand(const wfs_ctx_t *ctx, unsigned fh, unsigned long long pages,
                                       unsigned reads, int direct, int check, unsigned long long seed,
                                       unsigned char *out, unsigned long long *bad,
-                                      unsigned long long *lat, unsigned lat_per) {
+                                      unsigned long long *lat, unsigned lat_per, int warp) {
     unsigned long long tid = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+    const unsigned lane = threadIdx.x & 31;
     unsigned long long x = (tid + 1) * 0x9E3779B97F4A7C15ull ^ 0xD1B54A32D192ED03ull;
-    unsigned char *dst = out + tid * 4096;
+    unsigned char *dst = out + (warp ? tid - lane : tid) * 4096;
     unsigned long long nbad = 0;
     for (unsigned r = 0; r < reads; ++r) {
         x ^= x << 13; x ^= x >> 7; x ^= x << 17;
         unsigned long long page = x % pages;
+        if (warp) page = __shfl_sync(0xffffffffu, page, 0);
         /* poison the destination so a read that writes nothing cannot pass */
-        for (int q = 0; q < 512; ++q) ((unsigned long long *)dst)[q] = 0xA5A5A5A5A5A5A5A5ull;
+        if (!warp || lane == 0)
+            for (int q = 0; q < 512; ++q) ((unsigned long long *)dst)[q] = 0xA5A5A5A5A5A5A5A5ull;
+        if (warp) __syncwarp();
         unsigned long long t0 = wfs_detail::now_ns();
-        long long got = direct ? wfs_read_direct(ctx, fh, page * 4096, 4096, dst)
-                               : wfs_read(ctx, fh, page * 4096, 4096, dst);
-        if (r < lat_per) lat[tid * lat_per + r] = wfs_detail::now_ns() - t0;
+        long long got;
+        if (warp) got = direct ? wfs_read_direct_warp(ctx, fh, page * 4096, 4096, dst)
+                               : wfs_read_warp(ctx, fh, page * 4096, 4096, dst);
+        else got = direct ? wfs_read_direct(ctx, fh, page * 4096, 4096, dst)
+                          : wfs_read(ctx, fh, page * 4096, 4096, dst);
+        unsigned long long dt = wfs_detail::now_ns() - t0;
+        if (warp) {
+            dt = __shfl_sync(0xffffffffu, dt, 0);
+            __syncwarp();
+        }
+        if (r < lat_per) lat[tid * lat_per + r] = dt;
         const unsigned long long *w = (const unsigned long long *)dst;
         bool wrong = got != 4096;
         /* check: every word of the page against the file's pattern */
         for (int q = 0; check && !wrong && q < 512; ++q)
             wrong = w[q] != bench_word(seed, page * 512 + q);
-        if (wrong) nbad++;
+        if (wrong && (!warp || lane == 0)) nbad++;
+        if (warp) __syncwarp();
     }
     if (nbad) atomicAdd(bad, nbad);
 }
@@ -111,6 +126,9 @@ pub struct RandLaunch {
     pub seed: u64,
     /// Latency samples per thread (its first `lat_per` reads; ≤ `reads`).
     pub lat_per: u32,
+    /// Lanes of a warp read one page together (`wfs_read_warp` / `wfs_read_direct_warp`);
+    /// `block` must then be a multiple of 32.
+    pub warp: bool,
 }
 
 /// Device memory of `bench_rand` launches of one size: a 4 KiB destination per thread, the
@@ -213,6 +231,7 @@ impl BenchKernels {
             || l.lat_per > bufs.lat_per
             || l.lat_per > l.reads
             || l.pages == 0
+            || (l.warp && !l.block.is_multiple_of(32))
         {
             return Err(Error::Config(format!(
                 "bench_rand launch of {threads} threads × {} samples does not match buffers of {} threads × {} samples (or no pages)",
@@ -245,6 +264,7 @@ impl BenchKernels {
                     KernelArg::U64(bufs.bad.ptr()),
                     KernelArg::U64(bufs.lat.ptr()),
                     KernelArg::U32(l.lat_per),
+                    KernelArg::I32(i32::from(l.warp)),
                 ],
             )
         }

@@ -11,6 +11,7 @@
 //! - [`multi`]: several GPUs of one host — one file spread over them, or a file each.
 //! - [`numa`]: staging memory and bulk threads on the GPU's socket (multi-socket hosts).
 //! - [`checksum`]: a position-dependent checksum computed on the GPU (NVRTC kernel) or the CPU.
+//! - [`recover`]: using a device again after a kernel fault (sticky context error).
 //! - [`pattern`]: deterministic file content (a function of the file offset) for tests and
 //!   benchmarks.
 //!
@@ -42,6 +43,7 @@ pub mod mapped;
 pub mod multi;
 pub mod numa;
 pub mod pattern;
+pub mod recover;
 pub mod window;
 
 pub use bulk::{

@@ -12,6 +12,7 @@
 //! - [`numa`]: staging memory and bulk threads on the GPU's socket (multi-socket hosts).
 //! - [`checksum`]: a position-dependent checksum computed on the GPU (NVRTC kernel) or the CPU.
 //! - [`recover`]: using a device again after a kernel fault (sticky context error).
+//! - [`soak_kernels`]: the kernel of `warpfs bench --soak --backend cuda`.
 //! - [`pattern`]: deterministic file content (a function of the file offset) for tests and
 //!   benchmarks.
 //!
@@ -44,6 +45,7 @@ pub mod multi;
 pub mod numa;
 pub mod pattern;
 pub mod recover;
+pub mod soak_kernels;
 pub mod window;
 
 pub use bulk::{

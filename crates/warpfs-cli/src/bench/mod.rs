@@ -12,6 +12,8 @@ pub mod rand;
 pub mod report;
 pub mod seq;
 pub mod soak;
+#[cfg(feature = "cuda")]
+pub mod soak_cuda;
 pub mod table;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;

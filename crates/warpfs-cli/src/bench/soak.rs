@@ -380,13 +380,13 @@ pub fn run_soak(cfg: &SoakConfig, log: &mut (dyn Write + Send)) -> Result<SoakRe
         }
         final_bad += bad;
     }
-    let warm_at = seconds * 0.1;
-    let rss_warm_kib = samples
-        .iter()
-        .find(|s| s.seconds >= warm_at && s.seconds > 0.0)
-        .map_or(samples[0].rss_kib, |s| s.rss_kib);
-    let rss_end_kib = samples.last().map_or(0, |s| s.rss_kib);
-    let rss_max_kib = samples.iter().map(|s| s.rss_kib).max().unwrap_or(0);
+    let (rss_warm_kib, rss_end_kib, rss_max_kib, rss_flat) = flatness(
+        seconds,
+        &samples
+            .iter()
+            .map(|s| (s.seconds, s.rss_kib))
+            .collect::<Vec<_>>(),
+    );
     Ok(SoakReport {
         seconds,
         engine: rt.engine_name(),
@@ -401,7 +401,7 @@ pub fn run_soak(cfg: &SoakConfig, log: &mut (dyn Write + Send)) -> Result<SoakRe
         mismatches: counters.mismatches.load(Ordering::Relaxed) + final_bad,
         errors: counters.errors.load(Ordering::Relaxed),
         first_problems: problems.into_inner().unwrap_or_else(|e| e.into_inner()),
-        rss_flat: rss_end_kib <= rss_warm_kib + rss_warm_kib / 10 + 16 * 1024,
+        rss_flat,
         rss: samples,
         rss_warm_kib,
         rss_end_kib,
@@ -409,9 +409,28 @@ pub fn run_soak(cfg: &SoakConfig, log: &mut (dyn Write + Send)) -> Result<SoakRe
     })
 }
 
+/// Memory over a run of `seconds` from `(seconds, KiB)` samples (the first at 0): the warmed-up
+/// value (first sample at or after 10% of the run), the last, the largest, and whether it
+/// stayed flat (the last within 10% + 16 MiB of the warmed-up value).
+pub fn flatness(seconds: f64, samples: &[(f64, u64)]) -> (u64, u64, u64, bool) {
+    let warm_at = seconds * 0.1;
+    let first = samples.first().map_or(0, |s| s.1);
+    let warm = samples
+        .iter()
+        .find(|s| s.0 >= warm_at && s.0 > 0.0)
+        .map_or(first, |s| s.1);
+    let end = samples.last().map_or(0, |s| s.1);
+    let max = samples.iter().map(|s| s.1).max().unwrap_or(0);
+    (warm, end, max, end <= warm + warm / 10 + 16 * 1024)
+}
+
 /// `warpfs bench --soak DURATION`: runs the soak with the bench arguments and prints the report
 /// (JSON with `--json`). Exit code: 0 pass, 1 mismatches, 2 errors or growing memory.
 pub fn run_cli(args: &BenchArgs, duration: Duration) -> Result<i32> {
+    #[cfg(feature = "cuda")]
+    if args.backend.backend == crate::backend::BackendArg::Cuda {
+        return super::soak_cuda::run_cli(args, duration);
+    }
     let cfg = SoakConfig::from_args(args, duration);
     let r = run_soak(&cfg, &mut std::io::stderr())?;
     if args.json {
@@ -431,6 +450,12 @@ pub fn run_cli(args: &BenchArgs, duration: Duration) -> Result<i32> {
 
 /// Prints a report for people.
 pub fn print_report(r: &SoakReport, out: &mut dyn Write) -> std::io::Result<()> {
+    print_lines(r, out)?;
+    writeln!(out, "  {}", if r.passed() { "PASS" } else { "FAIL" })
+}
+
+/// Prints a report for people, without the PASS/FAIL verdict (for reports that add lines).
+pub fn print_lines(r: &SoakReport, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         out,
         "soak: {:.0} s, {} agents, engine {}, {} cache, file {}",
@@ -465,7 +490,7 @@ pub fn print_report(r: &SoakReport, out: &mut dyn Write) -> std::io::Result<()> 
     for p in &r.first_problems {
         writeln!(out, "  problem: {p}")?;
     }
-    writeln!(out, "  {}", if r.passed() { "PASS" } else { "FAIL" })
+    Ok(())
 }
 
 #[cfg(test)]

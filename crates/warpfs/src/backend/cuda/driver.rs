@@ -113,11 +113,17 @@ impl Context {
             "cuDeviceGet",
         )?;
         let mut ctx = std::ptr::null_mut();
-        // SAFETY: dev is a valid device; ctx is a valid out pointer.
-        check(
-            unsafe { sys::cuDevicePrimaryCtxRetain(&mut ctx, dev) },
-            "cuDevicePrimaryCtxRetain",
-        )?;
+        {
+            // Retain and count under one lock, so `recover::recover_device` (which resets the
+            // context under it when the count is 0) never resets a context someone retained.
+            let mut live = live_contexts_lock();
+            // SAFETY: dev is a valid device; ctx is a valid out pointer.
+            check(
+                unsafe { sys::cuDevicePrimaryCtxRetain(&mut ctx, dev) },
+                "cuDevicePrimaryCtxRetain",
+            )?;
+            live_contexts_add(&mut live, ordinal, 1);
+        }
         let mut buf = [0i8; 128];
         // SAFETY: buf has 128 bytes, the length we pass.
         let name = match check(
@@ -138,6 +144,35 @@ impl Context {
         });
         c.bind()?;
         Ok(c)
+    }
+
+    /// The context's sticky error, if a kernel of it faulted (`__trap()`, an illegal address):
+    /// `Ok(())` while it is healthy (kernels may still be running), else the error every later
+    /// call of the context returns. Never blocks (`cuStreamQuery` on the legacy default
+    /// stream); costs ~1 µs. Recover with [`super::recover::recover_device`].
+    pub fn health(&self) -> CudaResult<()> {
+        self.bind()?;
+        // SAFETY: the context is current; the null stream is its legacy default stream.
+        match unsafe { sys::cuStreamQuery(std::ptr::null_mut()) } {
+            sys::CUresult::CUDA_SUCCESS | sys::CUresult::CUDA_ERROR_NOT_READY => Ok(()),
+            code => Err(CudaError::Driver {
+                call: "cuStreamQuery",
+                code,
+            }),
+        }
+    }
+
+    /// Free and total bytes of the device's memory (`cuMemGetInfo`: the whole device, other
+    /// processes included). Costs a few µs.
+    pub fn mem_info(&self) -> CudaResult<(usize, usize)> {
+        self.bind()?;
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: the context is current; both are valid out pointers.
+        check(
+            unsafe { sys::cuMemGetInfo_v2(&mut free, &mut total) },
+            "cuMemGetInfo",
+        )?;
+        Ok((free, total))
     }
 
     /// Makes this context current on the calling thread. Cheap (a thread-local store).
@@ -171,11 +206,38 @@ impl Context {
 
 impl Drop for Context {
     fn drop(&mut self) {
+        let mut live = live_contexts_lock();
         // SAFETY: we retained this device's primary context once in new(); release it once.
         unsafe {
             sys::cuDevicePrimaryCtxRelease_v2(self.dev);
         }
+        // Released and counted under one lock: a count of 0 means no warpfs retain is left.
+        live_contexts_add(&mut live, self.ordinal, -1);
     }
+}
+
+/// Live [`Context`] values per device ordinal (each one retain of the primary context).
+static LIVE_CONTEXTS: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
+/// The per-ordinal counts of live [`Context`] values, locked: held across a retain, a release
+/// or a reset of a primary context so that the count and the driver's state agree.
+pub(crate) fn live_contexts_lock() -> std::sync::MutexGuard<'static, Vec<usize>> {
+    LIVE_CONTEXTS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn live_contexts_add(live: &mut Vec<usize>, ordinal: usize, delta: isize) {
+    if live.len() <= ordinal {
+        live.resize(ordinal + 1, 0);
+    }
+    live[ordinal] = live[ordinal].saturating_add_signed(delta);
+}
+
+/// How many [`Context`] values of device `ordinal` are alive in this process. Every warpfs
+/// handle of a device (a `GpuIo`, a module, a device or pinned buffer, a channel the daemon
+/// still holds) keeps one alive, so 0 means warpfs no longer uses the device's primary context.
+/// Costs one uncontended lock.
+pub fn live_contexts(ordinal: usize) -> usize {
+    live_contexts_lock().get(ordinal).copied().unwrap_or(0)
 }
 
 /// A non-blocking stream (does not synchronise with the legacy default stream).

@@ -11,6 +11,8 @@
 //! - [`multi`]: several GPUs of one host — one file spread over them, or a file each.
 //! - [`numa`]: staging memory and bulk threads on the GPU's socket (multi-socket hosts).
 //! - [`checksum`]: a position-dependent checksum computed on the GPU (NVRTC kernel) or the CPU.
+//! - [`recover`]: using a device again after a kernel fault (sticky context error).
+//! - [`soak_kernels`]: the kernel of `warpfs bench --soak --backend cuda`.
 //! - [`pattern`]: deterministic file content (a function of the file offset) for tests and
 //!   benchmarks.
 //!
@@ -42,6 +44,8 @@ pub mod mapped;
 pub mod multi;
 pub mod numa;
 pub mod pattern;
+pub mod recover;
+pub mod soak_kernels;
 pub mod window;
 
 pub use bulk::{

@@ -39,11 +39,10 @@ use std::time::{Duration, Instant};
 /// What [`recover_device`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recovery {
-    /// The primary context was gone (the last retain released it, which resets it) or healthy:
-    /// nothing to do.
+    /// The primary context is in use (by someone outside warpfs) and healthy: nothing to do.
     Healthy,
-    /// The primary context, retained by someone outside warpfs, carried a sticky error and was
-    /// reset with `cuDevicePrimaryCtxReset`.
+    /// The primary context was reset with `cuDevicePrimaryCtxReset`: it was held by no one (a
+    /// sticky error outlives the last release), or it carried a sticky error.
     Reset,
 }
 
@@ -95,14 +94,20 @@ fn reset_if_faulted(ordinal: usize) -> Result<Recovery> {
         "cuDevicePrimaryCtxGetState",
     )?;
     if active == 0 {
-        return Ok(Recovery::Healthy);
+        // No one holds the primary context, but a sticky error outlives the last release (seen
+        // on the H100, 2026-11-25: the next cuDevicePrimaryCtxRetain failed with
+        // CUDA_ERROR_LAUNCH_FAILED). Resetting an unheld context harms no one.
+        reset(dev)?;
+        return Ok(Recovery::Reset);
     }
     let mut ctx = std::ptr::null_mut();
     // SAFETY: dev is valid; ctx is a valid out pointer; released below.
-    check(
-        unsafe { sys::cuDevicePrimaryCtxRetain(&mut ctx, dev) },
-        "cuDevicePrimaryCtxRetain",
-    )?;
+    let retained = unsafe { sys::cuDevicePrimaryCtxRetain(&mut ctx, dev) };
+    if retained != sys::CUresult::CUDA_SUCCESS {
+        // The retain itself reports the sticky error: the context is dead.
+        reset(dev)?;
+        return Ok(Recovery::Reset);
+    }
     // SAFETY: ctx is the primary context just retained; the null stream is its legacy default
     // stream. Then the retain is released once.
     let healthy = unsafe {
@@ -119,13 +124,20 @@ fn reset_if_faulted(ordinal: usize) -> Result<Recovery> {
     if healthy {
         return Ok(Recovery::Healthy);
     }
-    // SAFETY: no warpfs handle of the device is alive (count 0, lock held, so none can be
-    // created meanwhile); what others hold in the context is already unusable (sticky error).
+    reset(dev)?;
+    Ok(Recovery::Reset)
+}
+
+/// Resets device `dev`'s primary context. Called only with no warpfs handle of the device
+/// alive (count 0 under the lock, so none can be created meanwhile); what others hold in the
+/// context is already unusable (sticky error) or there is no one.
+fn reset(dev: sys::CUdevice) -> Result<()> {
+    // SAFETY: see above; dev is a valid device handle.
     check(
         unsafe { sys::cuDevicePrimaryCtxReset_v2(dev) },
         "cuDevicePrimaryCtxReset",
     )?;
-    Ok(Recovery::Reset)
+    Ok(())
 }
 
 /// Whether device `ordinal`'s primary context is free of warpfs handles right now (for tests

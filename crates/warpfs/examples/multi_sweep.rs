@@ -24,17 +24,7 @@ fn main() -> warpfs::Result<()> {
     }
     let size = gib << 30;
     let path = std::path::Path::new(&dir).join(format!("multi-sweep-{}.bin", std::process::id()));
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&path)?;
-        let mut buf = vec![0u8; 64 << 20];
-        let mut o = 0u64;
-        while o < size {
-            pattern::fill(&mut buf, o);
-            f.write_all(&buf)?;
-            o += buf.len() as u64;
-        }
-    }
+    pattern::write_file(&path, size)?;
     let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
     let n = multi::device_count();
     let all: Vec<usize> = (0..n).collect();

@@ -73,12 +73,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
             eprintln!("{m}");
         }
     };
-    if let Err(e) = cuda::driver::init() {
-        bail!("{e}");
-    }
-    if !(args.seconds > 0.0 && args.seconds.is_finite()) {
-        bail!("--seconds must be a positive number, e.g. --seconds 3");
-    }
+    check_cuda_args(args)?;
     let gpu_phases = super::gpu_io::wanted(args);
     let mut skipped = Vec::new();
     for p in &args.phases {
@@ -312,8 +307,19 @@ fn baseline_pass(
     Ok(o)
 }
 
+/// The checks every `--backend cuda` bench starts with: a usable driver and a sane `--seconds`.
+pub fn check_cuda_args(args: &BenchArgs) -> Result<()> {
+    if let Err(e) = cuda::driver::init() {
+        bail!("{e}");
+    }
+    if !(args.seconds > 0.0 && args.seconds.is_finite()) {
+        bail!("--seconds must be a positive number, e.g. --seconds 3");
+    }
+    Ok(())
+}
+
 /// A driver error as the CLI's error.
-fn cu<T>(r: Result<T, cuda::CudaError>) -> Result<T> {
+pub fn cu<T>(r: Result<T, cuda::CudaError>) -> Result<T> {
     r.map_err(|e| warpfs::Error::from(e).into())
 }
 

@@ -15,6 +15,7 @@
 //! aggregate / (N × one-GPU); where it falls short, the two "alone" rows say which side
 //! (host memory or the links) is the limit.
 
+use super::cuda::cu;
 use crate::cli::BenchArgs;
 use crate::error::{bail, Context, Result, EXIT_MISMATCH};
 use crate::progress::Progress;
@@ -25,7 +26,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use warpfs::backend::cuda::{
-    self, checksum, multi, BulkConfig, BulkFile, ChecksumKernel, CudaBulk, DeviceBuffer, FileRef,
+    checksum, multi, BulkConfig, BulkFile, ChecksumKernel, CudaBulk, DeviceBuffer, FileRef,
     MultiBulk,
 };
 
@@ -84,12 +85,7 @@ pub fn run(args: &BenchArgs, spec: &str) -> Result<i32> {
             eprintln!("{m}");
         }
     };
-    if let Err(e) = cuda::driver::init() {
-        bail!("{e}");
-    }
-    if !(args.seconds > 0.0 && args.seconds.is_finite()) {
-        bail!("--seconds must be a positive number, e.g. --seconds 3");
-    }
+    super::cuda::check_cuda_args(args)?;
     let devices = multi::parse_gpus(spec, multi::device_count())?;
     let n = devices.len();
     let progress = Progress::new(!args.json);
@@ -445,9 +441,4 @@ fn host_pass(f: &std::fs::File, size: u64, bufs: &mut [Vec<u8>]) -> Result<(f64,
         bytes += r?;
     }
     Ok((secs, bytes))
-}
-
-/// A driver error as the CLI's error.
-fn cu<T>(r: std::result::Result<T, cuda::CudaError>) -> Result<T> {
-    r.map_err(|e| warpfs::Error::from(e).into())
 }

@@ -657,10 +657,7 @@ impl CudaBulk {
             Ok(())
         };
         let res = body();
-        let drained = stream.synchronize();
-        slot.bufs.iter_mut().for_each(|b| b.busy = false);
-        res?;
-        Ok(drained?)
+        drain(slot, stream, res)
     }
 
     fn policy(&self) -> Policy {
@@ -783,10 +780,7 @@ impl CudaBulk {
             Ok(())
         };
         let res = body();
-        let drained = stream.synchronize();
-        slot.bufs.iter_mut().for_each(|b| b.busy = false);
-        res?;
-        Ok(drained?)
+        drain(slot, stream, res)
     }
 
     fn write_worker(&self, slot: &mut Slot, f: FileRef<'_>, sh: &Shared<'_>) -> Result<()> {
@@ -838,6 +832,15 @@ impl CudaBulk {
         res?;
         Ok(drained?)
     }
+}
+
+/// Ends a worker's run over `slot`: waits for its stream's copies (whatever `res` says, so no
+/// copy outlives the call), marks its buffers free, and returns the first error.
+fn drain(slot: &mut Slot, stream: &Stream, res: Result<()>) -> Result<()> {
+    let drained = stream.synchronize();
+    slot.bufs.iter_mut().for_each(|b| b.busy = false);
+    res?;
+    Ok(drained?)
 }
 
 /// The parts of the configuration the file I/O of one chunk needs.

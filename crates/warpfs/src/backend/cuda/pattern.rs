@@ -37,6 +37,21 @@ pub fn fill(buf: &mut [u8], offset: u64) {
     }
 }
 
+/// Writes a `size`-byte pattern file at `path` (created or truncated) in 64 MiB blocks.
+pub fn write_file(path: &std::path::Path, size: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut buf = vec![0u8; (64usize << 20).min(size as usize)];
+    let mut o = 0u64;
+    while o < size {
+        let n = (size - o).min(buf.len() as u64) as usize;
+        fill(&mut buf[..n], o);
+        f.write_all(&buf[..n])?;
+        o += n as u64;
+    }
+    f.flush()
+}
+
 /// Index of the first byte of `buf` that differs from the pattern at `offset`, if any.
 pub fn first_mismatch(buf: &[u8], offset: u64) -> Option<usize> {
     let mut tmp = [0u8; 4096];

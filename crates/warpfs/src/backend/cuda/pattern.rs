@@ -72,6 +72,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn written_files_hold_the_pattern() {
+        let p = std::env::temp_dir().join(format!("warpfs-pattern-{}", std::process::id()));
+        for size in [0u64, 1, 4095, (64 << 20) + 13] {
+            write_file(&p, size).unwrap();
+            let v = std::fs::read(&p).unwrap();
+            assert_eq!(v.len() as u64, size);
+            assert_eq!(first_mismatch(&v, 0), None, "size {size}");
+        }
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
     fn fill_matches_byte_at_any_offset() {
         for off in [0u64, 1, 7, 8, 4095, 1 << 33] {
             let mut b = vec![0u8; 37];

@@ -64,9 +64,18 @@
 //!
 //! # Not done yet (issue 4)
 //!
-//! Write-back of dirty pages; three tiers (the daemon answering a GPU miss that hits the host
-//! tier with the host page's location); the `warpfs bench` GPU phases (kernels are in
-//! [`super::gpu_bench_kernels`]); per-block API variants; recovery from a kernel that traps.
+//! - Write-back of dirty pages (writes are write-through).
+//! - Three tiers: the daemon answering a GPU miss that hits the host tier with the host page's
+//!   location (the completion `aux`, as host agents already get), so the GPU copies it directly.
+//! - Per-block API variants (per-warp ones exist: `wfs_read_warp`, `wfs_read_direct_warp`,
+//!   `wfs_write_warp`).
+//! - A lane that times out waiting for its ring slot leaves its claimed position unpublished,
+//!   and the daemon's `Ring::try_pop` stops there: every claimed position must be published
+//!   (e.g. as a no-op record) or skipped by the daemon after a deadline.
+//! - `tests/cuda_gpu_io.rs` `array_elements_and_copies_checked` (16 KiB pages over 4 KiB lane
+//!   buffers, 64 frames, 8192 threads) hung on the H100 on 2026-11-25, even after the closing
+//!   word; the 4 KiB-page paths pass.
+//! - Kernel traps: `super::recover` exists; its first H100 run failed (see ROBUSTNESS.md).
 
 use super::driver::{check, Context, CudaError, DeviceBuffer};
 use super::gpu_cache::{self, GpuCacheMemory, GpuCacheStats};

@@ -54,10 +54,10 @@ fn main() -> warpfs::Result<()> {
         };
         let mb = MultiBulk::new(&all, cfg)?;
         let ranges = mb.split(0, size);
-        let wants: Vec<u64> = ranges
-            .iter()
-            .map(|&(o, l)| checksum::checksum_file_range(&path, o, l, cores).map(|c| c.0))
-            .collect::<warpfs::Result<_>>()?;
+        let wants: Vec<u64> = checksum::checksum_file_ranges(&path, &ranges, cores)?
+            .into_iter()
+            .map(|c| c.0)
+            .collect();
         let mut ks: Vec<ChecksumKernel> = mb
             .engines()
             .iter()

@@ -146,12 +146,11 @@ pub fn run(args: &BenchArgs, spec: &str) -> Result<i32> {
     let mb = MultiBulk::new(&devices, multi_cfg.clone())
         .ctx(|| "starting the per-GPU bulk engines".into())?;
     let ranges = mb.split(0, size);
-    let want_ranges = ranges
-        .iter()
-        .map(|&(o, l)| {
-            checksum::checksum_file_range(files[0].open_path(), o, l, cores).map(|c| c.0)
-        })
-        .collect::<warpfs::Result<Vec<_>>>()?;
+    let want_ranges: Vec<u64> =
+        checksum::checksum_file_ranges(files[0].open_path(), &ranges, cores)?
+            .into_iter()
+            .map(|c| c.0)
+            .collect();
     let one =
         CudaBulk::new(devices[0], one_cfg).ctx(|| "starting the one-GPU bulk engine".into())?;
 

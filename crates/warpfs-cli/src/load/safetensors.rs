@@ -6,10 +6,7 @@
 use crate::cli::LoadArgs;
 use crate::error::{bail, Context, Result, EXIT_MISMATCH};
 use crate::units::fmt_bytes;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 use warpfs::backend::cuda::{checksum, BulkFile, ChecksumKernel, CudaBulk};
 use warpfs::safetensors::{device_layout, load_into, DeviceTensor, Header};
@@ -200,49 +197,18 @@ fn verify(
     })
 }
 
-/// The checksum of each file range `(offset, len)`, as if each range were its own buffer;
-/// `threads` threads read 8 MiB blocks with plain `pread` and add up their terms.
+/// The checksum of each file range `(offset, len)`, as if each range were its own buffer
+/// (`checksum::checksum_file_ranges`); an error if the file ends inside a range.
 pub fn range_checksums(path: &Path, ranges: &[(u64, u64)], threads: usize) -> Result<Vec<u64>> {
-    const BLOCK: u64 = 8 << 20;
-    let f = std::fs::File::open(path).ctx(|| format!("opening {}", path.display()))?;
-    let work: Vec<(usize, u64, u64)> = ranges
-        .iter()
-        .enumerate()
-        .flat_map(|(i, &(_, len))| {
-            (0..len.div_ceil(BLOCK)).map(move |b| (i, b * BLOCK, (len - b * BLOCK).min(BLOCK)))
-        })
-        .collect();
-    let sums: Vec<AtomicU64> = ranges.iter().map(|_| AtomicU64::new(0)).collect();
-    let next = AtomicUsize::new(0);
-    let err: Mutex<Option<std::io::Error>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..threads.clamp(1, 64).min(work.len().max(1)) {
-            s.spawn(|| {
-                let mut buf = vec![0u8; BLOCK as usize];
-                loop {
-                    let w = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&(i, rel, n)) = work.get(w) else {
-                        break;
-                    };
-                    let b = &mut buf[..n as usize];
-                    if let Err(e) = f.read_exact_at(b, ranges[i].0 + rel) {
-                        *err.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                        next.store(work.len(), Ordering::Relaxed);
-                        break;
-                    }
-                    sums[i].fetch_add(checksum::partial(b, rel), Ordering::Relaxed);
-                }
-            });
-        }
-    });
-    if let Some(e) = err.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        bail!("reading {} to verify: {e}", path.display());
+    let sums = checksum::checksum_file_ranges(path, ranges, threads)?;
+    if let Some((&(o, l), &(_, n))) = ranges.iter().zip(&sums).find(|(r, s)| s.1 != r.1) {
+        bail!(
+            "reading {} to verify: the file ends inside bytes {o}..{} (only {n} of {l} there)",
+            path.display(),
+            o + l
+        );
     }
-    Ok(sums
-        .iter()
-        .zip(ranges)
-        .map(|(s, &(_, len))| checksum::finish(s.load(Ordering::Relaxed), len))
-        .collect())
+    Ok(sums.into_iter().map(|(c, _)| c).collect())
 }
 
 #[cfg(test)]

@@ -46,7 +46,6 @@ pub mod numa;
 pub mod pattern;
 pub mod recover;
 pub mod soak_kernels;
-pub mod window;
 
 pub use bulk::{
     BulkConfig, BulkFile, ColdReads, CudaBulk, Extent, FileRef, StagingAlloc, TransferReport,

@@ -9,7 +9,12 @@
 //! all attached to one [`crate::Runtime`], whose daemon workers and host cache tier they share.
 //!
 //! Where the aggregate stops growing is usually the host's memory bandwidth: every warm byte
-//! is read from the page cache, written to staging and read again by the DMA engine.
+//! is read from the page cache, written to staging and read again by the DMA engine. Staging
+//! that stays in the last-level cache ([`staging_chunk`]) avoids the DRAM round trip. DMA
+//! straight from pinned page-cache windows (`mmap` + `cuMemHostRegister(READ_ONLY)` per window)
+//! was measured and rejected: pinning does not scale with threads or GPUs (at most 18.2 GB/s on
+//! one GPU, 15.5 on two, against 47–53 for the staging pipeline; `bench/RESULTS.md`,
+//! 2026-11-25, commit 3e2e02d).
 
 use super::bulk::{BulkConfig, CudaBulk, FileRef, TransferReport, DIO_ALIGN};
 use super::driver::{self, check, DeviceBuffer};

@@ -29,3 +29,23 @@ pub fn mem_available() -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+/// Drops the OS page cache for a cold measurement: `sync` (so dirty pages can go too), then
+/// `3 > /proc/sys/vm/drop_caches`. `Err(why)` when it cannot, e.g. "not root". Costs the time
+/// to write back every dirty page of the machine.
+pub fn drop_page_cache() -> std::result::Result<(), String> {
+    let path = "/proc/sys/vm/drop_caches";
+    // Writable only by root: ask before paying for the sync.
+    if let Err(e) = std::fs::OpenOptions::new().write(true).open(path) {
+        return Err(match e.kind() {
+            std::io::ErrorKind::PermissionDenied => "not root".into(),
+            _ => format!("{path}: {e}"),
+        });
+    }
+    match std::process::Command::new("sync").status() {
+        Ok(st) if st.success() => {}
+        Ok(st) => return Err(format!("sync exited with {st}")),
+        Err(e) => return Err(format!("running sync: {e}")),
+    }
+    std::fs::write(path, "3").map_err(|e| format!("{path}: {e}"))
+}

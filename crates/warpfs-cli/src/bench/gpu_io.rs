@@ -654,7 +654,7 @@ fn rand_cold(
     rep: &mut GpuReport,
 ) -> Result<()> {
     let secs = args.seconds;
-    if let Err(why) = crate::graph::bfs::drop_page_cache() {
+    if let Err(why) = crate::system::drop_page_cache() {
         rep.json
             .push(json!({"phase": "gpu-rand-read", "cache": "cold", "skipped": why}));
         rep.text

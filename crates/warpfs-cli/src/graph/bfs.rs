@@ -8,24 +8,12 @@ use crate::error::{bail, Context, Result, EXIT_MISMATCH};
 use warpfs::graph::bfs::traversal;
 use warpfs::graph::{bfs_parallel, CsrFile, CsrView};
 
-/// Drops the OS page cache (`sync`, then `3 > /proc/sys/vm/drop_caches`); `Err(why)` when it
-/// cannot (not root).
-pub fn drop_page_cache() -> std::result::Result<(), String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("not root".into());
-    }
-    // SAFETY: sync has no preconditions.
-    unsafe { libc::sync() };
-    std::fs::write("/proc/sys/vm/drop_caches", "3").map_err(|e| format!("drop_caches: {e}"))
-}
-
 /// What `--cold` did before one search: `Ok(true)` dropped, `Ok(false)` not asked.
 pub fn maybe_cold(cold: bool, skipped: &mut Vec<String>) -> bool {
     if !cold {
         return false;
     }
-    match drop_page_cache() {
+    match crate::system::drop_page_cache() {
         Ok(()) => true,
         Err(why) => {
             let msg = format!("--cold: skipped: {why} (searches ran warm)");

@@ -2,7 +2,7 @@
 //! BFS three ways side by side (`bfs`): through warpfs file-backed arrays on the GPU, with
 //! the whole graph in GPU memory, and on the CPU (rayon).
 
-pub(crate) mod bfs;
+mod bfs;
 mod cache_size;
 mod gen;
 #[cfg(feature = "cuda")]

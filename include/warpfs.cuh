@@ -77,6 +77,15 @@ __device__ __forceinline__ u32 lanemask_lt() {
     return m;
 }
 
+/* The lanes of `group` whose `pred` holds. __ballot_sync alone is not enough: its result has
+ * the bit of every *active* lane whose predicate holds (CUDA Programming Guide), and a lane of
+ * another group of the same warp that runs the same instruction converged with this one is
+ * active too (seen on the H100: ring positions counted for lanes of another call, so never
+ * published). Every vote in this file goes through here. */
+__device__ __forceinline__ u32 vote(u32 group, bool pred) { return __ballot_sync(group, pred) & group; }
+__device__ __forceinline__ bool vote_any(u32 group, bool pred) { return vote(group, pred) != 0; }
+__device__ __forceinline__ bool vote_all(u32 group, bool pred) { return vote(group, pred) == group; }
+
 /* System-scope accesses to mapped host memory. */
 __device__ __forceinline__ u32 ld_acquire_sys_u32(const void *p) {
     u32 v;
@@ -217,12 +226,19 @@ __device__ __forceinline__ void coop_copy(unsigned char *dst, const unsigned cha
 }
 
 /*
- * One call of the device API by every active lane of the calling warp. All group-wide
- * decisions are taken from ballots or the leader's broadcast, so every lane runs the same
- * sequence of warp-synchronous operations.
+ * One call of the device API by the lanes of `group` (the calling lane among them). All
+ * group-wide decisions are taken from ballots or the leader's broadcast, so every lane runs the
+ * same sequence of warp-synchronous operations.
+ *
+ * `group` always comes from the caller, never from __activemask() here: io() is one function
+ * reached from many call sites, and lanes arriving from different call sites (a write and an
+ * fsync, a page load and a bypass read) may run it converged; a mask taken here would then
+ * name lanes that follow other paths, so their ballots, shuffles and ring positions would not
+ * line up (seen on the H100: claimed ring positions never published, shuffled garbage
+ * addresses). The public wrappers, inlined at the user's call site, take __activemask() there.
  */
-__device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 op, u32 fh, u64 offset, u64 len, void *ptr) {
-    const u32 group = __activemask();
+__device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u32 fh, u64 offset, u64 len,
+                                     void *ptr) {
     const u32 lane = lane_id();
     const u32 leader = __ffs(group) - 1;
     const u32 rank = __popc(group & lanemask_lt());
@@ -253,11 +269,11 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 op, u32 fh, u64 o
     if (rw && len != 0 && ptr == 0) err = -WFS_EFAULT;
     bool retired = false;
     /* Lanes copy each other's data only if every lane's buffer is reachable from every lane. */
-    const bool coop = __all_sync(group, ptr == 0 || is_global(ptr));
+    const bool coop = vote_all(group, ptr == 0 || is_global(ptr));
 
     for (;;) {
         const bool want = !done;
-        const u32 post = __ballot_sync(group, want);
+        const u32 post = vote(group, want);
         if (post == 0) break;
         const u64 remaining = rw ? len - (u64)total : 0;
         const u64 chunk = want && rw ? (remaining < lane_bytes ? remaining : lane_bytes) : 0;
@@ -365,13 +381,13 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 op, u32 fh, u64 o
         }
 
         /* A request left unanswered may still be written later: retire the group. */
-        if (__any_sync(group, r == -WFS_ETIMEDOUT || r == -WFS_ESHUTDOWN)) retired = true;
+        if (vote_any(group, r == -WFS_ETIMEDOUT || r == -WFS_ESHUTDOWN)) retired = true;
 
         if (op == WFS_OP_READ) {
             /* Each lane's acquire of DONE precedes every lane's loads of its buffer. */
             __syncwarp(group);
             if (coop) {
-                const u32 got = __ballot_sync(group, want && r > 0);
+                const u32 got = vote(group, want && r > 0);
                 for (u32 m = got; m; m &= m - 1) {
                     const u32 k = __ffs(m) - 1;
                     const u64 n = __shfl_sync(group, (u64)r, k);
@@ -773,13 +789,13 @@ __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpu
                                               u32 group, bool want, u32 fh, u64 page, u64 deadline,
                                               u32 &leader_out, u32 &frame_out, long long &res_out) {
     const u32 lane = lane_id();
-    const u32 wmask = __ballot_sync(group, want);
+    const u32 wmask = vote(group, want);
     u32 peers = 0;
     if (want) {
-        peers = __match_any_sync(wmask, page);
+        peers = __match_any_sync(wmask, page) & wmask;
         const u32 first = __ffs(peers) - 1;
         const u32 fh0 = __shfl_sync(wmask, fh, first);
-        if (__any_sync(wmask, fh != fh0)) peers &= __match_any_sync(wmask, fh);
+        if (vote_any(wmask, fh != fh0)) peers &= __match_any_sync(wmask, fh) & wmask;
     }
     const u32 leader = want ? (u32)(__ffs(peers) - 1) : lane;
     const bool is_leader = want && leader == lane;
@@ -792,11 +808,11 @@ __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpu
     u32 ns = 32;
     for (u32 round = 0;; ++round) {
         if (is_leader && status == WFS_ACQ_RETRY) status = acquire_page(ctx, c, fh, page, true, deadline, f);
-        if (__ballot_sync(group, is_leader && status == WFS_ACQ_RETRY) == 0) break;
+        if (vote(group, is_leader && status == WFS_ACQ_RETRY) == 0) break;
         const bool shut = (round & 7) == 7 && closing(ctx);
         const bool late = now_ns() > deadline;
-        if (__any_sync(group, shut || late)) {
-            const u32 why = __any_sync(group, shut) ? WFS_ACQ_SHUTDOWN : WFS_ACQ_TIMEOUT;
+        if (vote_any(group, shut || late)) {
+            const u32 why = vote_any(group, shut) ? WFS_ACQ_SHUTDOWN : WFS_ACQ_TIMEOUT;
             if (is_leader && status == WFS_ACQ_RETRY) status = why;
             break;
         }
@@ -806,10 +822,10 @@ __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpu
     const bool loader = is_leader && status == WFS_ACQ_LOAD;
     /* The loaders of this warp post together (one request per page); only then do the lanes
      * that found a page being loaded by another warp wait for it. */
-    __syncwarp(group);
+    const u32 loaders = vote(group, loader);
     if (loader) {
         const u64 ps = 1ull << c->page_shift;
-        const long long r = io(ctx, WFS_OP_READ, fh, page << c->page_shift, ps, frame_data(c, f));
+        const long long r = io(ctx, loaders, WFS_OP_READ, fh, page << c->page_shift, ps, frame_data(c, f));
         finish_load(c, f, r);
         if (r < 0) res = r;
     }
@@ -843,9 +859,8 @@ __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpu
 }
 
 /* Reads through the GPU page cache: every calling lane its own range; bytes or -errno. */
-__device__ __noinline__ long long cached_read(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 fh, u64 offset,
-                                 u64 len, void *dst) {
-    const u32 group = __activemask();
+__device__ __noinline__ long long cached_read(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 group, u32 fh,
+                                              u64 offset, u64 len, void *dst) {
     const u32 lane = lane_id();
     const u32 rank = __popc(group & lanemask_lt());
     const u32 cnt = __popc(group);
@@ -853,7 +868,7 @@ __device__ __noinline__ long long cached_read(const wfs_ctx_t *ctx, const WfsGpu
     const u64 ps = 1ull << shift;
     const u64 deadline = now_ns() + ctx->timeout_ns;
     unsigned char *out = reinterpret_cast<unsigned char *>(dst);
-    const bool coop = __all_sync(group, dst == 0 || is_global(dst));
+    const bool coop = vote_all(group, dst == 0 || is_global(dst));
     long long total = 0;
     long long err = 0;
     bool done = len == 0;
@@ -866,7 +881,7 @@ __device__ __noinline__ long long cached_read(const wfs_ctx_t *ctx, const WfsGpu
     }
     for (;;) {
         const bool want = !done;
-        if (__ballot_sync(group, want) == 0) break;
+        if (vote(group, want) == 0) break;
         const u64 pos = offset + (u64)total;
         const u64 page = pos >> shift;
         const u64 in_off = pos & (ps - 1);
@@ -881,7 +896,7 @@ __device__ __noinline__ long long cached_read(const wfs_ctx_t *ctx, const WfsGpu
             n = in_off < flen ? ((u64)flen - in_off < seg ? (u64)flen - in_off : seg) : 0;
         }
         if (coop) {
-            const u32 copy_mask = __ballot_sync(group, n > 0);
+            const u32 copy_mask = vote(group, n > 0);
             for (u32 m = copy_mask; m; m &= m - 1) {
                 const u32 k = __ffs(m) - 1;
                 const u64 kn = __shfl_sync(group, n, k);
@@ -897,7 +912,8 @@ __device__ __noinline__ long long cached_read(const wfs_ctx_t *ctx, const WfsGpu
         if (want && res == 0 && lane == leader) unpin(c, f);
         /* Lanes the cache could not place read around it (all together). */
         long long br = 0;
-        if (want && res == WFS_BYPASS_RESULT) br = io(ctx, WFS_OP_READ, fh, pos, seg, out + total);
+        const u32 bypass = vote(group, want && res == WFS_BYPASS_RESULT);
+        if (want && res == WFS_BYPASS_RESULT) br = io(ctx, bypass, WFS_OP_READ, fh, pos, seg, out + total);
         if (want) {
             if (res == WFS_BYPASS_RESULT) {
                 if (br < 0) {
@@ -971,7 +987,7 @@ __device__ __forceinline__ T array_get(const wfs_ctx_t *ctx, u32 fh, u64 byte_of
     const bool fast = ok && !straddles;
     T v = T();
     const u64 deadline = now_ns() + (ctx != 0 ? ctx->timeout_ns : 0);
-    if (__any_sync(group, fast)) {
+    if (vote_any(group, fast)) {
         u32 leader, f;
         long long res;
         acquire_round(ctx, c, group, fast, fh, pos >> shift, deadline, leader, f, res);
@@ -988,22 +1004,26 @@ __device__ __forceinline__ T array_get(const wfs_ctx_t *ctx, u32 fh, u64 byte_of
         }
         __syncwarp(group);
         if (fast && res == 0 && lane_id() == leader) unpin(c, f);
+        const u32 bypass = vote(group, fast && res == WFS_BYPASS_RESULT);
         if (fast && res == WFS_BYPASS_RESULT) {
             T tmp;
-            got = io(ctx, WFS_OP_READ, fh, pos, sizeof(T), &tmp) == (long long)sizeof(T);
+            got = io(ctx, bypass, WFS_OP_READ, fh, pos, sizeof(T), &tmp) == (long long)sizeof(T);
             if (got) v = tmp;
         }
         if (fast && !got) count_error(ctx);
     }
+    const u32 straddlers = vote(group, straddles);
     if (straddles) {
         T tmp;
-        if (cached_read(ctx, c, fh, pos, sizeof(T), &tmp) == (long long)sizeof(T)) v = tmp;
+        if (cached_read(ctx, c, straddlers, fh, pos, sizeof(T), &tmp) == (long long)sizeof(T)) v = tmp;
         else count_error(ctx);
     }
-    if (c == 0 && i < len) {
+    const bool uncached = c == 0 && i < len;
+    const u32 direct = vote(group, uncached);
+    if (uncached) {
         /* No GPU page cache configured: read the element straight from the daemon. */
         T tmp;
-        if (io(ctx, WFS_OP_READ, fh, pos, sizeof(T), &tmp) == (long long)sizeof(T)) v = tmp;
+        if (io(ctx, direct, WFS_OP_READ, fh, pos, sizeof(T), &tmp) == (long long)sizeof(T)) v = tmp;
         else count_error(ctx);
     } else if (!ok) {
         count_error(ctx);
@@ -1172,16 +1192,17 @@ __device__ __noinline__ long long prefetch(const wfs_ctx_t *ctx, u32 fh, u64 off
 __device__ __forceinline__ long long wfs_read(const wfs_ctx_t *ctx, unsigned fh,
                                               unsigned long long offset, unsigned long long len,
                                               void *dst) {
+    const unsigned group = __activemask();
     const WfsGpuCache *c = wfs_detail::cache_of(ctx);
-    if (c != 0) return wfs_detail::cached_read(ctx, c, fh, offset, len, dst);
-    return wfs_detail::io(ctx, WFS_OP_READ, fh, offset, len, dst);
+    if (c != 0) return wfs_detail::cached_read(ctx, c, group, fh, offset, len, dst);
+    return wfs_detail::io(ctx, group, WFS_OP_READ, fh, offset, len, dst);
 }
 
 /** wfs_read around the GPU page cache: every call is a request to the daemon. */
 __device__ __forceinline__ long long wfs_read_direct(const wfs_ctx_t *ctx, unsigned fh,
                                                      unsigned long long offset,
                                                      unsigned long long len, void *dst) {
-    return wfs_detail::io(ctx, WFS_OP_READ, fh, offset, len, dst);
+    return wfs_detail::io(ctx, __activemask(), WFS_OP_READ, fh, offset, len, dst);
 }
 
 /** Writes `len` bytes from `src` at `offset` of file `fh`; bytes written or a negative errno.
@@ -1190,7 +1211,7 @@ __device__ __forceinline__ long long wfs_read_direct(const wfs_ctx_t *ctx, unsig
 __device__ __forceinline__ long long wfs_write(const wfs_ctx_t *ctx, unsigned fh,
                                                unsigned long long offset, unsigned long long len,
                                                const void *src) {
-    const long long r = wfs_detail::io(ctx, WFS_OP_WRITE, fh, offset, len, const_cast<void *>(src));
+    const long long r = wfs_detail::io(ctx, __activemask(), WFS_OP_WRITE, fh, offset, len, const_cast<void *>(src));
     const WfsGpuCache *c = wfs_detail::cache_of(ctx);
     if (c != 0 && r > 0)
         wfs_detail::patch_cache(ctx, c, fh, offset, (unsigned long long)r,
@@ -1212,8 +1233,8 @@ __device__ __forceinline__ long long wfs_read_warp(const wfs_ctx_t *ctx, unsigne
     const unsigned leader = __ffs(group) - 1;
     const bool me = wfs_detail::lane_id() == leader;
     const WfsGpuCache *c = wfs_detail::cache_of(ctx);
-    const long long r = c != 0 ? wfs_detail::cached_read(ctx, c, fh, offset, me ? len : 0, me ? dst : 0)
-                               : wfs_detail::io(ctx, WFS_OP_READ, fh, offset, me ? len : 0, me ? dst : 0);
+    const long long r = c != 0 ? wfs_detail::cached_read(ctx, c, group, fh, offset, me ? len : 0, me ? dst : 0)
+                               : wfs_detail::io(ctx, group, WFS_OP_READ, fh, offset, me ? len : 0, me ? dst : 0);
     return __shfl_sync(group, r, leader);
 }
 
@@ -1224,7 +1245,7 @@ __device__ __forceinline__ long long wfs_read_direct_warp(const wfs_ctx_t *ctx, 
     const unsigned group = __activemask();
     const unsigned leader = __ffs(group) - 1;
     const bool me = wfs_detail::lane_id() == leader;
-    const long long r = wfs_detail::io(ctx, WFS_OP_READ, fh, offset, me ? len : 0, me ? dst : 0);
+    const long long r = wfs_detail::io(ctx, group, WFS_OP_READ, fh, offset, me ? len : 0, me ? dst : 0);
     return __shfl_sync(group, r, leader);
 }
 
@@ -1235,7 +1256,7 @@ __device__ __forceinline__ long long wfs_write_warp(const wfs_ctx_t *ctx, unsign
     const unsigned group = __activemask();
     const unsigned leader = __ffs(group) - 1;
     const bool me = wfs_detail::lane_id() == leader;
-    const long long r = wfs_detail::io(ctx, WFS_OP_WRITE, fh, offset, me ? len : 0,
+    const long long r = wfs_detail::io(ctx, group, WFS_OP_WRITE, fh, offset, me ? len : 0,
                                        me ? const_cast<void *>(src) : 0);
     const WfsGpuCache *c = wfs_detail::cache_of(ctx);
     if (c != 0 && me && r > 0)
@@ -1246,12 +1267,12 @@ __device__ __forceinline__ long long wfs_write_warp(const wfs_ctx_t *ctx, unsign
 
 /** Makes the file's acknowledged writes durable (host fdatasync); 0 or a negative errno. */
 __device__ __forceinline__ long long wfs_fsync(const wfs_ctx_t *ctx, unsigned fh) {
-    return wfs_detail::io(ctx, WFS_OP_FSYNC, fh, 0, 0, 0);
+    return wfs_detail::io(ctx, __activemask(), WFS_OP_FSYNC, fh, 0, 0, 0);
 }
 
 /** The file's size in bytes, or a negative errno. */
 __device__ __forceinline__ long long wfs_size(const wfs_ctx_t *ctx, unsigned fh) {
-    return wfs_detail::io(ctx, WFS_OP_SIZE, fh, 0, 0, 0);
+    return wfs_detail::io(ctx, __activemask(), WFS_OP_SIZE, fh, 0, 0, 0);
 }
 
 /** Starts reading up to `len` bytes (at most the runtime's lane_bytes, 4 KiB by default) at
@@ -1295,12 +1316,12 @@ template <typename T> struct wfs_array {
     unsigned long long byte_offset;
     unsigned long long len; /* elements */
 
-    __device__ T operator[](unsigned long long i) const {
+    __device__ __forceinline__ T operator[](unsigned long long i) const {
         return wfs_detail::array_get<T>(ctx, fh, byte_offset, len, i);
     }
 
     /** Copies elements [first, first + n) (clamped to len) into dst: bytes copied or -errno. */
-    __device__ long long copy(unsigned long long first, unsigned long long n, T *dst) const {
+    __device__ __forceinline__ long long copy(unsigned long long first, unsigned long long n, T *dst) const {
         if (first > len) return -WFS_EINVAL;
         const unsigned long long m = n < len - first ? n : len - first;
         const unsigned long long off = byte_offset + first * (unsigned long long)sizeof(T);

@@ -15,6 +15,15 @@ mod error;
 mod units;
 #[path = "../../crates/warpfs-cli/src/bench/soak.rs"]
 mod soak;
+/// The arguments of `warpfs graph` (the commands themselves are not needed to parse them);
+/// `args.rs` names its sibling as `super::cache_size`.
+#[path = "../../crates/warpfs-cli/src/graph/args.rs"]
+mod graph_args;
+#[path = "../../crates/warpfs-cli/src/graph/cache_size.rs"]
+mod cache_size;
+mod graph {
+    pub(crate) use super::graph_args::*;
+}
 /// `crate::bench::soak` as the CLI's sources name it.
 mod bench {
     pub(crate) use super::soak;

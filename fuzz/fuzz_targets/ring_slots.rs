@@ -78,7 +78,10 @@ fn replay(
         let i = (pos % CAP) as usize;
         let s = seqs[i];
         if s != pos.wrapping_add(1) {
-            if s == pos || tail.wrapping_sub(pos) as i64 <= 0 {
+            // As `Ring::try_pop`: a stamp in [pos - CAP + 1, pos] is "not yet" (free, claimed
+            // but unpublished, or still held by the previous lap's consumer); any other stamp
+            // is garbage, taken only where a producer claimed the position (below the tail).
+            if pos.wrapping_sub(s) < CAP || tail.wrapping_sub(pos) as i64 <= 0 {
                 return (taken, pos);
             }
         }

@@ -132,6 +132,16 @@ impl Completions {
         }
     }
 
+    /// A racy look at record `idx` for diagnostics: `(state, ticket)`, `None` if out of
+    /// range. One pair of loads.
+    pub fn peek(&self, idx: u32) -> Option<(u32, u32)> {
+        let c = self.cell(idx)?;
+        Some((
+            c.state.load(Ordering::Acquire),
+            c.ticket.load(Ordering::Relaxed),
+        ))
+    }
+
     /// Requester: marks record `idx` pending for `ticket`. Call before publishing the request
     /// (the ring's Release publish orders this store before the daemon's read).
     ///

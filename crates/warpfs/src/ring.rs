@@ -43,6 +43,19 @@ struct Header {
     _pad2: [u64; 7],
 }
 
+/// What [`Ring::snapshot`] saw: a published position `p` has sequence word `p + 1`, a free
+/// one `p`; a head slot stuck at `seq == head` while the tail is past it is a position a
+/// producer claimed and never published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingSnapshot {
+    /// Next position a consumer takes.
+    pub head: u64,
+    /// Producers' tail (advisory for GPU producers).
+    pub tail: u64,
+    /// Sequence words of the slots at `head`, `head + 1`, `head + 2`, `head + 3`.
+    pub seqs: [u64; 4],
+}
+
 /// The ring was full; back off and retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Full;
@@ -324,6 +337,23 @@ impl Ring {
                 Err(actual) => pos = actual,
             }
         }
+    }
+
+    /// A racy picture of the ring for diagnostics (a stalled channel, a watchdog report):
+    /// head, tail and the sequence words of the slots at the head and just after it. Costs a
+    /// few loads.
+    pub fn snapshot(&self) -> RingSnapshot {
+        let h = self.header();
+        let head = h.head.load(Ordering::Acquire);
+        let tail = h.tail.load(Ordering::Acquire);
+        let mut seqs = [0u64; 4];
+        for (k, s) in seqs.iter_mut().enumerate() {
+            *s = self
+                .slot(head.wrapping_add(k as u64))
+                .seq
+                .load(Ordering::Acquire);
+        }
+        RingSnapshot { head, tail, seqs }
     }
 
     /// Overwrites the sequence word of the slot at `pos` (tests of garbage handling only).

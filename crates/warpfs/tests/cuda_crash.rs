@@ -56,6 +56,9 @@ extern "C" __global__ void crash_write(const wfs_ctx_t *ctx, unsigned fh,
     unsigned char *buf = scratch + (unsigned long long)t * slot;
     unsigned long long off = offs[t], len = lens[t], g = gens[t];
     for (unsigned long long i = 0; i < len; ++i) buf[i] = crash_val(off + i, g);
+#ifdef CRASH_SYNC
+    __syncwarp();
+#endif
     long long w = wfs_write(ctx, fh, off, len, buf);
     long long f = wfs_fsync(ctx, fh);
     ack[t] = (w == (long long)len && f == 0) ? 1 : (w != (long long)len ? w : f);
@@ -113,7 +116,14 @@ fn gpu_crash_child() {
         GpuIoConfig {
             warp_slots: 64,
             lane_bytes: 4096,
-            timeout: Duration::from_secs(30),
+            // `WARPFS_GPU_CRASH_TIMEOUT` (s) shortens the device calls' timeout when hunting a
+            // fault; a kill never waits for it.
+            timeout: Duration::from_secs(
+                std::env::var("WARPFS_GPU_CRASH_TIMEOUT")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(30),
+            ),
             gpu_cache_bytes: 4 << 20,
             async_slots: 16,
             ..GpuIoConfig::default()
@@ -174,6 +184,23 @@ fn gpu_crash_child() {
         gpu.synchronize().unwrap();
         let mut raw = vec![0u8; n * 8];
         ack.copy_to_host(0, &mut raw).unwrap();
+        if raw
+            .chunks_exact(8)
+            .any(|c| i64::from_le_bytes(c.try_into().unwrap()) != 1)
+        {
+            // Not expected without a kill: say where the channel stood, for the report.
+            let ch = gpu.channel();
+            let pending: Vec<(usize, u32, u32)> = (0..ch.completions.len() as u32)
+                .filter_map(|i| ch.completions.peek(i).map(|(st, t)| (i as usize, st, t)))
+                .filter(|&(_, st, _)| st != 0)
+                .collect();
+            eprintln!(
+                "child: a launch had failures; demand ring {:?}; daemon {:?}; records not free \
+                 (index, state, ticket): {pending:?}",
+                ch.demand.snapshot(),
+                rt.stats()
+            );
+        }
         for (t, c) in raw.chunks_exact(8).enumerate() {
             let r = i64::from_le_bytes(c.try_into().unwrap());
             if r == 1 {

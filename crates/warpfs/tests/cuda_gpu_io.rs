@@ -261,20 +261,25 @@ fn finish(gpu: &GpuIo<'_>, what: &str) {
         return;
     }
     eprintln!(
-        "WATCHDOG: kernel {what} still running after {limit:?}; raising the channel's closing word"
+        "WATCHDOG: kernel {what} still running after {limit:?}; raising the channel's closing \
+         word; demand ring {:?}, prefetch ring {:?}",
+        gpu.channel().demand.snapshot(),
+        gpu.channel().prefetch.snapshot()
     );
     gpu.abort_device_waits();
     if gpu.wait_kernels(Duration::from_secs(30)).unwrap() {
         eprintln!(
-            "WATCHDOG: {what} ended {:.1} s after closing; GPU cache stats {:?}",
+            "WATCHDOG: {what} ended {:.1} s after closing; GPU cache stats {:?}; demand ring {:?}",
             t.elapsed().as_secs_f64() - limit.as_secs_f64(),
-            gpu.cache_stats()
+            gpu.cache_stats(),
+            gpu.channel().demand.snapshot()
         );
         panic!("watchdog: kernel {what} ran past {limit:?} (hung; ended by the closing word)");
     }
     eprintln!(
         "WATCHDOG: kernel {what} did not end within 30 s of the closing word either (an \
-         unbounded device wait); exiting the test process"
+         unbounded device wait); demand ring {:?}; exiting the test process",
+        gpu.channel().demand.snapshot()
     );
     std::process::exit(3);
 }
@@ -317,6 +322,11 @@ fn runtime(workers: usize) -> Runtime {
         ..RuntimeConfig::default()
     })
     .expect("runtime")
+}
+
+/// A test knob from the environment (bytes or a count), if set and valid.
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 fn small_cfg() -> GpuIoConfig {
@@ -955,8 +965,10 @@ fn array_elements_and_copies_checked() {
     let gpu = GpuIo::new(
         &rt,
         GpuIoConfig {
-            gpu_cache_bytes: 1 << 20, // a quarter of the file: evictions too
-            gpu_page_bytes: 16384,
+            // A quarter of the file: evictions too. `WARPFS_TEST_ARRAY_CACHE` /
+            // `WARPFS_TEST_ARRAY_PAGE` (bytes) vary the geometry when hunting a fault.
+            gpu_cache_bytes: env_usize("WARPFS_TEST_ARRAY_CACHE").unwrap_or(1 << 20),
+            gpu_page_bytes: env_usize("WARPFS_TEST_ARRAY_PAGE").unwrap_or(16384),
             ..small_cfg()
         },
     )

@@ -2,6 +2,7 @@
 //! BFS three ways side by side (`bfs`): through warpfs file-backed arrays on the GPU, with
 //! the whole graph in GPU memory, and on the CPU (rayon).
 
+mod args;
 mod bfs;
 mod cache_size;
 mod gen;
@@ -11,125 +12,7 @@ mod plot_call;
 mod report;
 
 use crate::error::Result;
-use crate::units::parse_size;
-use cache_size::CacheSize;
-use clap::{Args, Subcommand, ValueEnum};
-use std::path::PathBuf;
-
-const GRAPH_EXAMPLES: &str = "\
-Examples:
-  warpfs graph gen kron22.csr --scale 22                 Graph500 Kronecker, 4 M vertices, ~0.5 GiB
-  warpfs graph gen uni20.csr --scale 20 --model uniform
-  warpfs graph bfs kron22.csr --gpu-cache 25%            warpfs vs in-GPU-memory vs CPU BFS
-  warpfs graph bfs kron26.csr --sweep-cache 10%,25%,50%,100% --plot plots/
-  warpfs graph import-bam /data/friendster friendster.csr   NAME.col + NAME.dst → CSR file
-
-File format: docs/graph-format.md.";
-
-/// `warpfs graph` arguments.
-#[derive(Debug, Clone, Args)]
-#[command(after_help = GRAPH_EXAMPLES)]
-pub struct GraphArgs {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: GraphCommand,
-}
-
-/// `warpfs graph` subcommands.
-#[derive(Debug, Clone, Subcommand)]
-pub enum GraphCommand {
-    /// Generate a seeded random graph (Graph500 Kronecker or uniform) as a CSR file:
-    /// symmetric, no self-loops, no repeated edges.
-    Gen(GenArgs),
-    /// BFS from one source three ways on the same file — warpfs file-backed arrays on the GPU,
-    /// the whole graph in GPU memory, parallel CPU — every result checked against the CPU's.
-    Bfs(BfsArgs),
-    /// Convert a BaM/EMOGI CSR pair (NAME.col + NAME.dst) into a warpfs CSR file.
-    ImportBam(ImportArgs),
-}
-
-/// Graph models on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ModelArg {
-    /// Graph500 Kronecker (A=0.57, B=0.19, C=0.19), vertex labels permuted.
-    Kronecker,
-    /// Uniform random endpoints.
-    Uniform,
-}
-
-/// `warpfs graph gen` arguments.
-#[derive(Debug, Clone, Args)]
-pub struct GenArgs {
-    /// Output file (overwritten).
-    pub out: PathBuf,
-    /// log2 of the vertex count (1..=31). Scale 26 with edge factor 16 gives an edge file of
-    /// about 4-5 GiB.
-    #[arg(long)]
-    pub scale: u32,
-    /// Generated edges per vertex (Graph500: 16).
-    #[arg(long, default_value_t = 16)]
-    pub edge_factor: u32,
-    /// Edge distribution.
-    #[arg(long, value_enum, default_value_t = ModelArg::Kronecker)]
-    pub model: ModelArg,
-    /// Seed: the same seed and settings give the same file, byte for byte.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Most memory for raw edge lists at once [default: half the available memory]; less
-    /// makes more passes over the generator.
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
-    pub memory: Option<u64>,
-    /// Print the summary as JSON (no progress bar).
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// `warpfs graph bfs` arguments.
-#[derive(Debug, Clone, Args)]
-pub struct BfsArgs {
-    /// A CSR graph file (`warpfs graph gen`).
-    pub file: PathBuf,
-    /// Source vertex [default: the vertex of highest degree].
-    #[arg(long)]
-    pub source: Option<u64>,
-    /// GPU page cache for the warpfs BFS: a size (2G, 512M) or a percentage of the edge
-    /// (neighbour) bytes (25%).
-    #[arg(long, value_parser = CacheSize::parse, default_value = "25%", value_name = "SIZE|PCT")]
-    pub gpu_cache: CacheSize,
-    /// Run the warpfs BFS at each of these cache sizes too (e.g. 10%,25%,50%,100%).
-    #[arg(long, value_parser = CacheSize::parse, value_delimiter = ',', value_name = "LIST")]
-    pub sweep_cache: Vec<CacheSize>,
-    /// Write bfs-cache.svg (BFS time against GPU cache size) into DIR (with --sweep-cache).
-    #[arg(long, value_name = "DIR")]
-    pub plot: Option<PathBuf>,
-    /// Drop the OS page cache before each search (needs root; otherwise says "skipped").
-    #[arg(long)]
-    pub cold: bool,
-    /// CUDA device ordinal.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub device: usize,
-    /// Host cache tier of the warpfs runtime [default: the library's].
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
-    pub host_cache: Option<u64>,
-    /// Readahead of the warpfs runtime in pages (BFS reads are scattered: default off).
-    #[arg(long, default_value_t = 0, value_name = "PAGES")]
-    pub readahead: u32,
-    /// Daemon worker threads of the warpfs runtime [default: the library's].
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
-    /// Print the results as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// `warpfs graph import-bam` arguments.
-#[derive(Debug, Clone, Args)]
-pub struct ImportArgs {
-    /// Path prefix: PREFIX.col and PREFIX.dst are read.
-    pub prefix: PathBuf,
-    /// Output CSR file (overwritten).
-    pub out: PathBuf,
-}
+pub use args::*;
 
 /// Runs `warpfs graph ...`; returns the exit code.
 pub fn run(args: &GraphArgs) -> Result<i32> {

@@ -68,7 +68,7 @@ extern "C" __global__ void bench_array(const wfs_ctx_t *ctx, unsigned fh, unsign
     for (unsigned k = 0; k < per; ++k) {
         x ^= x << 13; x ^= x >> 7; x ^= x << 17;
         /* a warp shares a random base, lanes read consecutive elements */
-        unsigned long long base = __shfl_sync(__activemask(), x, 0) % span;
+        unsigned long long base = __shfl_sync(0xffffffffu, x, 0) % span; /* full warps: no lane returned */
         unsigned long long i = (base + (threadIdx.x & 31)) % span;
         unsigned long long v = a[i];
         if (check && v != bench_word(seed, i)) nbad++;

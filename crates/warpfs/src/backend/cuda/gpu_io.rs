@@ -598,6 +598,14 @@ pub fn nvrtc_available() -> bool {
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
+/// Extra NVRTC flags from `WARPFS_NVRTC_OPTIONS` (whitespace-separated), added to every
+/// compile: e.g. `-lineinfo` so that `compute-sanitizer` names the source line of a fault.
+fn env_nvrtc_options() -> Vec<String> {
+    std::env::var("WARPFS_NVRTC_OPTIONS")
+        .map(|v| v.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
 /// Compiles CUDA C++ `src` to PTX with NVRTC for virtual architecture `arch` (e.g.
 /// `"compute_90"`), with `warpfs.cuh` and `warpfs_abi.h` on the include path and `--std=c++17`;
 /// `options` are extra NVRTC flags. Needs no GPU and no driver, only libnvrtc — so every kernel
@@ -613,6 +621,7 @@ pub fn compile_ptx(src: &str, arch: &'static str, options: &[&str]) -> Result<St
     let inc = include_dir()?;
     let mut opts = vec!["--std=c++17".to_string()];
     opts.extend(options.iter().map(|s| s.to_string()));
+    opts.extend(env_nvrtc_options());
     let copts = cudarc::nvrtc::CompileOptions {
         include_paths: vec![inc.display().to_string()],
         arch: Some(arch),
@@ -650,6 +659,7 @@ pub fn compile_cubin(src: &str, arch: &str, options: &[&str]) -> Result<usize> {
         format!("--include-path={}", inc.display()),
     ];
     opts.extend(options.iter().map(|s| s.to_string()));
+    opts.extend(env_nvrtc_options());
     // SAFETY: prog was created above and is destroyed once, below; the log and cubin buffers
     // are sized by NVRTC's own size queries.
     unsafe {

@@ -132,7 +132,13 @@ fn reset_if_faulted(ordinal: usize) -> Result<Recovery> {
 /// alive (count 0 under the lock, so none can be created meanwhile); what others hold in the
 /// context is already unusable (sticky error) or there is no one.
 fn reset(dev: sys::CUdevice) -> Result<()> {
-    // SAFETY: see above; dev is a valid device handle.
+    // SAFETY: unbinding the calling thread's current context (null) is always allowed: a dead
+    // context left current would hand its sticky error to the next retain on this thread.
+    // Then see above; dev is a valid device handle.
+    unsafe {
+        sys::cuCtxSetCurrent(std::ptr::null_mut());
+    }
+    // SAFETY: as above.
     check(
         unsafe { sys::cuDevicePrimaryCtxReset_v2(dev) },
         "cuDevicePrimaryCtxReset",

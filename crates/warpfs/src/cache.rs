@@ -201,7 +201,7 @@ struct Slot(Mutex<PageMeta>);
 /// Multiply-xor hasher for `Key` (two `u64` writes); far cheaper than SipHash and keys are
 /// not attacker-chosen (file ids are ours, page numbers are validated by the daemon).
 #[derive(Default)]
-struct KeyHasher(u64);
+pub(crate) struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {

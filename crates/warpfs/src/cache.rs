@@ -16,6 +16,10 @@
 //! only a hint that is re-checked under the page lock). Lock order is page → shard → leaf lists
 //! (free list, write-back queue); no code path takes a page lock while holding a shard lock, so
 //! there is no deadlock, and a hit costs two short uncontended locks. Counters are atomics.
+//! Two lock-free side tables keep the common cases off the shard locks: hint buckets (key →
+//! page, checked under the page lock; cleared on eviction) find most hits, and a counting
+//! presence filter (changed with the map under the shard lock) proves most keys absent, so a
+//! miss that may not evict answers `Full` without probing the map.
 //!
 //! Refinements of the contract (compatible with it):
 //! - `lookup` of a page being written back answers `Busy` (as documented); `lookup_resident`
@@ -30,7 +34,7 @@ use crate::files::FileEntry;
 use crate::region::{HostMemory, SharedMemory, REGION_ALIGN};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Index of a page in the arena.
@@ -117,6 +121,18 @@ const SWEEPS: usize = 2;
 const RETRIES: usize = 64;
 /// Map value of a key whose miss is choosing a page (never a page index: pages < u32::MAX).
 const RESERVING: PageIdx = PageIdx::MAX;
+/// Counters of the presence filter per page (a power of two): with 8, a key that is not in
+/// the map finds its counter at zero ~88% of the time (e^-1/8).
+const PRESENCE_PER_PAGE: usize = 8;
+/// Hint words per bucket.
+const HINT_WAYS: usize = 4;
+
+/// One bucket of hints, on its own half cache line (never split across two lines).
+#[derive(Default)]
+#[repr(align(32))]
+struct HintBucket([AtomicU64; HINT_WAYS]);
+/// A presence counter that reached this value stays there (it may then undercount).
+const PRESENCE_STUCK: u8 = u8::MAX;
 
 /// (file id, page number).
 type Key = (u64, u64);
@@ -185,7 +201,7 @@ struct Slot(Mutex<PageMeta>);
 /// Multiply-xor hasher for `Key` (two `u64` writes); far cheaper than SipHash and keys are
 /// not attacker-chosen (file ids are ours, page numbers are validated by the daemon).
 #[derive(Default)]
-struct KeyHasher(u64);
+pub(crate) struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
@@ -290,12 +306,19 @@ pub struct HostCache {
     page_size: usize,
     slots: Box<[Slot]>,
     shards: Box<[Shard]>,
-    /// Direct-mapped, lock-free hints key → page (`fingerprint << 32 | page index`, 0 =
-    /// empty), twice as many as pages. A hit found through a hint costs one atomic load and
-    /// the page lock instead of a shard lock and a hash-map probe (two cache misses fewer on a
-    /// large cache). Only a hint: the page's own metadata, checked under its lock, decides,
-    /// and a stale or overwritten hint falls back to the map.
-    hints: Box<[AtomicU64]>,
+    /// Lock-free hints key → page (`fingerprint << 32 | page index`, 0 = empty) in buckets
+    /// of [`HINT_WAYS`] words on one cache line, two words per page. A hit found through a
+    /// hint costs one cache line and the page lock instead of a shard lock and a hash-map
+    /// probe (two cache misses fewer on a large cache). Eviction clears the page's hint, so
+    /// a bucket has room for the keys that stay. Only a hint: the page's own metadata,
+    /// checked under its lock, decides, and a stale or overwritten hint falls back to the map.
+    hints: Box<[HintBucket]>,
+    /// Counting filter over the map's keys (reservations included): a counter per hash
+    /// bucket, changed under the key's shard lock together with the map. A zero proves the
+    /// key is not mapped, so a miss that may not evict answers `Full` from one byte (in a
+    /// table that stays in cache) instead of a shard lock and a probe of a large hash map.
+    /// A counter that reaches [`PRESENCE_STUCK`] stays there: it only says "maybe".
+    presence: Box<[AtomicU8]>,
     free: Mutex<Vec<PageIdx>>,
     /// Length of `free` (a hint, updated under its lock): a lookup that may not evict gives
     /// up before reserving the key when it reads 0.
@@ -362,8 +385,11 @@ impl HostCache {
             slots,
             shards,
             free_pages: AtomicUsize::new(pages),
-            hints: (0..(2 * pages).next_power_of_two())
-                .map(|_| AtomicU64::new(0))
+            hints: (0..(2 * pages / HINT_WAYS).next_power_of_two())
+                .map(|_| HintBucket::default())
+                .collect(),
+            presence: (0..(PRESENCE_PER_PAGE * pages).next_power_of_two())
+                .map(|_| AtomicU8::new(0))
                 .collect(),
             free: Mutex::new(free),
             writeback_queue: Mutex::new(VecDeque::new()),
@@ -427,36 +453,108 @@ impl HostCache {
         (self.base + i * self.page_size) as *mut u8
     }
 
-    /// The hint word of `key` and the value it holds when it points at page `idx`.
+    /// The hint bucket of `key` and the value a word holds when it points `key` at page `idx`.
     #[inline]
-    fn hint(&self, key: Key, idx: PageIdx) -> (&AtomicU64, u64) {
+    fn hint(&self, key: Key, idx: PageIdx) -> (&HintBucket, u64) {
         let h = mix(key.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ key.1.rotate_left(17));
-        let word = &self.hints[(h as usize) & (self.hints.len() - 1)];
+        let bucket = &self.hints[(h as usize) & (self.hints.len() - 1)];
         // Fingerprint: the hash's top 32 bits, never 0 (0 marks an empty hint).
         let fp = (h >> 32).max(1);
-        (word, fp << 32 | u64::from(idx))
+        (bucket, fp << 32 | u64::from(idx))
     }
 
-    /// The page the hint of `key` names, if the hint is `key`'s (the page may still be stale).
+    /// The page the hint of `key` names, if a hint is `key`'s (the page may still be stale).
     #[inline]
     fn hinted(&self, key: Key) -> Option<PageIdx> {
-        let (word, mine) = self.hint(key, 0);
-        let v = word.load(Ordering::Relaxed);
-        (v >> 32 == mine >> 32).then_some(v as PageIdx)
+        let (bucket, mine) = self.hint(key, 0);
+        bucket.0.iter().find_map(|w| {
+            let v = w.load(Ordering::Relaxed);
+            (v >> 32 == mine >> 32).then_some(v as PageIdx)
+        })
     }
 
-    /// Records that page `idx` holds `key`.
+    /// Records that page `idx` holds `key`: in the word that has `key`'s fingerprint, else an
+    /// empty word, else one chosen by the fingerprint (the others may be younger).
     #[inline]
     fn set_hint(&self, key: Key, idx: PageIdx) {
-        let (word, v) = self.hint(key, idx);
+        let (bucket, v) = self.hint(key, idx);
+        let fp = v >> 32;
+        let words = &bucket.0;
+        let word = words
+            .iter()
+            .find(|w| w.load(Ordering::Relaxed) >> 32 == fp)
+            .or_else(|| words.iter().find(|w| w.load(Ordering::Relaxed) == 0))
+            .unwrap_or(&words[(fp as usize) % HINT_WAYS]);
         word.store(v, Ordering::Relaxed);
     }
 
-    /// Loads the hint words of `keys` (file id, page) so that their cache misses overlap: the
-    /// daemon calls it for a batch before looking the pages up one by one. A hint, no effect.
-    pub fn warm(&self, keys: impl Iterator<Item = (u64, u64)>) {
+    /// Forgets the hint that points `key` at page `idx`, if there is one (the page is leaving
+    /// the map), so its word can serve another key.
+    #[inline]
+    fn clear_hint(&self, key: Key, idx: PageIdx) {
+        let (bucket, v) = self.hint(key, idx);
+        for w in &bucket.0 {
+            if w.load(Ordering::Relaxed) == v {
+                let _ = w.compare_exchange(v, 0, Ordering::Relaxed, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Loads the hint buckets and presence counters of `keys` (file id, page), then the
+    /// metadata of the pages the hints name, so that their cache misses overlap: the daemon
+    /// calls it for a batch before looking the pages up one by one. A hint, no effect.
+    pub fn warm(&self, keys: impl Iterator<Item = (u64, u64)> + Clone) {
+        for key in keys.clone() {
+            std::hint::black_box(self.hint(key, 0).0 .0[0].load(Ordering::Relaxed));
+            std::hint::black_box(self.presence(key).load(Ordering::Relaxed));
+        }
         for key in keys {
-            std::hint::black_box(self.hint(key, 0).0.load(Ordering::Relaxed));
+            if let Some(slot) = self.hinted(key).and_then(|i| self.slots.get(i as usize)) {
+                // A plain load of the page lock's line (its poison flag), without locking.
+                std::hint::black_box(slot.0.is_poisoned());
+            }
+        }
+    }
+
+    /// Index of `key`'s presence counter.
+    #[inline]
+    fn presence_bucket(&self, key: Key) -> usize {
+        let h = mix(key.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ key.1.rotate_left(17));
+        (h.rotate_left(24) as usize) & (self.presence.len() - 1)
+    }
+
+    /// The presence counter of `key`'s bucket.
+    #[inline]
+    fn presence(&self, key: Key) -> &AtomicU8 {
+        &self.presence[self.presence_bucket(key)]
+    }
+
+    /// Whether `key` may be in the map (`false` proves it is not, as of the load).
+    #[inline]
+    fn maybe_mapped(&self, key: Key) -> bool {
+        self.presence(key).load(Ordering::Relaxed) != 0
+    }
+
+    /// Inserts `key → idx` into `map` (the locked shard of `key`), counting a new key in the
+    /// presence filter.
+    fn map_insert(&self, map: &mut Map, key: Key, idx: PageIdx) {
+        if map.insert(key, idx).is_none() {
+            let _ = self
+                .presence(key)
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    (v != PRESENCE_STUCK).then(|| v + 1)
+                });
+        }
+    }
+
+    /// Removes `key` from `map` (the locked shard of `key`), uncounting it in the filter.
+    fn map_remove(&self, map: &mut Map, key: Key) {
+        if map.remove(&key).is_some() {
+            let _ = self
+                .presence(key)
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    (v != PRESENCE_STUCK && v > 0).then(|| v - 1)
+                });
         }
     }
 
@@ -490,8 +588,10 @@ impl HostCache {
     fn unmap(&self, key: Key, idx: PageIdx) {
         let mut map = lock(self.shard(key));
         if map.get(&key) == Some(&idx) {
-            map.remove(&key);
+            self.map_remove(&mut map, key);
         }
+        drop(map);
+        self.clear_hint(key, idx);
     }
 
     /// Finds or reserves page `page` of `file`. `readahead` marks loads made for prefetching
@@ -531,6 +631,14 @@ impl HostCache {
                 }
                 Probe::Stale => {} // the map knows
             }
+        }
+        if !may_evict && self.free_pages.load(Ordering::Relaxed) == 0 && !self.maybe_mapped(key) {
+            // Not in the map (the filter proves it), nothing free, no eviction allowed: the
+            // answer the map would give, without its lock and probe.
+            if !readahead {
+                bump(&self.counters().misses, 1);
+            }
+            return Lookup::Full;
         }
         let shard = self.shard(key);
         for _ in 0..RETRIES {
@@ -574,7 +682,7 @@ impl HostCache {
                 None => {
                     // Claim the key first, so that concurrent misses on it wait (Busy) instead
                     // of each evicting a page of their own.
-                    map.insert(key, RESERVING);
+                    self.map_insert(&mut map, key, RESERVING);
                 }
             }
             drop(map);
@@ -587,13 +695,13 @@ impl HostCache {
             let mut map = lock(shard);
             // Only this call replaces or removes its RESERVING entry.
             let Some(idx) = reserved else {
-                map.remove(&key);
+                self.map_remove(&mut map, key);
                 if !may_evict && !readahead {
                     bump(&self.counters().misses, 1);
                 }
                 return Lookup::Full;
             };
-            map.insert(key, idx);
+            self.map_insert(&mut map, key, idx);
             drop(map);
             self.set_hint(key, idx);
             if !readahead {
@@ -1038,6 +1146,17 @@ impl HostCache {
         }
         // Every map entry names a resident page of its key and vice versa: one page per key.
         assert_eq!(mapped.len(), resident, "map and pages disagree");
+        // The presence filter counts exactly the mapped keys (short of stuck counters).
+        let mut counts = vec![0usize; self.presence.len()];
+        for &key in mapped.keys() {
+            counts[self.presence_bucket(key)] += 1;
+        }
+        for (i, c) in self.presence.iter().enumerate() {
+            let c = c.load(Ordering::Relaxed);
+            if c != PRESENCE_STUCK {
+                assert_eq!(usize::from(c), counts[i], "presence counter {i} is off");
+            }
+        }
         assert_eq!(dirty, self.dirty_pages.load(Ordering::Relaxed));
     }
 
@@ -1145,6 +1264,67 @@ mod tests {
         }
         assert_eq!(resident, 3, "exactly one page was evicted for page 9");
         c.check_invariants();
+    }
+
+    /// Over many evictions the presence filter counts exactly the mapped keys, a miss that may
+    /// not evict is answered `Full` only for keys that are not resident, every resident key
+    /// still hits with its own bytes, and no hint is left naming an evicted key's page.
+    #[test]
+    fn presence_filter_and_hints_follow_evictions() {
+        let c = small(8, 512);
+        let fs = files(2);
+        let mut resident: HashMap<Key, PageIdx> = HashMap::new();
+        let mut checked = 0;
+        for round in 0..200u64 {
+            let f = &fs[(round % 2) as usize];
+            let p = (round * 7919) % 37;
+            match c.lookup(f, p, false) {
+                Lookup::Miss(idx) => {
+                    fill(&c, idx, &[(p as u8) ^ (f.id as u8); 512]);
+                    c.finish_load(idx, 512);
+                    c.release(idx);
+                }
+                Lookup::Hit(idx) => c.release(idx),
+                other => panic!("round {round}: unexpected {other:?}"),
+            }
+            c.check_invariants();
+            if c.free_pages.load(Ordering::Relaxed) > 0 {
+                continue; // lookups that may not evict would still take free pages
+            }
+            resident.clear();
+            for (i, slot) in c.slots.iter().enumerate() {
+                if let Some(key) = lock(&slot.0).key {
+                    resident.insert(key, i as PageIdx);
+                }
+            }
+            for g in &fs {
+                for q in 0..37 {
+                    let key = (g.id, q);
+                    if let Some(idx) = c.hinted(key) {
+                        assert_eq!(resident.get(&key), Some(&idx), "stale hint for {key:?}");
+                    }
+                    match c.lookup_with(g, q, false, false) {
+                        Lookup::Hit(idx) => {
+                            assert_eq!(resident.get(&key), Some(&idx));
+                            assert_eq!(
+                                page_bytes(&c, idx, 512),
+                                vec![(q as u8) ^ (g.id as u8); 512]
+                            );
+                            c.release(idx);
+                        }
+                        Lookup::Full => {
+                            assert!(!resident.contains_key(&key), "{key:?} is resident")
+                        }
+                        other => panic!("{key:?}: unexpected {other:?}"),
+                    }
+                }
+            }
+            checked += 1;
+        }
+        assert!(
+            checked > 150,
+            "the cache was full for most rounds ({checked})"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! writes into a channel's data region after a bounds check and into its own cache pages.
 
 use crate::abi::{self, WfsRequest};
-use crate::cache::{HostCache, Lookup, PageIdx, Writeback};
+use crate::cache::{HostCache, KeyHasher, Lookup, PageIdx, Writeback};
 use crate::channel::Channel;
 use crate::engine::{self, EngineConfig, EngineFactory, IoDone, IoEngine, IoKind, IoOp};
 use crate::files::{FileEntry, FileTable};
@@ -23,6 +23,7 @@ use crate::readahead::Readahead;
 use crate::runtime::DaemonStats;
 use crate::span;
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -591,7 +592,10 @@ struct Worker {
     /// Jobs that found a page busy or the cache full: planned again next round.
     deferred: VecDeque<usize>,
     loads: Slab<Load>,
-    load_of: HashMap<(u64, u64), usize>,
+    /// (file id, page) → load in flight (the cache's multiply-xor hash: keys are ours).
+    load_of: HashMap<(u64, u64), usize, BuildHasherDefault<KeyHasher>>,
+    /// When this round's first request was taken (one clock read a batch, not one a request).
+    batch_start: Option<Instant>,
     tags: Slab<Tag>,
     ops: Vec<IoOp>,
     done: Vec<IoDone>,
@@ -632,7 +636,8 @@ impl Worker {
             fresh: Vec::new(),
             deferred: VecDeque::new(),
             loads: Slab::new(),
-            load_of: HashMap::new(),
+            load_of: HashMap::default(),
+            batch_start: None,
             tags: Slab::new(),
             ops: Vec::new(),
             done: Vec::new(),
@@ -760,6 +765,7 @@ impl Worker {
 
     /// Accepts up to `batch` requests into `fresh`; returns how many were taken.
     fn take_batch(&mut self) -> usize {
+        self.batch_start = None;
         // Take a fair share of what waits, so that several workers serve a burst in parallel
         // instead of the first one taking it all and serving it serially.
         let workers = self.shared.cfg.workers.max(1);
@@ -877,7 +883,7 @@ impl Worker {
             ch: ch.clone(),
             req,
             file,
-            first_seen: Instant::now(),
+            first_seen: *self.batch_start.get_or_insert_with(Instant::now),
             pages: Vec::new(),
             pending: 0,
             error: None,

@@ -117,16 +117,52 @@ impl Readahead {
         t.clock += 1;
         let now = t.clock;
         let window = u64::from(self.window);
-        let mine = |s: &&mut Stream| s.file == file_id;
-
-        // 1. Exact continuation, or a jump forward inside what a detected stream prefetched.
-        if let Some(s) = t.streams.iter_mut().filter(mine).find(|s| {
-            (s.stride > 0 && s.last.checked_add(s.stride) == Some(page))
+        // One scan finds what each rule below needs, in table order: the first stream the
+        // access continues (rule 1), the first it repeats or lags (rule 2), the nearest
+        // undetected one behind it (rule 3) and the least recently used (rule 4). (A random
+        // access, which matches nothing, costs one pass over the table, not four.)
+        let (mut repeat, mut nearest, mut lru): (Option<usize>, Option<(usize, u64)>, usize) =
+            (None, None, 0);
+        let mut continued = None;
+        for (i, s) in t.streams.iter().enumerate() {
+            if s.used < t.streams[lru].used {
+                lru = i;
+            }
+            if s.file != file_id {
+                continue;
+            }
+            // 1. Exact continuation, or a jump forward inside what a detected stream prefetched.
+            if (s.stride > 0 && s.last.checked_add(s.stride) == Some(page))
                 || (s.detected()
                     && page > s.last
                     && page < s.ahead
                     && (page - s.last).is_multiple_of(s.stride))
-        }) {
+            {
+                continued = Some(i);
+                break;
+            }
+            // 2. A repeat, or a detected stream's access arriving a little late.
+            if repeat.is_none()
+                && (s.last == page
+                    || (s.detected()
+                        && page < s.last
+                        && s.last - page <= s.stride.saturating_mul(window)))
+            {
+                repeat = Some(i);
+            }
+            // 3. An undetected stream within MAX_STRIDE behind (the nearest, first on ties).
+            if !s.detected()
+                && s.last < page
+                && page - s.last <= MAX_STRIDE
+                && nearest.is_none_or(|(_, d)| page - s.last < d)
+            {
+                nearest = Some((i, page - s.last));
+            }
+        }
+
+        // 1. The stream advances.
+        if let Some(i) = continued {
+            let s = &mut t.streams[i];
             s.used = now;
             if s.last.checked_add(s.stride) == Some(page) && !s.detected() {
                 s.run += 1;
@@ -135,25 +171,15 @@ impl Readahead {
             return self.top_up(s);
         }
 
-        // 2. A repeat, or a detected stream's access arriving a little late: nothing to learn.
-        if let Some(s) = t.streams.iter_mut().filter(mine).find(|s| {
-            s.last == page
-                || (s.detected()
-                    && page < s.last
-                    && s.last - page <= s.stride.saturating_mul(window))
-        }) {
-            s.used = now;
+        // 2. Nothing to learn.
+        if let Some(i) = repeat {
+            t.streams[i].used = now;
             return None;
         }
 
-        // 3. The nearest undetected stream within MAX_STRIDE behind: learn a new stride.
-        if let Some(s) = t
-            .streams
-            .iter_mut()
-            .filter(mine)
-            .filter(|s| !s.detected() && s.last < page && page - s.last <= MAX_STRIDE)
-            .min_by_key(|s| page - s.last)
-        {
+        // 3. Learn a new stride.
+        if let Some((i, _)) = nearest {
+            let s = &mut t.streams[i];
             s.used = now;
             s.stride = page - s.last;
             s.run = 1;
@@ -173,8 +199,8 @@ impl Readahead {
         };
         if t.streams.len() < self.max_streams {
             t.streams.push(fresh);
-        } else if let Some(lru) = t.streams.iter_mut().min_by_key(|s| s.used) {
-            *lru = fresh;
+        } else {
+            t.streams[lru] = fresh;
         }
         None
     }

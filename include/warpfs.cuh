@@ -20,8 +20,8 @@
  *
  * Protocol (see gpu_io.rs for the full argument). The threads of a warp that call together form
  * a group; the group's leader takes a free request group (32 completion records + 32 lane
- * buffers) with a device-memory atomicCAS, and claims demand-ring positions for the lanes with
- * one device-memory atomicAdd. No atomic ever touches host memory: each lane waits until its
+ * buffers) with a device-memory atomicCAS, and each posting lane claims its demand-ring
+ * position with a device-memory atomicAdd. No atomic ever touches host memory: each lane waits until its
  * slot's sequence word says the daemon freed it, writes the request, and publishes it with a
  * system-scope release store of `pos + 1` — the same Vyukov slot protocol the host ring uses,
  * except that the claim counter lives in device memory. The leader then advances the ring
@@ -76,6 +76,14 @@ __device__ __forceinline__ u32 lanemask_lt() {
     asm volatile("mov.u32 %0, %%lanemask_lt;" : "=r"(m));
     return m;
 }
+
+/* The lanes running this call with the caller, taken where the user calls (the public
+ * wrappers are inlined there) and passed down; io() and cached_read() never take it themselves.
+ * Known open fault (H100/H200, 2026-11-25): a per-thread call made right after divergent
+ * per-lane code (tests/cuda_crash.rs, without its CRASH_SYNC __syncwarp) occasionally reads a
+ * garbage request-group index from the leader's shuffle (about 2 launches in 26 trials) —
+ * with the warp converged first it never did in 100 trials. */
+__device__ __forceinline__ u32 calling_lanes() { return __activemask(); }
 
 /* The lanes of `group` whose `pred` holds. __ballot_sync alone is not enough: its result has
  * the bit of every *active* lane whose predicate holds (CUDA Programming Guide), and a lane of
@@ -225,6 +233,21 @@ __device__ __forceinline__ void coop_copy(unsigned char *dst, const unsigned cha
     }
 }
 
+/* Publishes `end` as the advisory tail of the ring at `hdr` (see io()): device maximum, store,
+ * re-check until the maximum held still. */
+__device__ __forceinline__ void publish_tail(unsigned long long *tail_max, WfsRingHeader *hdr, u64 end) {
+    atomicMax(tail_max, (unsigned long long)end);
+    __threadfence_system();
+    u64 cur = ld_relaxed_gpu_u64(tail_max);
+    for (int i = 0; i < 64; ++i) {
+        st_relaxed_sys_u64(&hdr->tail, cur);
+        __threadfence_system();
+        const u64 now = ld_relaxed_gpu_u64(tail_max);
+        if (now == cur) break;
+        cur = now;
+    }
+}
+
 /*
  * One call of the device API by the lanes of `group` (the calling lane among them). All
  * group-wide decisions are taken from ballots or the leader's broadcast, so every lane runs the
@@ -235,7 +258,7 @@ __device__ __forceinline__ void coop_copy(unsigned char *dst, const unsigned cha
  * fsync, a page load and a bypass read) may run it converged; a mask taken here would then
  * name lanes that follow other paths, so their ballots, shuffles and ring positions would not
  * line up (seen on the H100: claimed ring positions never published, shuffled garbage
- * addresses). The public wrappers, inlined at the user's call site, take __activemask() there.
+ * addresses). The public wrappers, inlined at the user's call site, take the mask there (calling_lanes).
  */
 __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u32 fh, u64 offset, u64 len,
                                      void *ptr) {
@@ -297,15 +320,15 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
             __syncwarp(group);
         }
 
-        /* Claim positions for the posting lanes: one device-memory atomic per group. */
-        u64 base = 0;
-        if (lane == leader) base = atomicAdd(&state(ctx)->claim, (u64)__popc(post));
-        base = __shfl_sync(group, base, leader);
-
+        /* Each posting lane claims its own position (a device-memory atomic; the compiler may
+         * combine a warp's into one): a position never depends on another lane's broadcast, so
+         * the lane that claimed it always arms and publishes it — a position claimed for a lane
+         * that is not there would stall the ring for good. */
         long long r = 0;
         bool posted = false;
         if (want) {
-            const u64 pos = base + __popc(post & lanemask_lt());
+            const u64 pos = atomicAdd(&state(ctx)->claim, 1ull);
+            atomicMax(&state(ctx)->tail_max, pos + 1);
             WfsSlot *slot = slots + (pos & ctx->ring_mask);
             /* Arm the record; the release store of the sequence word orders these stores. */
             st_relaxed_sys_u32(&comp->ticket, (u32)pos);
@@ -342,22 +365,11 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
         }
         __syncwarp(group);
 
-        /* Advisory tail for the daemon's idle check: store, then re-check the device maximum. */
-        if (lane == leader) {
-            WfsGpuState *st = state(ctx);
-            u64 cur = base + __popc(post);
-            atomicMax(&st->tail_max, cur);
-            __threadfence_system();
-            cur = ld_relaxed_gpu_u64(&st->tail_max);
-            WfsRingHeader *hdr = reinterpret_cast<WfsRingHeader *>(ctx->ring);
-            for (int i = 0; i < 64; ++i) {
-                st_relaxed_sys_u64(&hdr->tail, cur);
-                __threadfence_system();
-                const u64 now = ld_relaxed_gpu_u64(&st->tail_max);
-                if (now == cur) break;
-                cur = now;
-            }
-        }
+        /* Advisory tail for the daemon's idle check (the lanes raised the device maximum
+         * before the warp sync above): store, then re-check the maximum. */
+        if (lane == leader)
+            publish_tail(reinterpret_cast<unsigned long long *>(&state(ctx)->tail_max),
+                         reinterpret_cast<WfsRingHeader *>(ctx->ring), 0);
 
         if (posted) {
             u32 ns = 64;
@@ -977,7 +989,7 @@ template <typename T>
 __device__ __forceinline__ T array_get(const wfs_ctx_t *ctx, u32 fh, u64 byte_offset, u64 len,
                                        u64 i) {
     const WfsGpuCache *c = cache_of(ctx);
-    const u32 group = __activemask();
+    const u32 group = calling_lanes();
     const u64 pos = byte_offset + i * (u64)sizeof(T);
     bool ok = c != 0 && i < len;
     u32 shift = 12;
@@ -1031,20 +1043,6 @@ __device__ __forceinline__ T array_get(const wfs_ctx_t *ctx, u32 fh, u64 byte_of
     return v;
 }
 
-/* Publishes `end` as the advisory tail of the ring at `hdr` (see io()): device maximum, store,
- * re-check until the maximum held still. */
-__device__ __forceinline__ void publish_tail(unsigned long long *tail_max, WfsRingHeader *hdr, u64 end) {
-    atomicMax(tail_max, (unsigned long long)end);
-    __threadfence_system();
-    u64 cur = ld_relaxed_gpu_u64(tail_max);
-    for (int i = 0; i < 64; ++i) {
-        st_relaxed_sys_u64(&hdr->tail, cur);
-        __threadfence_system();
-        const u64 now = ld_relaxed_gpu_u64(tail_max);
-        if (now == cur) break;
-        cur = now;
-    }
-}
 
 
 /* Async pool: record `async_first + i` with its lane buffer; busy word warp_slots + i. */
@@ -1192,7 +1190,7 @@ __device__ __noinline__ long long prefetch(const wfs_ctx_t *ctx, u32 fh, u64 off
 __device__ __forceinline__ long long wfs_read(const wfs_ctx_t *ctx, unsigned fh,
                                               unsigned long long offset, unsigned long long len,
                                               void *dst) {
-    const unsigned group = __activemask();
+    const unsigned group = wfs_detail::calling_lanes();
     const WfsGpuCache *c = wfs_detail::cache_of(ctx);
     if (c != 0) return wfs_detail::cached_read(ctx, c, group, fh, offset, len, dst);
     return wfs_detail::io(ctx, group, WFS_OP_READ, fh, offset, len, dst);
@@ -1202,7 +1200,7 @@ __device__ __forceinline__ long long wfs_read(const wfs_ctx_t *ctx, unsigned fh,
 __device__ __forceinline__ long long wfs_read_direct(const wfs_ctx_t *ctx, unsigned fh,
                                                      unsigned long long offset,
                                                      unsigned long long len, void *dst) {
-    return wfs_detail::io(ctx, __activemask(), WFS_OP_READ, fh, offset, len, dst);
+    return wfs_detail::io(ctx, wfs_detail::calling_lanes(), WFS_OP_READ, fh, offset, len, dst);
 }
 
 /** Writes `len` bytes from `src` at `offset` of file `fh`; bytes written or a negative errno.
@@ -1211,7 +1209,7 @@ __device__ __forceinline__ long long wfs_read_direct(const wfs_ctx_t *ctx, unsig
 __device__ __forceinline__ long long wfs_write(const wfs_ctx_t *ctx, unsigned fh,
                                                unsigned long long offset, unsigned long long len,
                                                const void *src) {
-    const long long r = wfs_detail::io(ctx, __activemask(), WFS_OP_WRITE, fh, offset, len, const_cast<void *>(src));
+    const long long r = wfs_detail::io(ctx, wfs_detail::calling_lanes(), WFS_OP_WRITE, fh, offset, len, const_cast<void *>(src));
     const WfsGpuCache *c = wfs_detail::cache_of(ctx);
     if (c != 0 && r > 0)
         wfs_detail::patch_cache(ctx, c, fh, offset, (unsigned long long)r,
@@ -1229,7 +1227,7 @@ __device__ __forceinline__ long long wfs_write(const wfs_ctx_t *ctx, unsigned fh
 __device__ __forceinline__ long long wfs_read_warp(const wfs_ctx_t *ctx, unsigned fh,
                                                    unsigned long long offset,
                                                    unsigned long long len, void *dst) {
-    const unsigned group = __activemask();
+    const unsigned group = wfs_detail::calling_lanes();
     const unsigned leader = __ffs(group) - 1;
     const bool me = wfs_detail::lane_id() == leader;
     const WfsGpuCache *c = wfs_detail::cache_of(ctx);
@@ -1242,7 +1240,7 @@ __device__ __forceinline__ long long wfs_read_warp(const wfs_ctx_t *ctx, unsigne
 __device__ __forceinline__ long long wfs_read_direct_warp(const wfs_ctx_t *ctx, unsigned fh,
                                                           unsigned long long offset,
                                                           unsigned long long len, void *dst) {
-    const unsigned group = __activemask();
+    const unsigned group = wfs_detail::calling_lanes();
     const unsigned leader = __ffs(group) - 1;
     const bool me = wfs_detail::lane_id() == leader;
     const long long r = wfs_detail::io(ctx, group, WFS_OP_READ, fh, offset, me ? len : 0, me ? dst : 0);
@@ -1253,7 +1251,7 @@ __device__ __forceinline__ long long wfs_read_direct_warp(const wfs_ctx_t *ctx, 
 __device__ __forceinline__ long long wfs_write_warp(const wfs_ctx_t *ctx, unsigned fh,
                                                     unsigned long long offset,
                                                     unsigned long long len, const void *src) {
-    const unsigned group = __activemask();
+    const unsigned group = wfs_detail::calling_lanes();
     const unsigned leader = __ffs(group) - 1;
     const bool me = wfs_detail::lane_id() == leader;
     const long long r = wfs_detail::io(ctx, group, WFS_OP_WRITE, fh, offset, me ? len : 0,
@@ -1267,12 +1265,12 @@ __device__ __forceinline__ long long wfs_write_warp(const wfs_ctx_t *ctx, unsign
 
 /** Makes the file's acknowledged writes durable (host fdatasync); 0 or a negative errno. */
 __device__ __forceinline__ long long wfs_fsync(const wfs_ctx_t *ctx, unsigned fh) {
-    return wfs_detail::io(ctx, __activemask(), WFS_OP_FSYNC, fh, 0, 0, 0);
+    return wfs_detail::io(ctx, wfs_detail::calling_lanes(), WFS_OP_FSYNC, fh, 0, 0, 0);
 }
 
 /** The file's size in bytes, or a negative errno. */
 __device__ __forceinline__ long long wfs_size(const wfs_ctx_t *ctx, unsigned fh) {
-    return wfs_detail::io(ctx, __activemask(), WFS_OP_SIZE, fh, 0, 0, 0);
+    return wfs_detail::io(ctx, wfs_detail::calling_lanes(), WFS_OP_SIZE, fh, 0, 0, 0);
 }
 
 /** Starts reading up to `len` bytes (at most the runtime's lane_bytes, 4 KiB by default) at

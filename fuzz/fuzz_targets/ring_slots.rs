@@ -64,14 +64,14 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-/// What the consumer protocol does with the slots: (positions taken with their requests,
-/// where the head stops).
+/// What the consumer protocol does with the slots: (requests taken, each with whether its slot
+/// was taken as corrupt; where the head stops).
 fn replay(
     seqs: &mut [u64; CAP as usize],
     reqs: &[WfsRequest],
     head: u64,
     tail: u64,
-) -> (Vec<WfsRequest>, u64) {
+) -> (Vec<(WfsRequest, bool)>, u64) {
     let mut pos = head;
     let mut taken = Vec::new();
     loop {
@@ -85,7 +85,8 @@ fn replay(
                 return (taken, pos);
             }
         }
-        taken.push(reqs[i]);
+        // A garbage stamp is taken as corrupt: answered with -EPROTO, never served.
+        taken.push((reqs[i], s != pos.wrapping_add(1)));
         seqs[i] = pos.wrapping_add(CAP);
         pos = pos.wrapping_add(1);
     }
@@ -176,6 +177,8 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let (taken, stop) = replay(&mut seqs.clone(), &reqs, head, tail);
+    let corrupt: Vec<&WfsRequest> = taken.iter().filter(|t| t.1).map(|t| &t.0).collect();
+    let taken: Vec<WfsRequest> = taken.iter().map(|t| t.0).collect();
     fx.daemon.attach(ch.clone());
     // SAFETY: the head word is 8-aligned inside the region and only accessed atomically by
     // the daemon; reading it through an AtomicU64 view is what the ring itself does.
@@ -208,7 +211,10 @@ fuzz_target!(|data: &[u8]| {
             && taken.iter().filter(|o| !std::ptr::eq(*o, req)).all(|o| {
                 o.buf >= req.buf.saturating_add(req.len) || req.buf >= o.buf.saturating_add(o.len)
             });
-        if alone && valid_ro_read(req, fx.ro, data_len) {
+        let served = !corrupt
+            .iter()
+            .any(|c| c.completion == req.completion && c.ticket == req.ticket);
+        if alone && served && valid_ro_read(req, fx.ro, data_len) {
             let expect = RO_LEN.saturating_sub(req.offset).min(req.len);
             assert_eq!(r, expect as i64, "read {req:?}");
             if expect > 0 {

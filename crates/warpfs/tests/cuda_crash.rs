@@ -12,7 +12,12 @@
 //! acknowledged. Trials alternate write-through and write-back host caches (write-back: the
 //! fsync must write the dirty pages back before it answers 0).
 //!
-//! `WARPFS_GPU_CRASH_TRIALS` sets the number of trials (default 5). Skips without a CUDA driver.
+//! `WARPFS_GPU_CRASH_TRIALS` sets the number of trials (default 5), `WARPFS_GPU_CRASH_TIMEOUT`
+//! the device calls' timeout in seconds (default 30). Compiled with
+//! `WARPFS_NVRTC_OPTIONS=-DCRASH_SYNC`, the kernel reconverges its warp (`__syncwarp()`) before
+//! each call: that run passed 100 trials on the H200 (2026-11-25) while the plain kernel, whose
+//! calls follow a per-lane loop, hit a kernel fault in about 2 of 26 trials (see
+//! `calling_lanes` in warpfs.cuh). Skips without a CUDA driver.
 #![cfg(feature = "cuda")]
 
 use rand::{Rng, SeedableRng};
@@ -60,6 +65,9 @@ extern "C" __global__ void crash_write(const wfs_ctx_t *ctx, unsigned fh,
     __syncwarp();
 #endif
     long long w = wfs_write(ctx, fh, off, len, buf);
+#ifdef CRASH_SYNC
+    __syncwarp();
+#endif
     long long f = wfs_fsync(ctx, fh);
     ack[t] = (w == (long long)len && f == 0) ? 1 : (w != (long long)len ? w : f);
 }

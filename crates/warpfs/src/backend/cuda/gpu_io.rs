@@ -16,10 +16,13 @@
 //! root port may lack (`CU_DEVICE_ATTRIBUTE_HOST_NATIVE_ATOMIC_SUPPORTED` is 0 over PCIe). So
 //! every GPU atomic here is on device memory, and host memory sees only loads and stores:
 //!
-//! 1. The active lanes of a warp form a group; its leader takes a free *request group* (32
-//!    completion records + 32 lane buffers) with `atomicCAS` on a device-memory busy word.
-//! 2. The leader claims ring positions for the posting lanes with one device-memory `atomicAdd`
-//!    on [`WfsGpuState::claim`] (this replaces the host ring's CAS on `tail`).
+//! 1. The lanes of a warp that call together form a group (its mask is taken where the user
+//!    calls, and passed in; votes are masked to it — see `vote` in warpfs.cuh for why); its
+//!    leader takes a free *request group* (32 completion records + 32 lane buffers) with
+//!    `atomicCAS` on a device-memory busy word.
+//! 2. Each posting lane claims its own ring position with a device-memory `atomicAdd` on
+//!    [`WfsGpuState::claim`] (this replaces the host ring's CAS on `tail`), so a claimed position
+//!    is always armed and published by the lane that holds it.
 //! 3. Each lane arms its record (ticket = low 32 bits of its position, PENDING), waits until its
 //!    slot's sequence word equals its position (the daemon handed it back — the Vyukov
 //!    protocol of [`crate::ring`]), writes the request and publishes `pos + 1` with a
@@ -72,10 +75,8 @@
 //! - A lane that times out waiting for its ring slot leaves its claimed position unpublished,
 //!   and the daemon's `Ring::try_pop` stops there: every claimed position must be published
 //!   (e.g. as a no-op record) or skipped by the daemon after a deadline.
-//! - `tests/cuda_gpu_io.rs` `array_elements_and_copies_checked` (16 KiB pages over 4 KiB lane
-//!   buffers, 64 frames, 8192 threads) hung on the H100 on 2026-11-25, even after the closing
-//!   word; the 4 KiB-page paths pass.
-//! - Kernel traps: `super::recover` exists; its first H100 run failed (see ROBUSTNESS.md).
+//! - Kernel traps: `super::recover` exists; on the H100 (driver 580) the primary context still
+//!   failed after its reset (see ROBUSTNESS.md), and a context of our own is the fallback.
 
 use super::driver::{check, Context, CudaError, DeviceBuffer};
 use super::gpu_cache::{self, GpuCacheMemory, GpuCacheStats};

@@ -306,6 +306,17 @@ mod tests {
     use core::mem::{offset_of, size_of};
 
     #[test]
+    fn peek_follows_a_record_through_arm_and_complete() {
+        let c = Completions::with_len(4);
+        assert_eq!(c.peek(3), Some((WFS_COMP_FREE, 0)));
+        c.arm(3, 77);
+        assert_eq!(c.peek(3), Some((WFS_COMP_PENDING, 77)));
+        c.complete(3, 77, 5).unwrap();
+        assert_eq!(c.peek(3), Some((WFS_COMP_DONE, 77)));
+        assert_eq!(c.peek(4), None);
+    }
+
+    #[test]
     fn layout_matches_the_wire_format() {
         assert_eq!(size_of::<Cell>(), size_of::<abi::WfsCompletion>());
         assert_eq!(

@@ -434,6 +434,24 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_shows_published_free_and_handed_back_slots() {
+        let r = Ring::with_capacity(4);
+        r.try_push(&req(0)).unwrap();
+        r.try_push(&req(1)).unwrap();
+        assert!(matches!(r.try_pop(), Some(Popped::Request(q)) if q.offset == 0));
+        // Head 1 (published: seq 2), position 2 free (seq 2), 3 free (seq 3), and position 4's
+        // slot is position 0's, handed back for the next lap (seq 0 + 4).
+        assert_eq!(
+            r.snapshot(),
+            RingSnapshot {
+                head: 1,
+                tail: 2,
+                seqs: [2, 2, 3, 4]
+            }
+        );
+    }
+
+    #[test]
     fn fifo_and_full() {
         let r = Ring::with_capacity(4);
         for i in 0..4 {

@@ -887,7 +887,7 @@ __device__ __noinline__ long long cached_read(const wfs_ctx_t *ctx, const WfsGpu
     if (len != 0 && dst == 0) {
         err = -WFS_EFAULT;
         done = true;
-    } else if (offset + len < offset || offset + len > (1ull << 62)) {
+    } else if (offset + len < offset || offset + len > WFS_MAX_END) {
         err = -WFS_EINVAL;
         done = true;
     }

@@ -89,6 +89,8 @@ extern "C" {
 #define WFS_COMP_DONE 2u
 /** Bit or-ed into a PENDING state by a host requester that sleeps on the word (futex). */
 #define WFS_COMP_SLEEPING 0x80000000u
+/** Largest offset + len a read or write may name (4 EiB); beyond it: -EINVAL. */
+#define WFS_MAX_END 0x4000000000000000ull
 
 /* ---- records ---- */
 

@@ -68,6 +68,6 @@ pub fn valid_ro_read(req: &warpfs::abi::WfsRequest, ro: u32, data_len: u64) -> b
         && req
             .offset
             .checked_add(req.len)
-            .is_some_and(|e| e <= i64::MAX as u64)
+            .is_some_and(|e| e <= warpfs::abi::WFS_MAX_END)
         && req.buf.checked_add(req.len).is_some_and(|e| e <= data_len)
 }

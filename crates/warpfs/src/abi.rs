@@ -29,6 +29,10 @@ pub const WFS_COMP_PENDING: u32 = 1;
 pub const WFS_COMP_DONE: u32 = 2;
 /// Bit or-ed into a PENDING state by a host requester that sleeps on the word (futex).
 pub const WFS_COMP_SLEEPING: u32 = 0x8000_0000;
+/// Largest `offset + len` a read or write may name (4 EiB); beyond it the daemon answers
+/// `-EINVAL`. It keeps whole-page arithmetic clear of `off_t` overflow (a page ending at 2^63
+/// is refused by the kernel) and is the bound the device API checks too.
+pub const WFS_MAX_END: u64 = 1 << 62;
 
 /// One request, as a requester writes it into a ring slot.
 #[repr(C)]

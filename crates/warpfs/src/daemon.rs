@@ -853,7 +853,7 @@ impl Worker {
         if req
             .offset
             .checked_add(req.len)
-            .is_none_or(|end| end > i64::MAX as u64)
+            .is_none_or(|end| end > abi::WFS_MAX_END)
         {
             return fail(libc::EINVAL);
         }

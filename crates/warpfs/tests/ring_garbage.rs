@@ -139,7 +139,7 @@ fn check_batch(reqs: Vec<(WfsRequest, bool)>) -> Result<(), TestCaseError> {
                 && req
                     .offset
                     .checked_add(req.len)
-                    .is_some_and(|e| e <= i64::MAX as u64)
+                    .is_some_and(|e| e <= abi::WFS_MAX_END)
                 && req.buf.checked_add(req.len).is_some_and(|e| e <= data_len);
             if valid_read {
                 valid_reads += 1;

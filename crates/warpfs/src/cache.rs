@@ -602,6 +602,26 @@ impl HostCache {
         self.lookup_with(file, page, readahead, true)
     }
 
+    /// Page `idx` probed for `key` as a lookup's answer (hit or busy, counted unless for
+    /// readahead); `None` if the page no longer belongs to the key.
+    fn probe_lookup(&self, idx: PageIdx, key: Key, readahead: bool) -> Option<Lookup> {
+        match self.probe(idx, key, !readahead, false) {
+            Probe::Hit => {
+                if !readahead {
+                    bump(&self.counters().hits, 1);
+                }
+                Some(Lookup::Hit(idx))
+            }
+            Probe::Busy(loading) => {
+                if loading && !readahead {
+                    bump(&self.counters().coalesced, 1);
+                }
+                Some(Lookup::Busy)
+            }
+            Probe::Stale => None,
+        }
+    }
+
     /// Like [`HostCache::lookup`]; with `may_evict` false a miss takes only a free page and
     /// answers `Full` (counted as a miss) when there is none, instead of sweeping for a
     /// victim. The daemon uses it to keep small random reads, which would only churn a full
@@ -616,20 +636,9 @@ impl HostCache {
     ) -> Lookup {
         let key = (file.id, page);
         if let Some(idx) = self.hinted(key) {
-            match self.probe(idx, key, !readahead, false) {
-                Probe::Hit => {
-                    if !readahead {
-                        bump(&self.counters().hits, 1);
-                    }
-                    return Lookup::Hit(idx);
-                }
-                Probe::Busy(loading) => {
-                    if loading && !readahead {
-                        bump(&self.counters().coalesced, 1);
-                    }
-                    return Lookup::Busy;
-                }
-                Probe::Stale => {} // the map knows
+            // Stale: the map knows.
+            if let Some(found) = self.probe_lookup(idx, key, readahead) {
+                return found;
             }
         }
         if !may_evict && self.free_pages.load(Ordering::Relaxed) == 0 && !self.maybe_mapped(key) {
@@ -654,21 +663,14 @@ impl HostCache {
                 Some(idx) => {
                     drop(map);
                     race_point();
-                    match self.probe(idx, key, !readahead, false) {
-                        Probe::Hit => {
-                            self.set_hint(key, idx);
-                            if !readahead {
-                                bump(&self.counters().hits, 1);
+                    match self.probe_lookup(idx, key, readahead) {
+                        Some(found) => {
+                            if matches!(found, Lookup::Hit(_)) {
+                                self.set_hint(key, idx);
                             }
-                            return Lookup::Hit(idx);
+                            return found;
                         }
-                        Probe::Busy(loading) => {
-                            if loading && !readahead {
-                                bump(&self.counters().coalesced, 1);
-                            }
-                            return Lookup::Busy;
-                        }
-                        Probe::Stale => continue,
+                        None => continue,
                     }
                 }
                 None if !may_evict && self.free_pages.load(Ordering::Relaxed) == 0 => {

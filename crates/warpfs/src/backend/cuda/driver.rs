@@ -85,17 +85,13 @@ pub fn init() -> CudaResult<()> {
     .map_err(CudaError::NoDriver)
 }
 
-/// The primary context of one device (or, when a kernel fault left the primary context unusable
-/// even after a reset, a context of our own), held for the life of this value.
+/// The primary context of one device, retained for the life of this value.
 #[derive(Debug)]
 pub struct Context {
     ctx: sys::CUcontext,
     dev: sys::CUdevice,
     ordinal: usize,
     name: String,
-    /// A context of our own (`cuCtxCreate`) instead of the primary one: made only when the
-    /// primary context still carries a kernel fault's sticky error after a reset.
-    own: bool,
 }
 
 // SAFETY: a CUDA context handle may be made current on, and used from, any thread; the driver
@@ -117,28 +113,15 @@ impl Context {
             "cuDeviceGet",
         )?;
         let mut ctx = std::ptr::null_mut();
-        let mut own = false;
         {
             // Retain and count under one lock, so `recover::recover_device` (which resets the
             // context under it when the count is 0) never resets a context someone retained.
             let mut live = live_contexts_lock();
             // SAFETY: dev is a valid device; ctx is a valid out pointer.
-            let r = unsafe { sys::cuDevicePrimaryCtxRetain(&mut ctx, dev) };
-            if sticky(r) {
-                // A kernel fault's error outlived the primary context's reset (seen on the
-                // H100 with driver 580): a context of our own is clean.
-                ctx = std::ptr::null_mut();
-                // SAFETY: dev is valid; ctx is a valid out pointer; NULL creation parameters
-                // are allowed; the context is destroyed once, in drop.
-                check(
-                    unsafe { sys::cuCtxCreate_v4(&mut ctx, std::ptr::null_mut(), 0, dev) },
-                    "cuCtxCreate",
-                )?;
-                // cuCtxCreate makes the new context current; bind() below does it again.
-                own = true;
-            } else {
-                check(r, "cuDevicePrimaryCtxRetain")?;
-            }
+            check(
+                unsafe { sys::cuDevicePrimaryCtxRetain(&mut ctx, dev) },
+                "cuDevicePrimaryCtxRetain",
+            )?;
             live_contexts_add(&mut live, ordinal, 1);
         }
         let mut buf = [0i8; 128];
@@ -158,7 +141,6 @@ impl Context {
             dev,
             ordinal,
             name,
-            own,
         });
         c.bind()?;
         Ok(c)
@@ -195,7 +177,7 @@ impl Context {
 
     /// Makes this context current on the calling thread. Cheap (a thread-local store).
     pub fn bind(&self) -> CudaResult<()> {
-        // SAFETY: ctx is a live context held by this value (retained or created).
+        // SAFETY: ctx is a retained, live primary context.
         check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")
     }
 
@@ -234,31 +216,11 @@ impl Drop for Context {
             if sys::cuCtxGetCurrent(&mut cur) == sys::CUresult::CUDA_SUCCESS && cur == self.ctx {
                 sys::cuCtxSetCurrent(std::ptr::null_mut());
             }
-            if self.own {
-                sys::cuCtxDestroy_v2(self.ctx);
-            } else {
-                sys::cuDevicePrimaryCtxRelease_v2(self.dev);
-            }
+            sys::cuDevicePrimaryCtxRelease_v2(self.dev);
         }
         // Released and counted under one lock: a count of 0 means no warpfs retain is left.
         live_contexts_add(&mut live, self.ordinal, -1);
     }
-}
-
-/// Whether a driver result is a kernel fault's sticky error (the context is unusable).
-pub(crate) fn sticky(r: sys::CUresult) -> bool {
-    use sys::CUresult as R;
-    matches!(
-        r,
-        R::CUDA_ERROR_LAUNCH_FAILED
-            | R::CUDA_ERROR_ILLEGAL_ADDRESS
-            | R::CUDA_ERROR_ILLEGAL_INSTRUCTION
-            | R::CUDA_ERROR_MISALIGNED_ADDRESS
-            | R::CUDA_ERROR_INVALID_ADDRESS_SPACE
-            | R::CUDA_ERROR_INVALID_PC
-            | R::CUDA_ERROR_HARDWARE_STACK_ERROR
-            | R::CUDA_ERROR_ASSERT
-    )
 }
 
 /// Live [`Context`] values per device ordinal (each one retain of the primary context).

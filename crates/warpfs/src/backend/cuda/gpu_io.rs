@@ -75,8 +75,9 @@
 //! - A lane that times out waiting for its ring slot leaves its claimed position unpublished,
 //!   and the daemon's `Ring::try_pop` stops there: every claimed position must be published
 //!   (e.g. as a no-op record) or skipped by the daemon after a deadline.
-//! - Kernel traps: `super::recover` exists; on the H100 (driver 580) the primary context still
-//!   failed after its reset (see ROBUSTNESS.md), and a context of our own is the fallback.
+//! - Kernel traps: `super::recover` exists, but on driver 580 a kernel fault leaves every
+//!   context of the process unusable, even after a reset (ROBUSTNESS.md finding 12): the next
+//!   kernel needs a new process.
 
 use super::driver::{check, Context, CudaError, DeviceBuffer};
 use super::gpu_cache::{self, GpuCacheMemory, GpuCacheStats};

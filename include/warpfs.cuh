@@ -77,13 +77,20 @@ __device__ __forceinline__ u32 lanemask_lt() {
     return m;
 }
 
-/* The lanes running this call with the caller, taken where the user calls (the public
- * wrappers are inlined there) and passed down; io() and cached_read() never take it themselves.
- * Known open fault (H100/H200, 2026-11-25): a per-thread call made right after divergent
- * per-lane code (tests/cuda_crash.rs, without its CRASH_SYNC __syncwarp) occasionally reads a
- * garbage request-group index from the leader's shuffle (about 2 launches in 26 trials) —
- * with the warp converged first it never did in 100 trials. */
-__device__ __forceinline__ u32 calling_lanes() { return __activemask(); }
+/* The lanes that make this call together, taken where the user calls (the public wrappers are
+ * inlined there) and passed down; io() and cached_read() never take it themselves.
+ *
+ * Only a whole warp cooperates; a partial warp calls lane by lane. __activemask() of lanes
+ * that arrive at a call from divergent code is not trustworthy (ROBUSTNESS.md finding 11:
+ * on the H100/H200 a per-thread call right after a per-lane loop read a garbage request-group
+ * index from the leader's shuffle in about 2 of 26 launches; ptxas computes the mask into a
+ * uniform register (VOTEU.ANY) and reads it after a BSYNC, where another subset of the warp
+ * may have overwritten it). A subset of the warp can only ever read another subset's mask, so
+ * a full mask is always genuine: all 32 lanes ran the vote converged at this call site. */
+__device__ __forceinline__ u32 calling_lanes() {
+    const u32 active = __activemask();
+    return active == 0xffffffffu ? active : (1u << lane_id());
+}
 
 /* The lanes of `group` whose `pred` holds. __ballot_sync alone is not enough: its result has
  * the bit of every *active* lane whose predicate holds (CUDA Programming Guide), and a lane of

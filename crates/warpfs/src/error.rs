@@ -48,6 +48,9 @@ pub enum Error {
     /// A wait passed its deadline; the daemon may be overloaded or stopped.
     #[error("timed out after {0:?} waiting for the warpfs daemon; it may be stopped or overloaded (raise the timeout or the worker count)")]
     Timeout(std::time::Duration),
+    /// A channel server or its client broke the serving protocol, or could not be reached.
+    #[error("warpfs channel service: {0}")]
+    Serve(String),
     /// The runtime was shut down while the request was pending.
     #[error("the warpfs runtime is shut down; create a new Runtime")]
     Shutdown,

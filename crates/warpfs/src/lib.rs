@@ -26,6 +26,8 @@ pub mod region;
 pub mod ring;
 pub mod runtime;
 pub mod safetensors;
+#[cfg(target_os = "linux")]
+pub mod serve;
 pub mod span;
 mod sync;
 

@@ -142,6 +142,108 @@ unsafe impl SharedMemory for HostMemory {
     }
 }
 
+/// Zeroed memory backed by a sealed memfd: a region that another process can map too (a
+/// [`crate::serve`] server hands its descriptor to its client). The size is sealed (the file can
+/// neither shrink nor grow), so a peer holding the descriptor cannot make this side's accesses
+/// fault. Costs one memfd and one shared mapping; pages are allocated on first touch.
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+pub struct SharedFdMemory {
+    fd: std::os::fd::OwnedFd,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this value and accessed only through raw pointers whose
+// users synchronise themselves (atomics in rings, ownership of data slices).
+#[cfg(target_os = "linux")]
+unsafe impl Send for SharedFdMemory {}
+// SAFETY: see `Send`; `&SharedFdMemory` only hands out the pointer and the descriptor.
+#[cfg(target_os = "linux")]
+unsafe impl Sync for SharedFdMemory {}
+
+#[cfg(target_os = "linux")]
+impl SharedFdMemory {
+    /// Creates a region of `len` bytes (rounded up to a page) in a new memfd named `name`
+    /// (shown in `/proc/PID/fd`), seals its size and maps it.
+    pub fn create(len: usize, name: &str) -> std::io::Result<Self> {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let len = len.max(1).div_ceil(REGION_ALIGN) * REGION_ALIGN;
+        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+        rustix::fs::ftruncate(&fd, len as u64)?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+        Self::map(fd, len)
+    }
+
+    /// Maps a region that another process created (its descriptor came over a Unix socket):
+    /// the whole file, which must be a non-empty multiple of 4096 bytes whose size is sealed
+    /// against shrinking (else the peer could make accesses here fault).
+    pub fn open(fd: std::os::fd::OwnedFd) -> std::io::Result<Self> {
+        use rustix::fs::SealFlags;
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string());
+        let seals = rustix::fs::fcntl_get_seals(&fd)?;
+        if !seals.contains(SealFlags::SHRINK) {
+            return Err(bad("shared region is not sealed against shrinking"));
+        }
+        let size = rustix::fs::fstat(&fd)?.st_size;
+        let len = usize::try_from(size).map_err(|_| bad("shared region size out of range"))?;
+        if len == 0 || !len.is_multiple_of(REGION_ALIGN) {
+            return Err(bad("shared region size is not a positive multiple of 4096"));
+        }
+        Self::map(fd, len)
+    }
+
+    fn map(fd: std::os::fd::OwnedFd, len: usize) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a shared mapping of [0, len) of a file we hold open, whose size is at least
+        // len and sealed against shrinking; the result is checked.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast::<u8>()).expect("mmap never returns null on success");
+        Ok(Self { fd, ptr, len })
+    }
+
+    /// The memfd, to hand to another process.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for SharedFdMemory {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was created in `map` with exactly this start and length.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+// SAFETY: `map` maps `len` bytes (a multiple of 4096, page aligned by mmap) of a file created
+// zeroed (ftruncate of an empty memfd) and sealed against shrinking, unmapped only on drop.
+#[cfg(target_os = "linux")]
+unsafe impl SharedMemory for SharedFdMemory {
+    fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
 /// Checks that `[off, off + len)` lies inside a region of `region_len` bytes, without overflow.
 pub fn range_in(off: u64, len: u64, region_len: usize) -> bool {
     off.checked_add(len)
@@ -169,5 +271,36 @@ mod tests {
         assert!(!range_in(u64::MAX, 2, 10));
         assert!(range_in(10, 0, 10));
         assert!(!range_in(11, 0, 10));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn shared_fd_memory_is_one_memory_seen_through_two_mappings() {
+        use std::os::fd::AsFd;
+        let a = SharedFdMemory::create(10_000, "warpfs-test").unwrap();
+        assert_eq!(a.len(), 12_288);
+        let b = SharedFdMemory::open(a.fd().as_fd().try_clone_to_owned().unwrap()).unwrap();
+        assert_eq!(b.len(), a.len());
+        // SAFETY: both mappings are len bytes long and live here; nothing else touches them.
+        unsafe {
+            assert!((0..a.len()).all(|i| *b.as_ptr().add(i) == 0));
+            for i in (0..a.len()).step_by(997) {
+                *a.as_ptr().add(i) = (i % 251) as u8 | 1;
+            }
+            for i in 0..a.len() {
+                let want = if i % 997 == 0 { (i % 251) as u8 | 1 } else { 0 };
+                assert_eq!(*b.as_ptr().add(i), want, "byte {i}");
+            }
+        }
+        // The size is sealed: a peer cannot shrink it under us.
+        assert!(rustix::fs::ftruncate(b.fd(), 4096).is_err());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn shared_fd_memory_refuses_an_unsealed_file() {
+        let fd = rustix::fs::memfd_create("warpfs-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, 4096).unwrap();
+        assert!(SharedFdMemory::open(fd).is_err());
     }
 }

@@ -15,9 +15,10 @@
 //! `WARPFS_GPU_CRASH_TRIALS` sets the number of trials (default 5), `WARPFS_GPU_CRASH_TIMEOUT`
 //! the device calls' timeout in seconds (default 30). Compiled with
 //! `WARPFS_NVRTC_OPTIONS=-DCRASH_SYNC`, the kernel reconverges its warp (`__syncwarp()`) before
-//! each call: that run passed 100 trials on the H200 (2026-11-25) while the plain kernel, whose
-//! calls follow a per-lane loop, hit a kernel fault in about 2 of 26 trials (see
-//! `calling_lanes` in warpfs.cuh). Skips without a CUDA driver.
+//! each call. The plain kernel's calls follow a per-lane loop, so they arrive from divergent
+//! code: before `calling_lanes` made partial warps call lane by lane (ROBUSTNESS.md finding
+//! 11) they hit a kernel fault in about 2 of 26 trials on the H200. Skips without a CUDA
+//! driver.
 #![cfg(feature = "cuda")]
 
 use rand::{Rng, SeedableRng};
@@ -197,7 +198,7 @@ fn gpu_crash_child() {
             .any(|c| i64::from_le_bytes(c.try_into().unwrap()) != 1)
         {
             // Not expected without a kill: say where the channel stood, for the report.
-            let ch = gpu.channel();
+            let ch = gpu.channel().expect("a local channel");
             let pending: Vec<(usize, u32, u32)> = (0..ch.completions.len() as u32)
                 .filter_map(|i| ch.completions.peek(i).map(|(st, t)| (i as usize, st, t)))
                 .filter(|&(_, st, _)| st != 0)

@@ -1,33 +1,42 @@
 //! A kernel that traps mid-request (issue 4 item 7, issue 7 item 4). Skips (with a message)
 //! where there is no CUDA driver; the kernel compiles with NVRTC anywhere libnvrtc loads.
 //!
-//! One thread `__trap()`s while the others of the grid wait in `wfs_read_direct`/`wfs_write`:
-//! once with the channel's service paused (the requests sit in the ring when the context dies;
-//! service is then resumed, so the daemon answers a dead kernel's requests), once with the
-//! daemon serving a flood of them. Each time:
+//! The test process is the daemon: it holds the runtime, the files and a
+//! [`warpfs::serve::ChannelServer`], and host agents read through it all along. GPU work runs
+//! in child processes (this test binary re-executed, `WARPFS_FAULT_CHILD` set) that connect
+//! with `GpuIo::connect` — on driver 580 a kernel fault leaves every CUDA context of its process
+//! unusable, even after a device reset (ROBUSTNESS.md finding 12), so "the next kernel" needs a
+//! new process, and the daemon must not live in the faulting one.
 //!
-//! - the wait for the kernel sees the sticky context error (`Context::health`, `synchronize`);
-//! - host agents reading through the same runtime all along get exact bytes and no error;
+//! One thread of a child's kernel `__trap()`s while the others wait in
+//! `wfs_read_direct`/`wfs_write`: once with the channel's service paused (the requests sit in
+//! the ring when the context dies; service is then resumed, so the daemon answers a dead
+//! kernel's requests), once with the daemon serving a flood of them. Each time:
+//!
+//! - the child's wait for the kernel sees the sticky context error, and the child's teardown
+//!   (dropping the dead `GpuIo`) returns;
+//! - the server notices the client gone and detaches its channel;
+//! - host agents reading through the daemon all along get exact bytes and no error;
 //! - the scratch file holds, per 4 KiB page, nothing (zeros) or exactly the page a thread wrote
 //!   — never a torn or foreign write;
-//! - dropping the dead `GpuIo` returns; `recover::recover_device` then finds no warpfs handle
-//!   left (the daemon let go of the channel) and the device clean or resets it;
-//! - a new `GpuIo` runs the same kernel without the trap: every byte read checked on the GPU,
-//!   every page written checked in the file.
+//! - a new child connects and runs the same kernel without the trap: every byte read checked
+//!   on the GPU, every page written checked in the file.
 //!
 //! Every wait is bounded and a watchdog aborts the process past `DEADLINE`, so the test fails
 //! instead of hanging.
 #![cfg(feature = "cuda")]
 
 use rand::{Rng, SeedableRng};
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use warpfs::backend::cuda::gpu_bench_kernels::kernels_done;
 use warpfs::backend::cuda::gpu_io::{self, GpuIo, GpuIoConfig, KernelArg};
-use warpfs::backend::cuda::recover::{self, Recovery};
 use warpfs::backend::cuda::{available, pattern, DeviceBuffer};
+use warpfs::serve::{ChannelServer, ServeConfig};
 use warpfs::{OpenOptions, Runtime, RuntimeConfig};
 
 /// Longest the whole test may take before the watchdog aborts the process.
@@ -37,6 +46,9 @@ const PAGES: u64 = (FILE_BYTES / 4096) as u64;
 const BLOCKS: u32 = 8;
 const BLOCK: u32 = 128;
 const THREADS: u32 = BLOCKS * BLOCK;
+const CHILD_ENV: &str = "WARPFS_FAULT_CHILD";
+/// Prefix of the lines a child prints for the parent.
+const MARK: &str = "WARPFS-FAULT ";
 
 const KERNELS: &str = r#"
 #include <warpfs.cuh>
@@ -286,9 +298,186 @@ fn the_fault_kernel_compiles_with_nvrtc() {
     gpu_io::compile_cubin(KERNELS, "sm_90", &[]).unwrap();
 }
 
+/// What a child does, from `WARPFS_FAULT_CHILD`: `trap:<paused>:<rounds>` or
+/// `clean:<rounds>`, then `:<socket>:<read handle>:<write handle>`.
+struct ChildSpec {
+    trap: bool,
+    paused: bool,
+    rounds: u32,
+    socket: PathBuf,
+    rfh: u32,
+    wfh: u32,
+}
+
+impl ChildSpec {
+    fn parse(spec: &str) -> Self {
+        let p: Vec<&str> = spec.split(':').collect();
+        let trap = p[0] == "trap";
+        let (paused, rest) = if trap {
+            (p[1] == "true", &p[2..])
+        } else {
+            (false, &p[1..])
+        };
+        Self {
+            trap,
+            paused,
+            rounds: rest[0].parse().unwrap(),
+            socket: PathBuf::from(rest[1]),
+            rfh: rest[2].parse().unwrap(),
+            wfh: rest[3].parse().unwrap(),
+        }
+    }
+}
+
+fn say(what: &str) {
+    println!("{MARK}{what}");
+    std::io::stdout().flush().unwrap();
+}
+
+fn read_stdin_line() -> String {
+    let mut l = String::new();
+    std::io::stdin().read_line(&mut l).unwrap();
+    l.trim().to_string()
+}
+
+/// The GPU client: runs only in a child process the parent started.
+#[test]
+fn fault_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return; // not a child: nothing to do
+    };
+    let spec = ChildSpec::parse(&spec);
+    let _dog = Watchdog::new(DEADLINE, "the GPU client");
+    let gpu = GpuIo::connect(&spec.socket, cfg()).unwrap();
+    let module = gpu.compile(KERNELS, &[]).unwrap();
+    let b = bufs(&gpu);
+    let handles = (spec.rfh, spec.wfh);
+    if !spec.trap {
+        for direct in [true, false] {
+            launch(&gpu, &module, &b, handles, spec.rounds, direct, None);
+            wait_kernels(&gpu, Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("the kernel without a trap failed: {e}"));
+        }
+        let mut raw = [0u8; 8];
+        b.bad.copy_to_host(0, &mut raw).unwrap();
+        assert_eq!(
+            u64::from_le_bytes(raw),
+            0,
+            "requests failed or read wrong bytes"
+        );
+        gpu.flush().unwrap();
+        say(&format!(
+            "clean {} reads checked on the GPU",
+            2 * spec.rounds * ((THREADS - 32) / 2)
+        ));
+        return;
+    }
+    let posters = THREADS - 32;
+    // Paused: every thread's first request is in the ring. Serving: half of all.
+    let trap_at = if spec.paused {
+        posters
+    } else {
+        posters * spec.rounds / 2
+    };
+    if spec.paused {
+        gpu.set_serving(false).unwrap();
+    }
+    launch(&gpu, &module, &b, handles, spec.rounds, true, Some(trap_at));
+    let err = wait_kernels(&gpu, Duration::from_secs(60))
+        .expect_err("the trapping kernel finished without an error");
+    assert!(gpu.context().health().is_err(), "no sticky error");
+    assert!(gpu.synchronize().is_err());
+    say(&format!("trapped {err}"));
+    if spec.paused {
+        // The parent looks at the ring, then lets the daemon answer the dead kernel's requests.
+        assert_eq!(read_stdin_line(), "resume");
+        gpu.set_serving(true).unwrap();
+        say("resumed");
+        assert_eq!(read_stdin_line(), "exit");
+    }
+    // Drop everything of the dead context; the drop must return (the watchdog bounds it).
+    let t = Instant::now();
+    drop(b);
+    drop(module);
+    drop(gpu);
+    say(&format!("dropped in {:?}", t.elapsed()));
+}
+
+/// A child process running [`fault_child`] with `spec`, its stdout read line by line.
+struct ChildProc {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl ChildProc {
+    fn spawn(spec: &str) -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "fault_child", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, spec)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Self { child, lines }
+    }
+
+    /// The next line the child marked, or a panic if it ended first.
+    fn expect(&mut self, prefix: &str) -> String {
+        for l in self.lines.by_ref() {
+            let l = l.unwrap();
+            if let Some(m) = l.strip_prefix(MARK) {
+                assert!(
+                    m.starts_with(prefix),
+                    "child said {m:?}, expected {prefix:?}"
+                );
+                return m.to_string();
+            }
+        }
+        panic!("the child ended before saying {prefix:?}");
+    }
+
+    fn tell(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits (bounded) for the child to exit and checks that it passed.
+    fn finish(mut self, what: &str) {
+        for _ in self.lines.by_ref() {}
+        let t = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(st.success(), "{what}: the GPU client failed ({st})");
+                return;
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                let _ = self.child.kill();
+                panic!("{what}: the GPU client did not exit (hung teardown)");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Waits for the client the child just started to connect, serves it in a thread of `s` for
+/// as long as it stays connected, and returns its channel with the thread's handle.
+fn serve_one<'s, 'rt: 's>(
+    s: &'s std::thread::Scope<'s, '_>,
+    server: &ChannelServer<'rt>,
+) -> (
+    Arc<warpfs::channel::Channel>,
+    std::thread::ScopedJoinHandle<'s, warpfs::Result<u64>>,
+) {
+    let served = server.accept().unwrap();
+    let channel = served.channel().clone();
+    (channel, s.spawn(move || served.serve()))
+}
+
 #[test]
 fn a_kernel_trapping_mid_request_leaves_the_daemon_healthy_and_the_next_kernel_works() {
-    if !gpu() {
+    if std::env::var(CHILD_ENV).is_ok() || !gpu() {
         return;
     }
     let _dog = Watchdog::new(DEADLINE, "the trap test");
@@ -303,6 +492,8 @@ fn a_kernel_trapping_mid_request_leaves_the_daemon_healthy_and_the_next_kernel_w
     })
     .unwrap();
     let rf = rt.open(&src_path, OpenOptions::read_only()).unwrap();
+    let socket = dir().join("serve.sock");
+    let server = ChannelServer::bind(&rt, &socket, ServeConfig::default()).unwrap();
     let stop = AtomicBool::new(false);
     let (host_reads, host_bad) = (AtomicU64::new(0), AtomicU64::new(0));
 
@@ -341,50 +532,28 @@ fn a_kernel_trapping_mid_request_leaves_the_daemon_healthy_and_the_next_kernel_w
             let scratch = dir().join(format!("scratch-{paused}.bin"));
             std::fs::write(&scratch, vec![0u8; FILE_BYTES]).unwrap();
             let wf = rt.open(&scratch, OpenOptions::read_write()).unwrap();
-            let gpu = GpuIo::new(&rt, cfg()).unwrap();
-            let module = gpu.compile(KERNELS, &[]).unwrap();
-            let b = bufs(&gpu);
-            let posters = THREADS - 32;
-            // Paused: every thread's first request is in the ring. Serving: half of all.
-            let trap_at = if paused {
-                posters
-            } else {
-                posters * rounds / 2
-            };
-            if paused {
-                gpu.set_serving(false);
-            }
+            let tail = format!("{}:{}:{}", socket.display(), rf.raw(), wf.raw());
             let reads_before = host_reads.load(Ordering::Relaxed);
-            launch(
-                &gpu,
-                &module,
-                &b,
-                (rf.raw(), wf.raw()),
-                rounds,
-                true,
-                Some(trap_at),
-            );
-            let err = wait_kernels(&gpu, Duration::from_secs(60))
-                .expect_err("the trapping kernel finished without an error");
-            println!("{what}: the wait sees {err}");
-            assert!(gpu.context().health().is_err(), "{what}: no sticky error");
-            assert!(gpu.synchronize().is_err());
+            let mut child = ChildProc::spawn(&format!("trap:{paused}:{rounds}:{tail}"));
+            let (channel, served) = serve_one(s, &server);
+            let said = child.expect("trapped");
+            println!("{what}: the client's wait sees {said}");
             if paused {
+                let before = channel.demand.len();
                 assert!(
-                    !gpu.channel().demand.is_empty(),
+                    before > 0,
                     "{what}: the dead kernel's requests should sit in the ring"
                 );
                 // Resume: the daemon answers requests of a kernel that no longer exists.
-                let before = gpu.channel().demand.len();
-                gpu.set_serving(true);
+                child.tell("resume");
+                child.expect("resumed");
                 let t = Instant::now();
-                while !gpu.channel().demand.is_empty() && t.elapsed() < Duration::from_secs(10) {
+                while !channel.demand.is_empty() && t.elapsed() < Duration::from_secs(10) {
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                let left = gpu.channel().demand.len();
-                // (Host agents use other channels, so only the daemon's pops shrink this ring.)
-                // A position claimed but not yet published when the trap hit would stop the
-                // consumer there (the rest is answered -ESHUTDOWN or dropped at detach).
+                let left = channel.demand.len();
+                // A position claimed but not yet published when the trap hit stops the
+                // consumer there (the rest is answered -ESHUTDOWN at detach).
                 let answered = before.saturating_sub(left);
                 println!(
                     "{what}: {before} requests in the ring at the trap; the daemon answered \
@@ -394,7 +563,12 @@ fn a_kernel_trapping_mid_request_leaves_the_daemon_healthy_and_the_next_kernel_w
                     answered > 0,
                     "{what}: the daemon answered none of the dead kernel's requests"
                 );
+                child.tell("exit");
             }
+            println!("{what}: client {}", child.expect("dropped"));
+            child.finish(what);
+            let commands = served.join().unwrap().unwrap();
+            println!("{what}: the server saw the client go after {commands} commands");
             // The daemon serves host agents after the fault.
             let t = Instant::now();
             while host_reads.load(Ordering::Relaxed) < reads_before + 20 {
@@ -404,52 +578,21 @@ fn a_kernel_trapping_mid_request_leaves_the_daemon_healthy_and_the_next_kernel_w
                 );
                 std::thread::sleep(Duration::from_millis(2));
             }
-            // Drop everything of the dead context; the drop must return (the watchdog bounds it).
-            let t = Instant::now();
-            drop(b);
-            drop(module);
-            drop(gpu);
-            println!("{what}: dead GpuIo dropped in {:?}", t.elapsed());
-            rt.ring_doorbell();
-            let rec = recover::recover_device(0, Duration::from_secs(20))
-                .unwrap_or_else(|e| panic!("{what}: recovery failed: {e}"));
-            println!("{what}: recovery {rec:?}");
-            assert!(matches!(rec, Recovery::Healthy | Recovery::Reset));
             rt.flush().unwrap();
             let seen = check_scratch(&scratch, &[], what);
             println!("{what}: {seen} scratch pages written before the trap, none torn");
 
-            // A new channel on the recovered device: the same kernel without the trap.
-            let gpu = GpuIo::new(&rt, cfg()).unwrap();
-            let module = gpu.compile(KERNELS, &[]).unwrap();
-            let b = bufs(&gpu);
+            // A new process, a new channel: the same kernel without the trap.
             let rounds = 8;
-            for direct in [true, false] {
-                launch(
-                    &gpu,
-                    &module,
-                    &b,
-                    (rf.raw(), wf.raw()),
-                    rounds,
-                    direct,
-                    None,
-                );
-                wait_kernels(&gpu, Duration::from_secs(60))
-                    .unwrap_or_else(|e| panic!("{what}: the kernel after recovery failed: {e}"));
-            }
-            let mut raw = [0u8; 8];
-            b.bad.copy_to_host(0, &mut raw).unwrap();
-            assert_eq!(
-                u64::from_le_bytes(raw),
-                0,
-                "{what}: after recovery, requests failed or read wrong bytes"
-            );
-            gpu.flush().unwrap();
+            let mut child = ChildProc::spawn(&format!("clean:{rounds}:{tail}"));
+            let (_, served) = serve_one(s, &server);
+            println!("{what}: next client: {}", child.expect("clean"));
+            child.finish(what);
+            served.join().unwrap().unwrap();
             let must = written_pages(rounds);
             check_scratch(&scratch, &must, what);
             println!(
-                "{what}: after recovery {} reads checked on the GPU, {} pages written and checked",
-                2 * rounds * (posters / 2),
+                "{what}: next client's {} pages written and checked in the file",
                 must.len()
             );
         }

@@ -263,8 +263,8 @@ fn finish(gpu: &GpuIo<'_>, what: &str) {
     eprintln!(
         "WATCHDOG: kernel {what} still running after {limit:?}; raising the channel's closing \
          word; demand ring {:?}, prefetch ring {:?}",
-        gpu.channel().demand.snapshot(),
-        gpu.channel().prefetch.snapshot()
+        gpu.channel().map(|c| c.demand.snapshot()),
+        gpu.channel().map(|c| c.prefetch.snapshot())
     );
     gpu.abort_device_waits();
     if gpu.wait_kernels(Duration::from_secs(30)).unwrap() {
@@ -272,14 +272,14 @@ fn finish(gpu: &GpuIo<'_>, what: &str) {
             "WATCHDOG: {what} ended {:.1} s after closing; GPU cache stats {:?}; demand ring {:?}",
             t.elapsed().as_secs_f64() - limit.as_secs_f64(),
             gpu.cache_stats(),
-            gpu.channel().demand.snapshot()
+            gpu.channel().map(|c| c.demand.snapshot())
         );
         panic!("watchdog: kernel {what} ran past {limit:?} (hung; ended by the closing word)");
     }
     eprintln!(
         "WATCHDOG: kernel {what} did not end within 30 s of the closing word either (an \
          unbounded device wait); demand ring {:?}; exiting the test process",
-        gpu.channel().demand.snapshot()
+        gpu.channel().map(|c| c.demand.snapshot())
     );
     std::process::exit(3);
 }
@@ -619,7 +619,7 @@ fn waits_are_bounded_timeout_and_shutdown() {
     )
     .unwrap();
     let module = compile_kernels(&gpu);
-    gpu.set_serving(false);
+    gpu.set_serving(false).unwrap();
     let t = Instant::now();
     let r = one_op(&gpu, &module, 1, f.raw(), 64);
     assert!(r.iter().all(|&x| x == -(libc::ETIMEDOUT as i64)), "{r:?}");
@@ -641,7 +641,7 @@ fn waits_are_bounded_timeout_and_shutdown() {
     )
     .unwrap();
     let module = compile_kernels(&gpu);
-    gpu.set_serving(false);
+    gpu.set_serving(false).unwrap();
     let res = results_buffer(&gpu, 64);
     let k = module.kernel("one_op").unwrap();
     let t = Instant::now();

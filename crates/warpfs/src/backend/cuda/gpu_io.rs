@@ -81,12 +81,13 @@
 
 use super::driver::{check, Context, CudaError, DeviceBuffer};
 use super::gpu_cache::{self, GpuCacheMemory, GpuCacheStats};
-use super::mapped::MappedHostMemory;
+use super::mapped::{MappedHostMemory, RegisteredHostMemory};
 use crate::abi::{self, WfsGpuContext, WfsGpuControl, WfsGpuState};
 use crate::channel::{Channel, ChannelConfig};
 use crate::error::{Error, Result};
 use crate::region::SharedMemory;
 use crate::runtime::Runtime;
+use crate::serve::{ChannelLease, Command};
 use cudarc::driver::sys;
 use std::ffi::{c_void, CString};
 use std::path::PathBuf;
@@ -142,11 +143,10 @@ impl Default for GpuIoConfig {
 /// `-ESHUTDOWN`, requests left in the ring are completed with `-ESHUTDOWN`, and running
 /// kernels are waited for.
 pub struct GpuIo<'rt> {
-    rt: &'rt Runtime,
+    service: Service<'rt>,
     ctx: Arc<Context>,
     cfg: GpuIoConfig,
-    channel: Arc<Channel>,
-    region: Arc<MappedHostMemory>,
+    region: Arc<dyn SharedMemory>,
     control_off: usize,
     state: DeviceBuffer,
     cache: Option<GpuCacheMemory>,
@@ -155,20 +155,26 @@ pub struct GpuIo<'rt> {
     closed: bool,
 }
 
-impl std::fmt::Debug for GpuIo<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GpuIo")
-            .field("cfg", &self.cfg)
-            .field("device", &self.ctx.name())
-            .finish_non_exhaustive()
-    }
+/// Who serves a [`GpuIo`]'s channel.
+enum Service<'rt> {
+    /// The daemon of a runtime in this process.
+    Local {
+        rt: &'rt Runtime,
+        channel: Arc<Channel>,
+    },
+    /// The daemon of another process ([`crate::serve`]), through a leased channel.
+    Remote(ChannelLease),
 }
 
-impl<'rt> GpuIo<'rt> {
-    /// Creates the channel in pinned, device-mapped memory, the device-side state and context,
-    /// and attaches the channel to `rt`'s daemon. Costs the pinning of
-    /// `warp_slots × 32 × lane_bytes` bytes plus rings (128 MiB + 4 MiB by default).
-    pub fn new(rt: &'rt Runtime, cfg: GpuIoConfig) -> Result<Self> {
+/// The channel geometry a [`GpuIoConfig`] asks for.
+struct Geometry {
+    channel: ChannelConfig,
+    group_records: usize,
+    records: usize,
+}
+
+impl Geometry {
+    fn of(cfg: &GpuIoConfig) -> Result<Self> {
         if cfg.warp_slots == 0 || cfg.warp_slots > (u32::MAX as usize) / 32 {
             return Err(Error::Config(format!(
                 "GpuIoConfig::warp_slots must be 1 ..= {}, got {}",
@@ -191,27 +197,91 @@ impl<'rt> GpuIo<'rt> {
                 cfg.async_slots
             )));
         }
-        let ctx = Context::new(cfg.device)?;
         let group_records = cfg.warp_slots * 32;
         // Request groups, then the async pool, then one never-armed record for prefetch hints.
         let records = group_records + cfg.async_slots + 1;
         let data_bytes = records
             .checked_mul(cfg.lane_bytes)
             .ok_or_else(|| Error::Config("warp_slots × 32 × lane_bytes overflows".into()))?;
-        let ch_cfg = ChannelConfig {
+        let channel = ChannelConfig {
             ring_capacity: (group_records + cfg.async_slots).max(2).next_power_of_two(),
             completions: records,
             data_bytes,
         };
-        let layout = ch_cfg.layout()?;
+        channel.layout()?;
+        Ok(Self {
+            channel,
+            group_records,
+            records,
+        })
+    }
+}
+
+impl std::fmt::Debug for GpuIo<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuIo")
+            .field("cfg", &self.cfg)
+            .field("device", &self.ctx.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'rt> GpuIo<'rt> {
+    /// Creates the channel in pinned, device-mapped memory, the device-side state and context,
+    /// and attaches the channel to `rt`'s daemon. Costs the pinning of
+    /// `warp_slots × 32 × lane_bytes` bytes plus rings (128 MiB + 4 MiB by default).
+    pub fn new(rt: &'rt Runtime, cfg: GpuIoConfig) -> Result<Self> {
+        let geo = Geometry::of(&cfg)?;
+        let ctx = Context::new(cfg.device)?;
+        let layout = geo.channel.layout()?;
         let control_off = layout.total.div_ceil(4096) * 4096;
         let total = control_off + core::mem::size_of::<WfsGpuControl>();
         let region = Arc::new(MappedHostMemory::new(&ctx, total)?);
         let channel = Arc::new(Channel::in_region(
-            ch_cfg,
+            geo.channel,
             region.clone() as Arc<dyn SharedMemory>,
         )?);
+        rt.attach_channel(channel.clone());
+        let service = Service::Local { rt, channel };
+        Self::assemble(service, ctx, cfg, &geo, region, control_off)
+    }
 
+    /// Like [`GpuIo::new`], but served by the daemon of another process: connects to the
+    /// [`crate::serve::ChannelServer`] at `socket`, maps the channel it leases, registers it
+    /// with the device (`cuMemHostRegister`) and builds the device-side state here. A kernel
+    /// fault in this process then leaves that daemon, its files and its other clients
+    /// untouched; a new process connects for the next kernel (driver 580 refuses any further
+    /// CUDA work in a process whose kernel faulted — ROBUSTNESS.md finding 12). File handles
+    /// are the server's (its `Runtime::open` results). Costs what `new` costs plus a socket
+    /// round trip.
+    pub fn connect(
+        socket: impl AsRef<std::path::Path>,
+        cfg: GpuIoConfig,
+    ) -> Result<GpuIo<'static>> {
+        let geo = Geometry::of(&cfg)?;
+        let ctx = Context::new(cfg.device)?;
+        let lease =
+            ChannelLease::connect(socket, geo.channel, core::mem::size_of::<WfsGpuControl>())?;
+        let control_off = lease.placement().control;
+        let region = Arc::new(RegisteredHostMemory::new(
+            &ctx,
+            lease.region().clone() as Arc<dyn SharedMemory>,
+        )?);
+        GpuIo::assemble(Service::Remote(lease), ctx, cfg, &geo, region, control_off)
+    }
+
+    /// Device-side state, GPU page cache and context record for a channel laid out per `geo`
+    /// in `region` (already served).
+    fn assemble(
+        service: Service<'rt>,
+        ctx: Arc<Context>,
+        cfg: GpuIoConfig,
+        geo: &Geometry,
+        region: Arc<dyn SharedMemory>,
+        control_off: usize,
+    ) -> Result<Self> {
+        let layout = geo.channel.layout()?;
+        let (ch_cfg, group_records, records) = (geo.channel, geo.group_records, geo.records);
         // State · busy words (groups, async pool) · async pool's (dst, len) pairs (16-aligned).
         let busy_end = core::mem::size_of::<WfsGpuState>() + 4 * (cfg.warp_slots + cfg.async_slots);
         let state_len = busy_end.div_ceil(16) * 16 + 16 * cfg.async_slots;
@@ -227,7 +297,7 @@ impl<'rt> GpuIo<'rt> {
             )?)
         };
 
-        let base = region.device_ptr();
+        let base = region.device_addr();
         let wire = WfsGpuContext {
             magic: abi::WFS_GPU_CTX_MAGIC,
             version: abi::WFS_ABI_VERSION,
@@ -262,12 +332,10 @@ impl<'rt> GpuIo<'rt> {
         };
         dev_ctx.copy_from_host(0, bytes)?;
 
-        rt.attach_channel(channel.clone());
         Ok(Self {
-            rt,
+            service,
             ctx,
             cfg,
-            channel,
             region,
             control_off,
             state,
@@ -293,9 +361,13 @@ impl<'rt> GpuIo<'rt> {
         &self.cfg
     }
 
-    /// The channel (for statistics and tests).
-    pub fn channel(&self) -> &Arc<Channel> {
-        &self.channel
+    /// The channel (for statistics and tests); `None` when another process serves it
+    /// ([`GpuIo::connect`]: the server holds it).
+    pub fn channel(&self) -> Option<&Arc<Channel>> {
+        match &self.service {
+            Service::Local { channel, .. } => Some(channel),
+            Service::Remote(_) => None,
+        }
     }
 
     /// Allocates `len` bytes of device memory in this context.
@@ -367,16 +439,20 @@ impl<'rt> GpuIo<'rt> {
 
     /// Stops (`false`) or resumes (`true`) the daemon's service of this channel; stopping
     /// completes requests waiting in the ring with `-ESHUTDOWN`, later ones wait (and time
-    /// out). For tests of the bounded waits.
-    pub fn set_serving(&self, on: bool) {
+    /// out). For tests of the bounded waits. Fails only when a remote server cannot be
+    /// reached.
+    pub fn set_serving(&self, on: bool) -> Result<()> {
         if self.serving.swap(on, Ordering::AcqRel) == on {
-            return;
+            return Ok(());
         }
-        if on {
-            self.rt.attach_channel(self.channel.clone());
-        } else {
-            self.rt.detach_channel(&self.channel);
+        match &self.service {
+            Service::Local { rt, channel } if on => rt.attach_channel(channel.clone()),
+            Service::Local { rt, channel } => rt.detach_channel(channel),
+            Service::Remote(lease) => {
+                lease.command(if on { Command::Resume } else { Command::Pause })?
+            }
         }
+        Ok(())
     }
 
     fn closing_word(&self) -> &AtomicU32 {
@@ -396,7 +472,11 @@ impl<'rt> GpuIo<'rt> {
         self.closing_word().store(1, Ordering::SeqCst);
         // Detaching also answers what waits in the ring (even if service was paused).
         self.serving.store(false, Ordering::Release);
-        self.rt.detach_channel(&self.channel);
+        match &self.service {
+            Service::Local { rt, channel } => rt.detach_channel(channel),
+            // The server detaches once the connection closes.
+            Service::Remote(lease) => lease.close(),
+        }
         Ok(self.ctx.synchronize()?)
     }
 
@@ -449,7 +529,10 @@ impl<'rt> GpuIo<'rt> {
     /// flushes what the runtime's host tier holds.
     pub fn flush(&self) -> Result<()> {
         self.ctx.synchronize()?;
-        self.rt.flush()
+        match &self.service {
+            Service::Local { rt, .. } => rt.flush(),
+            Service::Remote(lease) => lease.command(Command::Flush),
+        }
     }
 
     /// Refuses (with an error saying what to change) a launch of `grid` blocks of `block`

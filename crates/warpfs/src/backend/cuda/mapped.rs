@@ -100,3 +100,84 @@ impl Drop for MappedHostMemory {
         }
     }
 }
+
+/// Host memory allocated elsewhere (e.g. a channel region shared by a daemon process,
+/// [`crate::region::SharedFdMemory`]), page-locked and mapped into a CUDA device with
+/// `cuMemHostRegister(PORTABLE | DEVICEMAP)`. Unregistered on drop; the memory itself stays with
+/// its owner. Registration pins every page: about a millisecond per 100 MiB.
+pub struct RegisteredHostMemory {
+    mem: Arc<dyn SharedMemory>,
+    device_ptr: u64,
+    ctx: Arc<Context>,
+}
+
+impl std::fmt::Debug for RegisteredHostMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisteredHostMemory")
+            .field("len", &self.mem.len())
+            .field("device_ptr", &self.device_ptr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegisteredHostMemory {
+    /// Registers all of `mem` with `ctx`'s device and looks up its device address.
+    pub fn new(ctx: &Arc<Context>, mem: Arc<dyn SharedMemory>) -> CudaResult<Self> {
+        ctx.bind()?;
+        let p = mem.as_ptr().cast::<c_void>();
+        let flags = sys::CU_MEMHOSTREGISTER_PORTABLE | sys::CU_MEMHOSTREGISTER_DEVICEMAP;
+        // SAFETY: [p, p+len) is a live, page-aligned mapping that `mem` keeps alive for as long
+        // as this value (which holds `mem`) exists; the context is current on this thread.
+        check(
+            unsafe { sys::cuMemHostRegister_v2(p, mem.len(), flags) },
+            "cuMemHostRegister",
+        )?;
+        let mut device_ptr: sys::CUdeviceptr = 0;
+        // SAFETY: p starts a DEVICEMAP registration in the current context; flags must be 0;
+        // device_ptr is a valid out pointer.
+        let looked_up = check(
+            unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device_ptr, p, 0) },
+            "cuMemHostGetDevicePointer",
+        );
+        if let Err(e) = looked_up {
+            // SAFETY: p was registered above and is unregistered once, here.
+            unsafe { sys::cuMemHostUnregister(p) };
+            return Err(e);
+        }
+        Ok(Self {
+            mem,
+            device_ptr,
+            ctx: ctx.clone(),
+        })
+    }
+
+    /// The device address of byte 0 (what kernels dereference).
+    pub fn device_ptr(&self) -> u64 {
+        self.device_ptr
+    }
+}
+
+// SAFETY: the bytes are `mem`'s, which upholds the contract (valid, zeroed at creation,
+// 4096-aligned, Send + Sync) for at least as long as this value holds it.
+unsafe impl SharedMemory for RegisteredHostMemory {
+    fn as_ptr(&self) -> *mut u8 {
+        self.mem.as_ptr()
+    }
+    fn len(&self) -> usize {
+        self.mem.len()
+    }
+    fn device_addr(&self) -> u64 {
+        self.device_ptr
+    }
+}
+
+impl Drop for RegisteredHostMemory {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind();
+        // SAFETY: the range was registered in `new` and is unregistered once; every user
+        // (kernels through GpuIo) is gone by now. On a dead context this fails harmlessly.
+        unsafe {
+            sys::cuMemHostUnregister(self.mem.as_ptr().cast());
+        }
+    }
+}

@@ -223,12 +223,31 @@ impl Completions {
 
     /// Like [`Completions::wait`], returning `(result, aux)`.
     pub fn wait_aux(&self, idx: u32, timeout: Option<Duration>) -> Option<(i64, u64)> {
-        // Spin briefly, then yield (lets a daemon worker on this core run), then sleep.
-        for i in 0..(64 + 256) {
-            if let Some(r) = self.poll_aux(idx) {
-                return Some(r);
+        match self.wait_or_withdraw(idx, timeout, || false) {
+            Waited::Done(r, aux) => Some((r, aux)),
+            Waited::Withdrawn | Waited::TimedOut => None,
+        }
+    }
+
+    /// Requester: like [`Completions::wait_aux`], but once `completer_gone()` says that no
+    /// completer will ever write this record again (the daemon has stopped and made its final
+    /// drain), the record is [withdrawn](Completions::withdraw) instead of waited on until
+    /// `timeout`. `completer_gone` is called once per sleep slice (≤ 50 ms apart) after a
+    /// short spin, so a wait ends at most one slice after the completer is gone.
+    pub fn wait_or_withdraw(
+        &self,
+        idx: u32,
+        timeout: Option<Duration>,
+        completer_gone: impl Fn() -> bool,
+    ) -> Waited {
+        // Spin briefly, then yield (lets a daemon worker on this core run), then sleep. (Under
+        // loom every spin is a scheduling point: one of each keeps the models small.)
+        let (spins, yields) = if cfg!(loom) { (1, 1) } else { (64, 256) };
+        for i in 0..(spins + yields) {
+            if let Some((r, aux)) = self.poll_aux(idx) {
+                return Waited::Done(r, aux);
             }
-            if i < 64 {
+            if i < spins {
                 spin_hint();
             } else {
                 #[cfg(not(loom))]
@@ -237,17 +256,25 @@ impl Completions {
                 loom::thread::yield_now();
             }
         }
-        let c = self.cell(idx)?;
+        let Some(c) = self.cell(idx) else {
+            return Waited::TimedOut;
+        };
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            if let Some(r) = self.poll_aux(idx) {
-                return Some(r);
+            if let Some((r, aux)) = self.poll_aux(idx) {
+                return Waited::Done(r, aux);
+            }
+            if completer_gone() {
+                return match self.withdraw(idx) {
+                    Some((r, aux)) => Waited::Done(r, aux),
+                    None => Waited::Withdrawn,
+                };
             }
             let slice = match deadline {
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
-                        return None;
+                        return Waited::TimedOut;
                     }
                     (d - now).min(Duration::from_millis(50))
                 }
@@ -266,6 +293,48 @@ impl Completions {
             }
         }
     }
+
+    /// Requester, once it knows that no completer will write record `idx` again (e.g. the
+    /// daemon stopped after its final drain, so a request still in a ring is never taken):
+    /// takes the record back. Returns `(result, aux)` if it was completed after all (the
+    /// record is then free, as after [`Completions::poll_aux`]); `None` if it was still
+    /// pending, now free with nothing delivered. Against a concurrent
+    /// [`Completions::complete_aux`] one CAS decides: exactly one of the two takes the record.
+    /// (Do not re-arm a withdrawn record while a completer may still run: its ticket check
+    /// and CAS are two steps, so it could complete the new arming.) One load and one CAS.
+    pub fn withdraw(&self, idx: u32) -> Option<(i64, u64)> {
+        let c = self.cell(idx)?;
+        let mut state = c.state.load(Ordering::Acquire);
+        loop {
+            if state == WFS_COMP_DONE {
+                return self.poll_aux(idx);
+            }
+            if state & !WFS_COMP_SLEEPING != WFS_COMP_PENDING {
+                return None;
+            }
+            match c.state.compare_exchange(
+                state,
+                WFS_COMP_FREE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return None,
+                Err(s) => state = s,
+            }
+        }
+    }
+}
+
+/// How [`Completions::wait_or_withdraw`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    /// The record was completed with `(result, aux)`; it is free again.
+    Done(i64, u64),
+    /// The completer was gone and had not completed the record: it was withdrawn (free again,
+    /// nothing delivered).
+    Withdrawn,
+    /// The timeout passed first; the record stays pending.
+    TimedOut,
 }
 
 impl Cell {
@@ -391,6 +460,76 @@ mod loom_tests {
             t.arm(0, 2);
             t.complete(0, 2, 1).unwrap();
             assert_eq!(t.poll_aux(0), Some((1, 0)));
+        });
+    }
+
+    /// Post versus shutdown (ROBUSTNESS finding 5): an agent arms its record and pushes its
+    /// request, perhaps only after the daemon's final drain; the daemon serves one round,
+    /// makes its final drain (`fail_pending`) and then reports itself stopped. The agent's
+    /// wait ends in every interleaving, with the daemon's answer if the daemon took the
+    /// request, else withdrawn; never both, and the record ends free.
+    #[test]
+    fn a_request_pushed_after_the_final_drain_is_withdrawn() {
+        use crate::abi::WfsRequest;
+        use crate::ring::{Popped, Ring};
+        use loom::sync::atomic::AtomicBool;
+        const ESHUTDOWN: i64 = -(libc::ESHUTDOWN as i64);
+        loom::model(|| {
+            let ring = Arc::new(Ring::with_capacity(2));
+            let table = Arc::new(Completions::with_len(1));
+            let stopped = Arc::new(AtomicBool::new(false));
+            let (r2, t2, s2) = (ring.clone(), table.clone(), stopped.clone());
+            let daemon = thread::spawn(move || {
+                let mut answered = None;
+                // A worker's round, then the final drain (ESHUTDOWN), then `stopped`.
+                for result in [7, ESHUTDOWN] {
+                    while let Some(p) = r2.try_pop() {
+                        let Popped::Request(q) = p else {
+                            panic!("corrupt slot")
+                        };
+                        if t2.complete(q.completion, q.ticket, result).is_ok() {
+                            assert!(answered.replace(result).is_none(), "answered twice");
+                        }
+                    }
+                }
+                s2.store(true, Ordering::Release);
+                answered
+            });
+            table.arm(0, 1);
+            let req = WfsRequest {
+                completion: 0,
+                ticket: 1,
+                ..Default::default()
+            };
+            ring.try_push(&req).unwrap();
+            let got = table.wait_or_withdraw(0, None, || stopped.load(Ordering::Acquire));
+            match daemon.join().unwrap() {
+                Some(r) => assert_eq!(got, Waited::Done(r, 0)),
+                None => assert_eq!(got, Waited::Withdrawn),
+            }
+            assert_eq!(table.peek(0).map(|(s, _)| s), Some(WFS_COMP_FREE));
+        });
+    }
+
+    /// A completion racing a withdrawal: exactly one takes the record, and a requester that
+    /// withdraws after the completion gets its result.
+    #[test]
+    fn withdraw_and_complete_take_the_record_once() {
+        loom::model(|| {
+            let t = Arc::new(Completions::with_len(1));
+            t.arm(0, 1);
+            let t2 = t.clone();
+            let daemon = thread::spawn(move || t2.complete_aux(0, 1, 7, 9).is_ok());
+            let withdrawn = t.withdraw(0);
+            let completed = daemon.join().unwrap();
+            match withdrawn {
+                Some(r) => {
+                    assert!(completed);
+                    assert_eq!(r, (7, 9));
+                }
+                None => assert!(!completed, "completed and withdrawn both"),
+            }
+            assert_eq!(t.poll_aux(0), None, "the record is free either way");
         });
     }
 }

@@ -101,6 +101,9 @@ struct Shared {
     channels: RwLock<Vec<Arc<Channel>>>,
     channels_version: AtomicU64,
     stop: AtomicBool,
+    /// Set by [`Daemon::shutdown`] after its final drain: no worker runs and no request will
+    /// be taken from a ring again, so a requester still waiting may withdraw its record.
+    stopped: AtomicBool,
     doorbell: AtomicU32,
     sleepers: AtomicU32,
     /// Set by the first ring while workers sleep, cleared by the worker it woke: later rings
@@ -150,6 +153,15 @@ impl Doorbell {
     pub fn stopping(&self) -> bool {
         self.0.stop.load(Ordering::Acquire)
     }
+
+    /// Whether the daemon has stopped for good: its workers are gone and its final drain of
+    /// the rings is done, so it will never complete another record. Every completion it made
+    /// happens before a `true` seen here; a request still pending then (e.g. one pushed after
+    /// the final drain) is never answered, and its requester withdraws the record
+    /// ([`crate::completion::Completions::withdraw`]). One load.
+    pub fn stopped(&self) -> bool {
+        self.0.stopped.load(Ordering::Acquire)
+    }
 }
 
 /// The running daemon. Dropping it shuts it down (see [`Daemon::shutdown`]).
@@ -197,6 +209,7 @@ impl Daemon {
             channels: RwLock::new(Vec::new()),
             channels_version: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             doorbell: AtomicU32::new(0),
             sleepers: AtomicU32::new(0),
             rung: AtomicBool::new(false),
@@ -277,7 +290,9 @@ impl Daemon {
     }
 
     /// Stops the workers, writes back dirty pages, and fails requests still in the rings with
-    /// `ESHUTDOWN` so no requester waits forever. Idempotent.
+    /// `ESHUTDOWN`; then reports itself stopped ([`Doorbell::stopped`]), so that host agents
+    /// whose request reached a ring only after that final drain withdraw it with `ESHUTDOWN`
+    /// instead of waiting for their timeout. Idempotent.
     pub fn shutdown(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
         self.shared.doorbell.fetch_add(1, Ordering::SeqCst);
@@ -297,6 +312,8 @@ impl Daemon {
         for ch in &channels {
             fail_pending(&self.shared, ch);
         }
+        // Release: every completion above happens before a requester's `stopped()` of true.
+        self.shared.stopped.store(true, Ordering::Release);
     }
 }
 

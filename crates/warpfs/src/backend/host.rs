@@ -6,6 +6,12 @@
 //! and later waits on the record (spin, then futex) — exactly the protocol of a GPU thread,
 //! except that a GPU polls instead of sleeping.
 //!
+//! Shutdown: `post` refuses new requests once the daemon is stopping, but a request that
+//! passed that check may reach its ring only after the daemon's final drain. Waits therefore
+//! also watch [`Doorbell::stopped`]: once the daemon has stopped without answering, the agent
+//! withdraws its own record (one CAS against any completion) and reports
+//! [`Error::Shutdown`], at most one sleep slice (50 ms) later, never the wait timeout.
+//!
 //! One shortcut a GPU cannot take: agents live in the daemon's address space, so their
 //! records take cache-page references ([`Channel::set_cache_refs`]). A one-page read that
 //! hits the host cache completes with `aux = page index + 1` and the page pinned; the agent
@@ -15,6 +21,7 @@
 use crate::abi::{self, WfsRequest};
 use crate::cache::HostCache;
 use crate::channel::Channel;
+use crate::completion::Waited;
 use crate::daemon::Doorbell;
 use crate::error::{Error, Result};
 use crate::runtime::FileHandle;
@@ -77,6 +84,8 @@ impl HostLanes {
             free: (0..qd as u32).rev().collect(),
             pending: vec![false; qd],
             next_ticket: 1,
+            #[cfg(test)]
+            before_push: None,
         })
     }
 }
@@ -100,6 +109,10 @@ pub struct Agent {
     free: Vec<u32>,
     pending: Vec<bool>,
     next_ticket: u32,
+    /// Tests: runs in `post` between the `stopping()` check and the ring push, to hold a
+    /// request in that window while the runtime shuts down.
+    #[cfg(test)]
+    before_push: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -188,6 +201,10 @@ impl Agent {
         } else {
             &ch.demand
         };
+        #[cfg(test)]
+        if let Some(hook) = &self.before_push {
+            hook();
+        }
         if ring.push_timeout(&req, self.lanes.timeout).is_err() {
             // Nothing was published: the record can be reused once disarmed by a later arm.
             self.free.push(slot);
@@ -203,18 +220,26 @@ impl Agent {
         })
     }
 
+    /// Waits for the record of `slot` until it is completed, the timeout passes, or the
+    /// daemon has stopped without completing it (a request that reached the ring after the
+    /// daemon's final drain: then the record is withdrawn, see [`Doorbell::stopped`]).
+    ///
+    /// [`Doorbell::stopped`]: crate::daemon::Doorbell::stopped
+    fn settle(&self, slot: u32) -> Waited {
+        let doorbell = &self.lanes.doorbell;
+        self.lanes.channel.completions.wait_or_withdraw(
+            self.base + slot,
+            Some(self.lanes.timeout),
+            || doorbell.stopped(),
+        )
+    }
+
     /// Waits for `t`; returns the raw result (≥ 0) and the cache-page reference (`aux`, 0 if
     /// none: then the bytes are in the slot's buffer) and keeps the slot reserved until the
     /// caller has read its buffer. A caller given a reference must [`Agent::unpin`] it.
     fn wait_raw(&mut self, t: &Ticket) -> Result<(i64, u64)> {
-        let idx = self.base + t.slot;
-        match self
-            .lanes
-            .channel
-            .completions
-            .wait_aux(idx, Some(self.lanes.timeout))
-        {
-            Some((r, aux)) => {
+        match self.settle(t.slot) {
+            Waited::Done(r, aux) => {
                 self.pending[t.slot as usize] = false;
                 if r < 0 {
                     self.unpin(aux);
@@ -224,8 +249,14 @@ impl Agent {
                     Ok((r, aux))
                 }
             }
+            // The daemon stopped and will never answer: the record is free again.
+            Waited::Withdrawn => {
+                self.pending[t.slot as usize] = false;
+                self.free.push(t.slot);
+                Err(Error::Shutdown)
+            }
             // The record stays pending: the slot is not reused (the daemon may still write it).
-            None => Err(Error::Timeout(self.lanes.timeout)),
+            Waited::TimedOut => Err(Error::Timeout(self.lanes.timeout)),
         }
     }
 
@@ -409,15 +440,10 @@ impl Drop for Agent {
         let mut clean = true;
         for slot in 0..self.pending.len() {
             if self.pending[slot] {
-                let idx = self.base + slot as u32;
-                match self
-                    .lanes
-                    .channel
-                    .completions
-                    .wait_aux(idx, Some(self.lanes.timeout))
-                {
-                    Some((_, aux)) => self.unpin(aux),
-                    None => clean = false,
+                match self.settle(slot as u32) {
+                    Waited::Done(_, aux) => self.unpin(aux),
+                    Waited::Withdrawn => {}
+                    Waited::TimedOut => clean = false,
                 }
             }
         }
@@ -439,8 +465,11 @@ impl Drop for Agent {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
+    use super::{Agent, Ticket};
     use crate::cache::CacheConfig;
-    use crate::{OpenOptions, Runtime, RuntimeConfig};
+    use crate::{Error, OpenOptions, Runtime, RuntimeConfig};
+    use std::sync::{Arc, Barrier};
+    use std::time::Duration;
 
     fn pat(off: u64) -> u8 {
         (off ^ (off >> 8) ^ (off >> 13)).wrapping_mul(31) as u8
@@ -506,5 +535,94 @@ mod tests {
         let b = rt.agent().unwrap();
         drop((a, b));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// ROBUSTNESS finding 5: an agent passes the `stopping()` check of `post`, then the whole
+    /// shutdown (stop, join, flush, final drain) runs before its ring push. Runs `then` on the
+    /// agent's thread with the request so posted (a pattern-checked read first proves the
+    /// path). The wait timeout (20 s) only bounds a regression: then the outcome is `Timeout`.
+    fn post_in_the_shutdown_window<T: Send + 'static>(
+        name: &str,
+        then: impl FnOnce(Agent, Ticket) -> T + Send + 'static,
+    ) -> T {
+        let dir =
+            std::env::temp_dir().join(format!("warpfs-host-window-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        std::fs::write(&path, (0..8192u64).map(pat).collect::<Vec<u8>>()).unwrap();
+        let rt = Runtime::new(RuntimeConfig {
+            workers: 1,
+            cache: CacheConfig {
+                page_size: 4096,
+                capacity: 16 * 4096,
+            },
+            max_agents: 1,
+            agent_queue_depth: 2,
+            request_buffer: 4096,
+            wait_timeout: Duration::from_secs(20),
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        let f = rt.open(&path, OpenOptions::read_only()).unwrap();
+        let mut agent = rt.agent().unwrap();
+        let mut buf = vec![0xA5u8; 4096];
+        assert_eq!(agent.read(&f, 4096, &mut buf).unwrap(), 4096);
+        assert!(buf
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == pat(4096 + i as u64)));
+        // Two meetings: the agent is in the window; the shutdown is over.
+        let window = Arc::new(Barrier::new(2));
+        let w = window.clone();
+        agent.before_push = Some(Arc::new(move || {
+            w.wait();
+            w.wait();
+        }));
+        let poster = std::thread::spawn(move || {
+            let ticket = agent
+                .submit_read(&f, 0, 4096)
+                .expect("posted before the stop");
+            agent.before_push = None;
+            then(agent, ticket)
+        });
+        window.wait();
+        drop(rt);
+        window.wait();
+        let out = poster.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        out
+    }
+
+    /// A wait for a request pushed after the daemon's final drain ends with `Shutdown`, not
+    /// the wait timeout, and the poisoned buffer is left alone.
+    #[test]
+    fn a_request_pushed_after_the_final_drain_ends_with_shutdown() {
+        let (outcome, buf) = post_in_the_shutdown_window("wait", |mut agent, ticket| {
+            let mut buf = vec![0xA5u8; 4096];
+            let outcome = agent.wait_read(ticket, &mut buf);
+            (outcome, buf)
+        });
+        assert!(
+            matches!(outcome, Err(Error::Shutdown)),
+            "expected Shutdown, got {outcome:?}"
+        );
+        assert!(buf.iter().all(|&b| b == 0xA5), "a failed read wrote bytes");
+    }
+
+    /// An agent dropped with such a request in flight settles it and hands its lane back
+    /// (a lane whose request was never answered is retired instead).
+    #[test]
+    fn an_agent_dropped_after_the_final_drain_hands_its_lane_back() {
+        let (lanes, lane) = post_in_the_shutdown_window("drop", |agent, ticket| {
+            let _ = ticket; // never waited: the agent's drop settles it
+            let (lanes, lane) = (agent.lanes.clone(), agent.lane);
+            drop(agent);
+            (lanes, lane)
+        });
+        let taken = lanes.taken.lock().unwrap()[lane];
+        assert!(
+            !taken,
+            "the lane was retired: the drop found its request unanswered"
+        );
     }
 }

@@ -75,9 +75,11 @@
 //! - A lane that times out waiting for its ring slot leaves its claimed position unpublished,
 //!   and the daemon's `Ring::try_pop` stops there: every claimed position must be published
 //!   (e.g. as a no-op record) or skipped by the daemon after a deadline.
-//! - Kernel traps: `super::recover` exists, but on driver 580 a kernel fault leaves every
-//!   context of the process unusable, even after a reset (ROBUSTNESS.md finding 12): the next
-//!   kernel needs a new process.
+//! - Kernel traps: on driver 580 a kernel fault leaves every context of the process unusable,
+//!   even after a reset (ROBUSTNESS.md finding 12), so `super::recover` cannot bring the same
+//!   process back. [`GpuIo::connect`] runs the GPU side in a process of its own, served by a
+//!   daemon in another ([`crate::serve`]): a fault ends that client only, and the next
+//!   process connects to a fresh channel (`tests/cuda_faults.rs`).
 
 use super::driver::{check, Context, CudaError, DeviceBuffer};
 use super::gpu_cache::{self, GpuCacheMemory, GpuCacheStats};

@@ -349,8 +349,10 @@ fn fault_child() {
     let spec = ChildSpec::parse(&spec);
     let _dog = Watchdog::new(DEADLINE, "the GPU client");
     let gpu = GpuIo::connect(&spec.socket, cfg()).unwrap();
+    println!("connected");
     let module = gpu.compile(KERNELS, &[]).unwrap();
     let b = bufs(&gpu);
+    println!("compiled");
     let handles = (spec.rfh, spec.wfh);
     if !spec.trap {
         for direct in [true, false] {
@@ -382,6 +384,7 @@ fn fault_child() {
     if spec.paused {
         gpu.set_serving(false).unwrap();
     }
+    println!("launching the trap kernel (paused: {})", spec.paused);
     launch(&gpu, &module, &b, handles, spec.rounds, true, Some(trap_at));
     let err = wait_kernels(&gpu, Duration::from_secs(60))
         .expect_err("the trapping kernel finished without an error");
@@ -426,6 +429,7 @@ impl ChildProc {
     fn expect(&mut self, prefix: &str) -> String {
         for l in self.lines.by_ref() {
             let l = l.unwrap();
+            println!("  child| {l}");
             if let Some(m) = l.strip_prefix(MARK) {
                 assert!(
                     m.starts_with(prefix),
@@ -445,7 +449,9 @@ impl ChildProc {
 
     /// Waits (bounded) for the child to exit and checks that it passed.
     fn finish(mut self, what: &str) {
-        for _ in self.lines.by_ref() {}
+        for l in self.lines.by_ref() {
+            println!("  child| {}", l.unwrap_or_default());
+        }
         let t = Instant::now();
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
@@ -535,7 +541,9 @@ fn a_kernel_trapping_mid_request_leaves_the_daemon_healthy_and_the_next_kernel_w
             let tail = format!("{}:{}:{}", socket.display(), rf.raw(), wf.raw());
             let reads_before = host_reads.load(Ordering::Relaxed);
             let mut child = ChildProc::spawn(&format!("trap:{paused}:{rounds}:{tail}"));
+            println!("{what}: client process started");
             let (channel, served) = serve_one(s, &server);
+            println!("{what}: client connected");
             let said = child.expect("trapped");
             println!("{what}: the client's wait sees {said}");
             if paused {

@@ -4,8 +4,8 @@
 //! - pages are `page_size` bytes (a power of two ≥ 512) in one arena (a [`SharedMemory`] region,
 //!   4096-aligned, so io_uring can register it and a GPU can map it);
 //! - a page is identified by (`FileEntry::id`, page number = file offset / page_size);
-//! - `lookup` pins what it returns (`Hit`, `Miss`); every pin is undone by `release` (or by
-//!   `finish_load` with an error);
+//! - `lookup` pins what it returns (`Hit`, `Miss`); a `Hit`'s pin is undone by `release`, a
+//!   `Miss`'s by `finish_load` (whatever its result), never by both;
 //! - CLOCK: a referenced page gets a second chance; pinned, loading and writing-back pages are
 //!   never evicted; a dirty victim is not reused until written back: the sweep queues it for
 //!   write-back (`take_writebacks`) and keeps looking;
@@ -64,7 +64,8 @@ pub enum Lookup {
     /// Resident and valid; pinned for the caller.
     Hit(PageIdx),
     /// Not resident: this page is reserved for the caller (state Loading, pinned). The caller
-    /// reads the file into `page_ptr(idx)` and calls `finish_load`.
+    /// reads the file into `page_ptr(idx)` and calls `finish_load`, which ends the pin (the
+    /// caller does not `release` it).
     Miss(PageIdx),
     /// Being loaded or written back by someone else: retry later (this is how concurrent
     /// misses on one page coalesce into one I/O).
@@ -845,8 +846,10 @@ impl HostCache {
 
     /// Ends the load of a `Miss` page: `result` ≥ 0 is the bytes read (valid length, clamped to
     /// the page size; a `write_into` made during the load that reaches further is kept), < 0
-    /// drops the page (it becomes free and leaves the map). Unpins. A call on a page that is
-    /// not loading is a caller bug: it panics in debug builds and is ignored in release.
+    /// drops the page (it becomes free and leaves the map). Ends the `Miss`'s pin either way:
+    /// to keep reading the page after a successful load, look it up again (a `Hit` pins it).
+    /// A call on a page that is not loading is a caller bug: it panics in debug builds and is
+    /// ignored in release.
     pub fn finish_load(&self, idx: PageIdx, result: i64) {
         let mut m = self.slot(idx);
         if m.state != PageState::Loading {
@@ -916,11 +919,23 @@ impl HostCache {
         }
     }
 
-    /// Unpins page `idx`. An unbalanced release is a caller bug: it panics in debug builds and
-    /// is ignored in release.
+    /// Unpins page `idx` (the pin of a `Hit` or of `lookup_resident`). An unbalanced release,
+    /// or a release of a page that is loading (a `Miss` ends with `finish_load`), is a caller
+    /// bug: it panics in debug builds and is ignored in release.
     pub fn release(&self, idx: PageIdx) {
         let mut m = self.slot(idx);
-        debug_assert!(m.pins > 0, "release of page {idx} that is not pinned");
+        if m.state == PageState::Loading {
+            debug_assert!(
+                false,
+                "release of page {idx} that is loading: a Miss's pin ends with finish_load"
+            );
+            return;
+        }
+        debug_assert!(
+            m.pins > 0,
+            "release of page {idx} that is not pinned (after a Miss, finish_load already \
+             unpinned it: do not release it too)"
+        );
         m.pins = m.pins.saturating_sub(1);
     }
 
@@ -1218,6 +1233,31 @@ mod tests {
         .unwrap()
     }
 
+    /// The bytes page `p` of file `f` holds in the tests below: a function of the offset.
+    fn page_of(f: &FileEntry, p: u64, len: usize) -> Vec<u8> {
+        (0..len).map(|o| pattern(f.id, p, o)).collect()
+    }
+
+    /// Ends the `Miss` of page `p` of `f` as the daemon does: fill, then `finish_load`, which
+    /// also ends the Miss's pin (no `release`).
+    fn load(c: &HostCache, f: &FileEntry, p: u64, idx: PageIdx) {
+        let bytes = page_of(f, p, c.page_size());
+        fill(c, idx, &bytes);
+        c.finish_load(idx, bytes.len() as i64);
+        assert_eq!(
+            c.page_info(idx).1,
+            0,
+            "page {idx} still pinned after its load"
+        );
+    }
+
+    /// Every page is unpinned (call when the test holds no pin).
+    fn assert_unpinned(c: &HostCache) {
+        for i in 0..c.pages() as PageIdx {
+            assert_eq!(c.page_info(i).1, 0, "page {i} left pinned");
+        }
+    }
+
     #[test]
     fn lookups_that_may_not_evict_take_only_free_pages() {
         let c = small(4, 512);
@@ -1227,9 +1267,7 @@ mod tests {
             let Lookup::Miss(idx) = c.lookup_with(f, p, false, false) else {
                 panic!("page {p}: a free page was there")
             };
-            fill(&c, idx, &[p as u8; 512]);
-            c.finish_load(idx, 512);
-            c.release(idx);
+            load(&c, f, p, idx);
         }
         // Full cache: no eviction, a miss is counted, nothing changes.
         let before = c.stats();
@@ -1242,29 +1280,30 @@ mod tests {
             let Lookup::Hit(idx) = c.lookup_with(f, p, false, false) else {
                 panic!("page {p} should hit")
             };
-            assert_eq!(page_bytes(&c, idx, 512), vec![p as u8; 512]);
+            assert_eq!(page_bytes(&c, idx, 512), page_of(f, p, 512));
             c.release(idx);
         }
+        assert_unpinned(&c);
         // A lookup that may evict does, and a stale hint for the evicted key never hits.
         let Lookup::Miss(idx) = c.lookup(f, 9, false) else {
             panic!("a victim was available")
         };
-        fill(&c, idx, &[9; 512]);
-        c.finish_load(idx, 512);
-        c.release(idx);
+        load(&c, f, 9, idx);
         let mut resident = 0;
-        for p in 0..4 {
+        for p in (0..4).chain([9]) {
             match c.lookup_with(f, p, false, false) {
                 Lookup::Hit(i) => {
-                    assert_eq!(page_bytes(&c, i, 512), vec![p as u8; 512]);
+                    assert_eq!(page_bytes(&c, i, 512), page_of(f, p, 512));
                     c.release(i);
                     resident += 1;
                 }
-                Lookup::Full => {}
+                Lookup::Full if p != 9 => {}
                 other => panic!("page {p}: unexpected {other:?}"),
             }
         }
-        assert_eq!(resident, 3, "exactly one page was evicted for page 9");
+        assert_eq!(resident, 4, "exactly one page was evicted for page 9");
+        assert_eq!(c.stats().evictions, 1);
+        assert_unpinned(&c);
         c.check_invariants();
     }
 
@@ -1281,14 +1320,14 @@ mod tests {
             let f = &fs[(round % 2) as usize];
             let p = (round * 7919) % 37;
             match c.lookup(f, p, false) {
-                Lookup::Miss(idx) => {
-                    fill(&c, idx, &[(p as u8) ^ (f.id as u8); 512]);
-                    c.finish_load(idx, 512);
+                Lookup::Miss(idx) => load(&c, f, p, idx),
+                Lookup::Hit(idx) => {
+                    assert_eq!(page_bytes(&c, idx, 512), page_of(f, p, 512));
                     c.release(idx);
                 }
-                Lookup::Hit(idx) => c.release(idx),
                 other => panic!("round {round}: unexpected {other:?}"),
             }
+            assert_unpinned(&c);
             c.check_invariants();
             if c.free_pages.load(Ordering::Relaxed) > 0 {
                 continue; // lookups that may not evict would still take free pages
@@ -1308,10 +1347,7 @@ mod tests {
                     match c.lookup_with(g, q, false, false) {
                         Lookup::Hit(idx) => {
                             assert_eq!(resident.get(&key), Some(&idx));
-                            assert_eq!(
-                                page_bytes(&c, idx, 512),
-                                vec![(q as u8) ^ (g.id as u8); 512]
-                            );
+                            assert_eq!(page_bytes(&c, idx, 512), page_of(g, q, 512));
                             c.release(idx);
                         }
                         Lookup::Full => {
@@ -1321,12 +1357,56 @@ mod tests {
                     }
                 }
             }
+            assert_unpinned(&c);
             checked += 1;
         }
         assert!(
             checked > 150,
             "the cache was full for most rounds ({checked})"
         );
+    }
+
+    /// Releasing a `Miss` page instead of ending its load is a caller bug: a clear panic in
+    /// debug builds; in release it is ignored, so the page stays reserved (and pinned) for the
+    /// load that still has to finish, and is never handed to a second loader.
+    #[test]
+    #[cfg_attr(debug_assertions, should_panic(expected = "ends with finish_load"))]
+    fn release_of_a_loading_page_is_refused() {
+        let c = small(4, 512);
+        let f = &files(1)[0];
+        let Lookup::Miss(idx) = c.lookup(f, 3, false) else {
+            panic!("expected a miss")
+        };
+        c.release(idx);
+        assert_eq!(c.page_info(idx).0, PageState::Loading);
+        assert_eq!(c.page_info(idx).1, 1, "the Miss's pin was taken away");
+        assert_eq!(c.lookup(f, 3, false), Lookup::Busy);
+        load(&c, f, 3, idx);
+        assert_eq!(c.lookup(f, 3, false), Lookup::Hit(idx));
+        assert_eq!(page_bytes(&c, idx, 512), page_of(f, 3, 512));
+        c.release(idx);
+        assert_unpinned(&c);
+        c.check_invariants();
+    }
+
+    /// `release` after `finish_load` (the misuse the two tests above once made) releases a
+    /// pin that `finish_load` already ended: a clear panic in debug builds naming the cause;
+    /// in release it is ignored (the count stays at zero, it does not wrap).
+    #[test]
+    #[cfg_attr(
+        debug_assertions,
+        should_panic(expected = "finish_load already unpinned it")
+    )]
+    fn release_after_finish_load_is_refused() {
+        let c = small(4, 512);
+        let f = &files(1)[0];
+        let Lookup::Miss(idx) = c.lookup(f, 0, false) else {
+            panic!("expected a miss")
+        };
+        load(&c, f, 0, idx);
+        c.release(idx);
+        assert_eq!(c.page_info(idx).1, 0);
+        c.check_invariants();
     }
 
     #[test]

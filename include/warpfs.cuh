@@ -128,6 +128,9 @@ __device__ __forceinline__ void st_relaxed_sys_u32(void *p, u32 v) {
 __device__ __forceinline__ void st_relaxed_sys_u64(void *p, u64 v) {
     asm volatile("st.relaxed.sys.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
+__device__ __forceinline__ void st_release_sys_u32(void *p, u32 v) {
+    asm volatile("st.release.sys.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
 __device__ __forceinline__ void st_release_sys_u64(void *p, u64 v) {
     asm volatile("st.release.sys.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
@@ -337,10 +340,13 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
             const u64 pos = atomicAdd(&state(ctx)->claim, 1ull);
             atomicMax(&state(ctx)->tail_max, pos + 1);
             WfsSlot *slot = slots + (pos & ctx->ring_mask);
-            /* Arm the record; the release store of the sequence word orders these stores. */
+            /* Arm the record; the release store of the sequence word orders these stores for
+             * the daemon's read of the request. PENDING itself is a release store too: a stale
+             * completer of this record's previous request that claims the new PENDING must see
+             * the new ticket, so it hands the record back instead of writing its result. */
             st_relaxed_sys_u32(&comp->ticket, (u32)pos);
             st_relaxed_sys_u64(&comp->result, 0);
-            st_relaxed_sys_u32(&comp->state, WFS_COMP_PENDING);
+            st_release_sys_u32(&comp->state, WFS_COMP_PENDING);
             /* Wait until the daemon handed the slot back from its previous lap. */
             u32 ns = 32;
             u32 spins = 0;
@@ -1092,7 +1098,7 @@ __device__ __noinline__ long long read_async(const wfs_ctx_t *ctx, u32 fh, u64 o
     WfsSlot *slot = reinterpret_cast<WfsSlot *>(ctx->slots) + (pos & ctx->ring_mask);
     st_relaxed_sys_u32(&comp->ticket, (u32)pos);
     st_relaxed_sys_u64(&comp->result, 0);
-    st_relaxed_sys_u32(&comp->state, WFS_COMP_PENDING);
+    st_release_sys_u32(&comp->state, WFS_COMP_PENDING); /* see io(): a stale claim sees the ticket */
     ns = 32;
     while (ld_acquire_sys_u64(&slot->seq) != pos) {
         if (now_ns() > deadline || closing(ctx)) {

@@ -87,7 +87,12 @@ extern "C" {
 #define WFS_COMP_PENDING 1u
 /** Completion state: the daemon wrote `result`; the requester may read it. */
 #define WFS_COMP_DONE 2u
-/** Bit or-ed into a PENDING state by a host requester that sleeps on the word (futex). */
+/** Completion state: a completer claimed the pending record and is writing `result` and `aux`;
+ *  DONE follows (or PENDING again if the ticket did not match). Transient: requesters wait for
+ *  DONE and never store over it. */
+#define WFS_COMP_CLAIMED 3u
+/** Bit or-ed into a PENDING or CLAIMED state by a host requester that sleeps on the word
+ *  (futex). */
 #define WFS_COMP_SLEEPING 0x80000000u
 /** Largest offset + len a read or write may name (4 EiB); beyond it: -EINVAL. */
 #define WFS_MAX_END 0x4000000000000000ull

@@ -27,7 +27,12 @@ pub const WFS_COMP_FREE: u32 = 0;
 pub const WFS_COMP_PENDING: u32 = 1;
 /// Completion state: the daemon wrote `result`; the requester may read it.
 pub const WFS_COMP_DONE: u32 = 2;
-/// Bit or-ed into a PENDING state by a host requester that sleeps on the word (futex).
+/// Completion state: a completer has claimed the pending record (one CAS from PENDING) and is
+/// writing `result` and `aux`; DONE follows (or PENDING again if the ticket did not match).
+/// Transient: requesters wait for DONE and never store over it.
+pub const WFS_COMP_CLAIMED: u32 = 3;
+/// Bit or-ed into a PENDING or CLAIMED state by a host requester that sleeps on the word
+/// (futex).
 pub const WFS_COMP_SLEEPING: u32 = 0x8000_0000;
 /// Largest `offset + len` a read or write may name (4 EiB); beyond it the daemon answers
 /// `-EINVAL`. It keeps whole-page arithmetic clear of `off_t` overflow (a page ending at 2^63

@@ -1,12 +1,21 @@
 //! Per-request completion records: where the daemon reports each outcome.
 //!
 //! A requester owns a record, arms it (PENDING + its ticket), names its index in a request,
-//! and waits for DONE. The daemon completes a record only if it is PENDING with the request's
-//! ticket, so garbage requests cannot complete someone else's record. Host requesters that wait
-//! long sleep on the state word (a futex on Linux) after marking it SLEEPING; GPU requesters
-//! poll. The layout is [`abi::WfsCompletion`].
+//! and waits for DONE. Host requesters that wait long sleep on the state word (a futex on
+//! Linux) after marking it SLEEPING; GPU requesters poll. The layout is
+//! [`abi::WfsCompletion`].
+//!
+//! Requests come from untrusted requesters, so one (index, ticket) may be completed twice, and
+//! a record may be withdrawn or re-armed while a stale completer still runs. A completer
+//! therefore *claims* the record before writing anything: one CAS PENDING → CLAIMED, then
+//! the ticket check (the claim acquired the arming, so it sees that arming's ticket), then
+//! `result` and `aux`, then DONE with Release. A completer that loses the claim, or finds
+//! another ticket (it puts PENDING back), writes nothing. Only the claim's owner leaves
+//! CLAIMED; requesters wait it out: `arm`, `poll` and `withdraw` never store over it.
 
-use crate::abi::{self, WFS_COMP_DONE, WFS_COMP_FREE, WFS_COMP_PENDING, WFS_COMP_SLEEPING};
+use crate::abi::{
+    self, WFS_COMP_CLAIMED, WFS_COMP_DONE, WFS_COMP_FREE, WFS_COMP_PENDING, WFS_COMP_SLEEPING,
+};
 use crate::sync::{spin_hint, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -132,8 +141,8 @@ impl Completions {
         }
     }
 
-    /// A racy look at record `idx` for diagnostics: `(state, ticket)`, `None` if out of
-    /// range. One pair of loads.
+    /// A racy look at record `idx` for diagnostics: `(state, ticket)` (the state may be the
+    /// transient CLAIMED), `None` if out of range. One pair of loads.
     pub fn peek(&self, idx: u32) -> Option<(u32, u32)> {
         let c = self.cell(idx)?;
         Some((
@@ -143,12 +152,35 @@ impl Completions {
     }
 
     /// Requester: marks record `idx` pending for `ticket`. Call before publishing the request
-    /// (the ring's Release publish orders this store before the daemon's read).
+    /// (the ring's Release publish orders this store before the daemon's read). A record
+    /// still pending from an earlier arming (e.g. a request never published) is taken back
+    /// first, and a completer's claim is waited out, so no earlier completion lands in this
+    /// arming. One load (plus one CAS unless the record is free).
     ///
     /// # Panics
     /// If `idx` is out of range (requesters own their indices; this is a caller bug).
     pub fn arm(&self, idx: u32, ticket: u32) {
         let c = self.cell(idx).expect("completion index out of range");
+        let mut state = c.state.load(Ordering::Acquire);
+        let mut round = 0;
+        // FREE is left only by this requester: once seen, no completer can claim the record.
+        while state != WFS_COMP_FREE {
+            if state & !WFS_COMP_SLEEPING == WFS_COMP_CLAIMED {
+                backoff(&mut round);
+                state = c.state.load(Ordering::Acquire);
+                continue;
+            }
+            // Acquire: a completer's writes (it published DONE) come before ours.
+            match c.state.compare_exchange(
+                state,
+                WFS_COMP_FREE,
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(s) => state = s,
+            }
+        }
         c.ticket.store(ticket, Ordering::Relaxed);
         c.result.store(0, Ordering::Relaxed);
         c.aux.store(0, Ordering::Relaxed);
@@ -163,7 +195,9 @@ impl Completions {
 
     /// Like [`Completions::complete`], and also delivers `aux` (published with `result`: a
     /// requester that saw DONE reads both). `aux` is op-specific; see `daemon` for the host
-    /// agents' cache-page references. On `Err` nothing was delivered.
+    /// agents' cache-page references. Claims the record first (see the module docs): of
+    /// several completers of one record exactly one delivers, and on `Err` nothing was
+    /// written. Two loads, one or two CASes and a swap; never waits.
     pub fn complete_aux(
         &self,
         idx: u32,
@@ -172,26 +206,44 @@ impl Completions {
         aux: u64,
     ) -> Result<(), CompleteError> {
         let c = self.cell(idx).ok_or(CompleteError::OutOfRange)?;
-        let mut state = c.state.load(Ordering::Acquire);
+        let mut state = c.state.load(Ordering::Relaxed);
         loop {
+            // The ticket test here only spares the record garbage's claims: it may read an
+            // older arming's ticket. The test that counts follows the claim.
             if state & !WFS_COMP_SLEEPING != WFS_COMP_PENDING
                 || c.ticket.load(Ordering::Relaxed) != ticket
             {
                 return Err(CompleteError::NotPending);
             }
-            c.result.store(result, Ordering::Relaxed);
-            c.aux.store(aux, Ordering::Relaxed);
-            match c.state.compare_exchange(
+            // Acquire: the claim reads the arming's Release store (or an RMW after it), so
+            // the ticket load below sees that arming's ticket. A sleeper's bit is kept.
+            match c.state.compare_exchange_weak(
                 state,
-                WFS_COMP_DONE,
-                Ordering::AcqRel,
+                WFS_COMP_CLAIMED | (state & WFS_COMP_SLEEPING),
                 Ordering::Acquire,
+                Ordering::Relaxed,
             ) {
                 Ok(_) => break,
                 Err(s) => state = s,
             }
         }
-        if state & WFS_COMP_SLEEPING != 0 {
+        // Claimed: until we leave CLAIMED nobody else writes the record (completers need
+        // PENDING; requesters wait), so its ticket cannot change under us.
+        if c.ticket.load(Ordering::Relaxed) != ticket {
+            // Another arming: hand it back untouched (keeping a sleeper's bit). An RMW, so the
+            // arming's release sequence goes on for the next claim.
+            let _ = c
+                .state
+                .fetch_update(Ordering::Release, Ordering::Relaxed, |s| {
+                    Some(WFS_COMP_PENDING | (s & WFS_COMP_SLEEPING))
+                });
+            return Err(CompleteError::NotPending);
+        }
+        c.result.store(result, Ordering::Relaxed);
+        c.aux.store(aux, Ordering::Relaxed);
+        // Release: a requester that reads DONE (Acquire) reads this result and aux.
+        let claimed = c.state.swap(WFS_COMP_DONE, Ordering::Release);
+        if claimed & WFS_COMP_SLEEPING != 0 {
             futex_wake(&c.state);
         }
         Ok(())
@@ -203,6 +255,7 @@ impl Completions {
     }
 
     /// Requester: `(result, aux)` if record `idx` is done (the record is then free again).
+    /// `None` while it is pending or claimed by a completer. One load (and a store if done).
     pub fn poll_aux(&self, idx: u32) -> Option<(i64, u64)> {
         let c = self.cell(idx)?;
         if c.state.load(Ordering::Acquire) == WFS_COMP_DONE {
@@ -280,8 +333,10 @@ impl Completions {
                 }
                 None => Duration::from_millis(50),
             };
+            // Sleep while pending, or while a completer holds its claim (it may be preempted
+            // between claim and DONE; its swap to DONE sees the bit and wakes us).
             let s = c.state.load(Ordering::Acquire);
-            if s & !WFS_COMP_SLEEPING == WFS_COMP_PENDING {
+            if matches!(s & !WFS_COMP_SLEEPING, WFS_COMP_PENDING | WFS_COMP_CLAIMED) {
                 let sleeping = s | WFS_COMP_SLEEPING;
                 if s == sleeping
                     || c.state
@@ -299,15 +354,22 @@ impl Completions {
     /// takes the record back. Returns `(result, aux)` if it was completed after all (the
     /// record is then free, as after [`Completions::poll_aux`]); `None` if it was still
     /// pending, now free with nothing delivered. Against a concurrent
-    /// [`Completions::complete_aux`] one CAS decides: exactly one of the two takes the record.
-    /// (Do not re-arm a withdrawn record while a completer may still run: its ticket check
-    /// and CAS are two steps, so it could complete the new arming.) One load and one CAS.
+    /// [`Completions::complete_aux`] the claim decides: a completer that claimed the record
+    /// first delivers (a claim in progress is waited out), else the withdrawal takes it and
+    /// the completer writes nothing — the record may be re-armed at once. One load and one
+    /// CAS (more only while a completer holds its claim).
     pub fn withdraw(&self, idx: u32) -> Option<(i64, u64)> {
         let c = self.cell(idx)?;
         let mut state = c.state.load(Ordering::Acquire);
+        let mut round = 0;
         loop {
             if state == WFS_COMP_DONE {
                 return self.poll_aux(idx);
+            }
+            if state & !WFS_COMP_SLEEPING == WFS_COMP_CLAIMED {
+                backoff(&mut round);
+                state = c.state.load(Ordering::Acquire);
+                continue;
             }
             if state & !WFS_COMP_SLEEPING != WFS_COMP_PENDING {
                 return None;
@@ -337,6 +399,20 @@ pub enum Waited {
     TimedOut,
 }
 
+impl Completions {
+    /// Test-only: every word of record `idx` as `(state, ticket, result, aux)`.
+    #[cfg(test)]
+    fn words(&self, idx: u32) -> (u32, u32, i64, u64) {
+        let c = self.cell(idx).expect("index in range");
+        (
+            c.state.load(Ordering::Acquire),
+            c.ticket.load(Ordering::Relaxed),
+            c.result.load(Ordering::Relaxed),
+            c.aux.load(Ordering::Relaxed),
+        )
+    }
+}
+
 impl Cell {
     fn new() -> Self {
         Self {
@@ -346,6 +422,20 @@ impl Cell {
             aux: AtomicU64::new(0),
             _reserved: 0,
         }
+    }
+}
+
+/// Waits a moment for a completer to leave CLAIMED (a few stores away, unless it was
+/// preempted): spins first, then yields the core. Under loom every call is a yield.
+fn backoff(round: &mut u32) {
+    *round = round.saturating_add(1);
+    if *round <= 64 {
+        spin_hint();
+    } else {
+        #[cfg(not(loom))]
+        std::thread::yield_now();
+        #[cfg(loom)]
+        loom::thread::yield_now();
     }
 }
 
@@ -410,6 +500,22 @@ mod tests {
         assert_eq!(t.complete(0, 7, 43), Err(CompleteError::NotPending));
         assert_eq!(t.poll(0), Some(42));
         assert_eq!(t.poll(0), None);
+    }
+
+    #[test]
+    fn a_stale_ticket_leaves_a_new_arming_untouched() {
+        let t = Completions::with_len(1);
+        t.arm(0, 1);
+        t.arm(0, 2);
+        assert_eq!(t.complete_aux(0, 1, 5, 6), Err(CompleteError::NotPending));
+        assert_eq!(t.words(0), (WFS_COMP_PENDING, 2, 0, 0));
+        t.complete_aux(0, 2, 7, 8).unwrap();
+        assert_eq!(t.complete_aux(0, 2, 9, 9), Err(CompleteError::NotPending));
+        t.arm(0, 3); // a done record not yet read is taken back: its result is dropped
+        assert_eq!(t.words(0), (WFS_COMP_PENDING, 3, 0, 0));
+        assert_eq!(t.withdraw(0), None);
+        assert_eq!(t.complete(0, 3, 1), Err(CompleteError::NotPending));
+        assert_eq!(t.words(0), (WFS_COMP_FREE, 3, 0, 0));
     }
 
     #[test]
@@ -530,6 +636,70 @@ mod loom_tests {
                 None => assert!(!completed, "completed and withdrawn both"),
             }
             assert_eq!(t.poll_aux(0), None, "the record is free either way");
+        });
+    }
+
+    /// Two completers race for one record (a duplicated request: same index and ticket): one
+    /// wins, and the requester reads exactly the winner's `(result, aux)`, then re-arms the
+    /// record for its next request. The loser writes nothing, not into this arming and not
+    /// into the next: after both are done the new arming is untouched (pending, its ticket,
+    /// result and aux as `arm` left them).
+    #[test]
+    fn of_two_completers_only_the_winner_writes() {
+        loom::model(|| {
+            let t = Arc::new(Completions::with_len(1));
+            t.arm(0, 1);
+            let completer = |result: i64, aux: u64| {
+                let t = t.clone();
+                thread::spawn(move || t.complete_aux(0, 1, result, aux).is_ok())
+            };
+            let a = completer(7, 70);
+            let b = completer(8, 80);
+            let got = loop {
+                if let Some(r) = t.poll_aux(0) {
+                    break r;
+                }
+                thread::yield_now();
+            };
+            t.arm(0, 2);
+            let (a, b) = (a.join().unwrap(), b.join().unwrap());
+            assert!(a != b, "exactly one completer wins (a {a}, b {b})");
+            assert_eq!(
+                got,
+                if a { (7, 70) } else { (8, 80) },
+                "the winner's result"
+            );
+            assert_eq!(
+                t.words(0),
+                (WFS_COMP_PENDING, 2, 0, 0),
+                "the new arming is untouched"
+            );
+        });
+    }
+
+    /// A requester withdraws its record (as at shutdown) and re-arms it for a new request
+    /// while a completer of the old request still runs: the completer either won before the
+    /// withdrawal (and the withdrawal returns its result) or writes nothing at all; the new
+    /// arming never receives the old request's result.
+    #[test]
+    fn a_withdrawn_and_rearmed_record_never_gets_the_old_result() {
+        loom::model(|| {
+            let t = Arc::new(Completions::with_len(1));
+            t.arm(0, 1);
+            let t2 = t.clone();
+            let daemon = thread::spawn(move || t2.complete_aux(0, 1, 7, 9).is_ok());
+            let withdrawn = t.withdraw(0);
+            t.arm(0, 2);
+            let completed = daemon.join().unwrap();
+            match withdrawn {
+                Some(r) => assert!(completed && r == (7, 9), "withdrawal returns the result"),
+                None => assert!(!completed, "completed and withdrawn both"),
+            }
+            assert_eq!(
+                t.words(0),
+                (WFS_COMP_PENDING, 2, 0, 0),
+                "the new arming is untouched"
+            );
         });
     }
 }

@@ -62,6 +62,7 @@ fn constants() -> Vec<(&'static str, u64)> {
         ("WFS_COMP_FREE", abi::WFS_COMP_FREE as u64),
         ("WFS_COMP_PENDING", abi::WFS_COMP_PENDING as u64),
         ("WFS_COMP_DONE", abi::WFS_COMP_DONE as u64),
+        ("WFS_COMP_CLAIMED", abi::WFS_COMP_CLAIMED as u64),
         ("WFS_COMP_SLEEPING", abi::WFS_COMP_SLEEPING as u64),
         ("WFS_MAX_END", abi::WFS_MAX_END),
         ("WFS_GPU_CTX_MAGIC", abi::WFS_GPU_CTX_MAGIC as u64),

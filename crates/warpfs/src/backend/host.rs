@@ -9,7 +9,7 @@
 //! Shutdown: `post` refuses new requests once the daemon is stopping, but a request that
 //! passed that check may reach its ring only after the daemon's final drain. Waits therefore
 //! also watch [`Doorbell::stopped`]: once the daemon has stopped without answering, the agent
-//! withdraws its own record (one CAS against any completion) and reports
+//! withdraws its own record (one CAS against any completer's claim) and reports
 //! [`Error::Shutdown`], at most one sleep slice (50 ms) later, never the wait timeout.
 //!
 //! One shortcut a GPU cannot take: agents live in the daemon's address space, so their
@@ -206,7 +206,12 @@ impl Agent {
             hook();
         }
         if ring.push_timeout(&req, self.lanes.timeout).is_err() {
-            // Nothing was published: the record can be reused once disarmed by a later arm.
+            // Nothing was published: take the record back so the slot can be reused. (Only a
+            // garbage request naming this record and ticket could have completed it; drop the
+            // cache pin such a completion may carry.)
+            if let Some((_, aux)) = ch.completions.withdraw(completion) {
+                self.unpin(aux);
+            }
             self.free.push(slot);
             return Err(Error::Timeout(self.lanes.timeout));
         }

@@ -21,6 +21,10 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How long a waiter spins on its record before it starts yielding the CPU.
+#[cfg(not(loom))]
+const SPIN_FOR: Duration = Duration::from_micros(20);
+
 #[cfg(not(loom))]
 use crate::region::SharedMemory;
 
@@ -293,9 +297,26 @@ impl Completions {
         timeout: Option<Duration>,
         completer_gone: impl Fn() -> bool,
     ) -> Waited {
-        // Spin briefly, then yield (lets a daemon worker on this core run), then sleep. (Under
-        // loom every spin is a scheduling point: one of each keeps the models small.)
+        // Spin for up to SPIN_FOR (a daemon on another core answers within a few µs, and a
+        // yield costs a system call each time), then yield (lets a daemon worker on this core
+        // run), then sleep. (Under loom every spin is a scheduling point: one of each keeps the
+        // models small.)
         let (spins, yields) = if cfg!(loom) { (1, 1) } else { (64, 256) };
+        #[cfg(not(loom))]
+        {
+            let start = Instant::now();
+            loop {
+                for _ in 0..spins {
+                    if let Some((r, aux)) = self.poll_aux(idx) {
+                        return Waited::Done(r, aux);
+                    }
+                    spin_hint();
+                }
+                if start.elapsed() >= SPIN_FOR {
+                    break;
+                }
+            }
+        }
         for i in 0..(spins + yields) {
             if let Some((r, aux)) = self.poll_aux(idx) {
                 return Waited::Done(r, aux);

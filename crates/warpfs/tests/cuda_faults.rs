@@ -347,7 +347,8 @@ fn fault_child() {
         return; // not a child: nothing to do
     };
     let spec = ChildSpec::parse(&spec);
-    let _dog = Watchdog::new(DEADLINE, "the GPU client");
+    // Shorter than the parent's, so a hung client says so (and its last step) first.
+    let _dog = Watchdog::new(DEADLINE / 2, "the GPU client");
     let gpu = GpuIo::connect(&spec.socket, cfg()).unwrap();
     println!("connected");
     let module = gpu.compile(KERNELS, &[]).unwrap();
@@ -541,7 +542,7 @@ fn a_kernel_trapping_mid_request_leaves_the_daemon_healthy_and_the_next_kernel_w
             let tail = format!("{}:{}:{}", socket.display(), rf.raw(), wf.raw());
             let reads_before = host_reads.load(Ordering::Relaxed);
             let mut child = ChildProc::spawn(&format!("trap:{paused}:{rounds}:{tail}"));
-            println!("{what}: client process started");
+            println!("{what}: client process started; waiting for it to connect");
             let (channel, served) = serve_one(s, &server);
             println!("{what}: client connected");
             let said = child.expect("trapped");

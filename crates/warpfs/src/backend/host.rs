@@ -285,6 +285,18 @@ impl Agent {
                 "wait_read's destination is shorter than the read".into(),
             ));
         }
+        self.wait_read_with(ticket, |bytes| {
+            dst[..bytes.len()].copy_from_slice(bytes);
+            bytes.len()
+        })
+    }
+
+    /// Waits for a read and hands its bytes to `f` where the daemon left them — a pinned
+    /// host-cache page or the request's buffer — without copying them (zero-copy; the slot
+    /// and any page pin are released after `f` returns). `f`'s slice is the read's length, short
+    /// at end of file. Saves [`Agent::wait_read`]'s copy: for consumers that only look at the
+    /// bytes (checksums, parsing, a copy of their own elsewhere).
+    pub fn wait_read_with<R>(&mut self, ticket: Ticket, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
         let (r, aux) = self.wait_raw(&ticket)?;
         let n = (r as usize).min(ticket.len);
         let src = match self.page_ref(aux, ticket.offset, n) {
@@ -306,12 +318,13 @@ impl Agent {
             }
         };
         // SAFETY: either the daemon finished with this slot's buffer (completion observed with
-        // Acquire), or `src` lies inside a cache page pinned for us (checked by `page_ref`),
-        // which is not reused before `unpin`; n ≤ request_buffer and ≤ dst.len().
-        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), n) };
+        // Acquire) and nobody writes it until the slot is freed below, or `src` lies inside a
+        // cache page pinned for us (checked by `page_ref`), which is not reused or rewritten
+        // before `unpin`; n ≤ request_buffer. The slice does not outlive `f`.
+        let out = f(unsafe { std::slice::from_raw_parts(src, n) });
         self.unpin(aux);
         self.free.push(ticket.slot);
-        Ok(n)
+        Ok(out)
     }
 
     /// Where `n` bytes at file `offset` lie in the cache page that `aux` references, if `aux`

@@ -268,6 +268,30 @@ impl<'rt> ChannelServer<'rt> {
         self.open_channel(stream)
     }
 
+    /// [`ChannelServer::accept`], giving up after `limit` with [`Error::Timeout`] when no
+    /// client connected (for callers that also watch the process they expect to connect).
+    /// Polls every millisecond.
+    pub fn accept_within(&self, limit: Duration) -> Result<ServedChannel<'rt>> {
+        self.listener.set_nonblocking(true)?;
+        let start = std::time::Instant::now();
+        let got = loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => break Ok(stream),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if start.elapsed() >= limit {
+                        break Err(Error::Timeout(limit));
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => break Err(Error::Io(e)),
+            }
+        };
+        self.listener.set_nonblocking(false)?;
+        let stream = got?;
+        stream.set_nonblocking(false)?;
+        self.open_channel(stream)
+    }
+
     /// Serves clients until `stop` is set (checked every 20 ms): each connection in a thread
     /// of its own for as long as it stays open. Refused clients are logged and skipped.
     pub fn run(&self, stop: &AtomicBool) -> Result<()> {

@@ -468,16 +468,34 @@ impl ChildProc {
     }
 }
 
-/// Waits for the client the child just started to connect, serves it in a thread of `s` for
-/// as long as it stays connected, and returns its channel with the thread's handle.
+/// Waits for the client `child` to connect (failing at once if it exits first), serves it in
+/// a thread of `s` for as long as it stays connected, and returns its channel with the
+/// thread's handle.
 fn serve_one<'s, 'rt: 's>(
     s: &'s std::thread::Scope<'s, '_>,
     server: &ChannelServer<'rt>,
+    child: &mut ChildProc,
 ) -> (
     Arc<warpfs::channel::Channel>,
     std::thread::ScopedJoinHandle<'s, warpfs::Result<u64>>,
 ) {
-    let served = server.accept().unwrap();
+    let t = Instant::now();
+    let served = loop {
+        match server.accept_within(Duration::from_millis(200)) {
+            Ok(ch) => break ch,
+            Err(warpfs::Error::Timeout(_)) => {
+                if let Some(st) = child.child.try_wait().unwrap() {
+                    panic!("the client exited ({st}) before it connected");
+                }
+                assert!(
+                    t.elapsed() < DEADLINE / 2,
+                    "the client did not connect within {:?}",
+                    DEADLINE / 2
+                );
+            }
+            Err(e) => panic!("accepting the client: {e}"),
+        }
+    };
     let channel = served.channel().clone();
     (channel, s.spawn(move || served.serve()))
 }
@@ -543,7 +561,7 @@ fn a_kernel_trapping_mid_request_leaves_the_daemon_healthy_and_the_next_kernel_w
             let reads_before = host_reads.load(Ordering::Relaxed);
             let mut child = ChildProc::spawn(&format!("trap:{paused}:{rounds}:{tail}"));
             println!("{what}: client process started; waiting for it to connect");
-            let (channel, served) = serve_one(s, &server);
+            let (channel, served) = serve_one(s, &server, &mut child);
             println!("{what}: client connected");
             let said = child.expect("trapped");
             println!("{what}: the client's wait sees {said}");
@@ -594,7 +612,7 @@ fn a_kernel_trapping_mid_request_leaves_the_daemon_healthy_and_the_next_kernel_w
             // A new process, a new channel: the same kernel without the trap.
             let rounds = 8;
             let mut child = ChildProc::spawn(&format!("clean:{rounds}:{tail}"));
-            let (_, served) = serve_one(s, &server);
+            let (_, served) = serve_one(s, &server, &mut child);
             println!("{what}: next client: {}", child.expect("clean"));
             child.finish(what);
             served.join().unwrap().unwrap();

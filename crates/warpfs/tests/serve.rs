@@ -233,6 +233,12 @@ fn bad_and_silent_clients_are_refused_and_the_server_goes_on() {
         let msg = big.join().unwrap();
         assert!(msg.contains("refused"), "{msg}");
 
+        // Nobody connects: a bounded accept gives up.
+        assert!(matches!(
+            server.accept_within(Duration::from_millis(50)),
+            Err(warpfs::Error::Timeout(_))
+        ));
+
         // A client that connects and says nothing is dropped after the hello timeout.
         let silent = UnixStream::connect(&sock).unwrap();
         assert!(server.accept().is_err());

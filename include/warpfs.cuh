@@ -561,36 +561,6 @@ __device__ __forceinline__ void unpin(const WfsGpuCache *c, u32 f) {
     red_add_release_gpu(frame_state(c, f), 0xFFFFFFFFu);
 }
 
-/* 0, loaded so that no compiler can prove it: the cache's magic (checked by cache_of) read
- * with a relaxed load, minus the magic. */
-__device__ __forceinline__ u32 opaque_zero(const WfsGpuCache *c) {
-    u32 m;
-    asm volatile("ld.relaxed.gpu.u32 %0, [%1];" : "=r"(m) : "l"(&c->magic) : "memory");
-    return m - WFS_GPU_CACHE_MAGIC;
-}
-
-/*
- * unpin() without its release fence, for a frame the lanes of `group` only *read*: `loaded` is
- * a ballot over a predicate of every lane's loaded value, so it exists only once every lane's
- * load of the frame has returned its value, and the decrement's operand depends on it. A GPU
- * issues an instruction only when its operands are ready, so the decrement cannot be performed
- * before those loads are; a load that has returned can no longer see a later write, so the
- * evictor (which needs the pin count at 0 before it reuses the frame) can never overwrite what
- * the lanes are reading. The release fence (MEMBAR) cost hit reads ~60% of their cycles
- * (Nsight Compute, H100, 2026-11-26: the top stall of bench_array was the memory barrier).
- */
-__device__ __forceinline__ void unpin_after_reads(const WfsGpuCache *c, u32 f, u32 loaded) {
-    const u32 dec = 0xFFFFFFFFu + (loaded & opaque_zero(c));
-    asm volatile("red.relaxed.gpu.add.u32 [%0], %1;" ::"l"(frame_state(c, f)), "r"(dec) : "memory");
-}
-
-/* A predicate of a loaded value that only its arrival settles (for unpin_after_reads). */
-template <typename T> __device__ __forceinline__ bool arrived(const T &v) {
-    u32 w = 0;
-    memcpy(&w, &v, sizeof(T) < 4 ? sizeof(T) : 4);
-    return w == 0x5EEDF00Du;
-}
-
 /* Gives a claimed (BUSY, unlisted) frame back as EMPTY. */
 __device__ __noinline__ void free_frame(const WfsGpuCache *c, u32 f) {
     volatile WfsGpuPageMeta *m = frame_meta(c, f);
@@ -1057,9 +1027,8 @@ __device__ __forceinline__ T array_get(const wfs_ctx_t *ctx, u32 fh, u64 byte_of
             }
             got = true;
         }
-        /* Every lane's load has returned before the ballot; the unpin depends on it. */
-        const u32 loaded = vote(group, got && arrived(v));
-        if (fast && res == 0 && lane_id() == leader) unpin_after_reads(c, f, loaded);
+        __syncwarp(group);
+        if (fast && res == 0 && lane_id() == leader) unpin(c, f);
         const u32 bypass = vote(group, fast && res == WFS_BYPASS_RESULT);
         if (fast && res == WFS_BYPASS_RESULT) {
             T tmp;

@@ -13,6 +13,23 @@ use cudarc::driver::sys;
 use std::ffi::c_void;
 use std::sync::Arc;
 
+/// The device address of the DEVICEMAP host memory starting at `p` (in the current context);
+/// on failure `undo` releases the memory before the error is returned.
+fn device_pointer_of(p: *mut c_void, undo: impl FnOnce()) -> CudaResult<u64> {
+    let mut device_ptr: sys::CUdeviceptr = 0;
+    // SAFETY: the caller made p the start of a live DEVICEMAP allocation or registration in
+    // the current context; flags must be 0; device_ptr is a valid out pointer.
+    let looked_up = check(
+        unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device_ptr, p, 0) },
+        "cuMemHostGetDevicePointer",
+    );
+    if let Err(e) = looked_up {
+        undo();
+        return Err(e);
+    }
+    Ok(device_ptr)
+}
+
 /// Pinned, device-mapped, zeroed host memory; freed when the last owner drops it.
 #[derive(Debug)]
 pub struct MappedHostMemory {
@@ -43,18 +60,10 @@ impl MappedHostMemory {
             unsafe { sys::cuMemHostAlloc(&mut p, len, flags) },
             "cuMemHostAlloc",
         )?;
-        let mut device_ptr: sys::CUdeviceptr = 0;
-        // SAFETY: p is the start of a live DEVICEMAP allocation in the current context; flags
-        // must be 0; device_ptr is a valid out pointer.
-        let looked_up = check(
-            unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device_ptr, p, 0) },
-            "cuMemHostGetDevicePointer",
-        );
-        if let Err(e) = looked_up {
+        let device_ptr = device_pointer_of(p, || {
             // SAFETY: p came from cuMemHostAlloc above and is freed once, here.
             unsafe { sys::cuMemFreeHost(p) };
-            return Err(e);
-        }
+        })?;
         // SAFETY: [p, p+len) is our fresh allocation, not yet shared with anyone.
         unsafe { std::ptr::write_bytes(p.cast::<u8>(), 0, len) };
         Ok(Self {
@@ -132,18 +141,10 @@ impl RegisteredHostMemory {
             unsafe { sys::cuMemHostRegister_v2(p, mem.len(), flags) },
             "cuMemHostRegister",
         )?;
-        let mut device_ptr: sys::CUdeviceptr = 0;
-        // SAFETY: p starts a DEVICEMAP registration in the current context; flags must be 0;
-        // device_ptr is a valid out pointer.
-        let looked_up = check(
-            unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device_ptr, p, 0) },
-            "cuMemHostGetDevicePointer",
-        );
-        if let Err(e) = looked_up {
+        let device_ptr = device_pointer_of(p, || {
             // SAFETY: p was registered above and is unregistered once, here.
             unsafe { sys::cuMemHostUnregister(p) };
-            return Err(e);
-        }
+        })?;
         Ok(Self {
             mem,
             device_ptr,

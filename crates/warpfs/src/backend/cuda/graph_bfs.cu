@@ -1,7 +1,7 @@
 /*
  * Level-synchronous top-down BFS over a CSR graph, one kernel launch per level (compiled by
- * NVRTC from graph_bfs.rs). One warp expands one frontier vertex at a time: lanes 0 and 1 read
- * offsets[u] and offsets[u + 1], then the lanes stride through u's neighbour list, claim
+ * NVRTC from graph_bfs.rs). One warp expands one frontier vertex at a time: its lanes read
+ * offsets[u] and offsets[u + 1] together, then stride through u's neighbour list, claim
  * unvisited neighbours with atomicCAS on their level and append them to the next frontier
  * with one warp-aggregated atomicAdd per round.
  *
@@ -35,15 +35,17 @@ __device__ void bfs_expand(Offsets offsets, Neighbours neighbours, unsigned long
     const unsigned long long warps = (gridDim.x * (unsigned long long)blockDim.x) / 32;
     for (unsigned long long i = warp; i < frontier_len; i += warps) {
         const unsigned u = frontier[i];
-        unsigned long long o = 0;
-        if (lane < 2) o = offsets[(unsigned long long)u + lane];
+        /* The whole warp reads (wfs_array cooperates only when all 32 lanes call together;
+         * a partial warp would make one lookup per lane): even lanes offsets[u], odd lanes
+         * offsets[u + 1], one page lookup for the warp. */
+        const unsigned long long o = offsets[(unsigned long long)u + (lane & 1)];
         const unsigned long long begin = __shfl_sync(0xFFFFFFFFu, o, 0);
         const unsigned long long end = __shfl_sync(0xFFFFFFFFu, o, 1);
         for (unsigned long long j0 = begin; j0 < end; j0 += 32) {
             const unsigned long long j = j0 + lane;
             const bool in = j < end;
-            unsigned w = 0;
-            if (in) w = neighbours[j];
+            /* Lanes past the end read the list's last element (same page), so all 32 read. */
+            const unsigned w = neighbours[in ? j : end - 1];
             bool claimed = false;
             /* w < vertices: a corrupt file or failed read never writes outside levels. */
             if (in && w < vertices && levels[w] == BFS_UNREACHED)

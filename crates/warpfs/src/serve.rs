@@ -207,7 +207,9 @@ impl Command {
 /// Limits a server puts on its clients.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// Largest shared region (channel + control bytes) one client may get.
+    /// Largest shared region (channel + control bytes) one client may get. The daemon's reads
+    /// fill it, so it bounds the memory one client can make the daemon's host use. Default
+    /// 4 GiB (a default `GpuIoConfig` asks for about 145 MiB).
     pub max_region_bytes: usize,
     /// How long a connected client may take to send its hello before it is dropped.
     pub hello_timeout: Duration,
@@ -216,7 +218,7 @@ pub struct ServeConfig {
 impl Default for ServeConfig {
     fn default() -> Self {
         Self {
-            max_region_bytes: 64 << 30,
+            max_region_bytes: 4 << 30,
             hello_timeout: Duration::from_secs(10),
         }
     }

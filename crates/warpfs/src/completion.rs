@@ -638,28 +638,6 @@ mod loom_tests {
         });
     }
 
-    /// A completion racing a withdrawal: exactly one takes the record, and a requester that
-    /// withdraws after the completion gets its result.
-    #[test]
-    fn withdraw_and_complete_take_the_record_once() {
-        loom::model(|| {
-            let t = Arc::new(Completions::with_len(1));
-            t.arm(0, 1);
-            let t2 = t.clone();
-            let daemon = thread::spawn(move || t2.complete_aux(0, 1, 7, 9).is_ok());
-            let withdrawn = t.withdraw(0);
-            let completed = daemon.join().unwrap();
-            match withdrawn {
-                Some(r) => {
-                    assert!(completed);
-                    assert_eq!(r, (7, 9));
-                }
-                None => assert!(!completed, "completed and withdrawn both"),
-            }
-            assert_eq!(t.poll_aux(0), None, "the record is free either way");
-        });
-    }
-
     /// Two completers race for one record (a duplicated request: same index and ticket): one
     /// wins, and the requester reads exactly the winner's `(result, aux)`, then re-arms the
     /// record for its next request. The loser writes nothing, not into this arming and not
@@ -698,10 +676,11 @@ mod loom_tests {
         });
     }
 
-    /// A requester withdraws its record (as at shutdown) and re-arms it for a new request
-    /// while a completer of the old request still runs: the completer either won before the
-    /// withdrawal (and the withdrawal returns its result) or writes nothing at all; the new
-    /// arming never receives the old request's result.
+    /// A completion racing a withdrawal (as at shutdown), then a re-arming for a new request
+    /// while the completer may still run: exactly one of them takes the record — the completer
+    /// won before the withdrawal (and the withdrawal returns its result) or writes nothing at
+    /// all — the record is free right after the withdrawal either way, and the new arming never
+    /// receives the old request's result.
     #[test]
     fn a_withdrawn_and_rearmed_record_never_gets_the_old_result() {
         loom::model(|| {
@@ -710,6 +689,7 @@ mod loom_tests {
             let t2 = t.clone();
             let daemon = thread::spawn(move || t2.complete_aux(0, 1, 7, 9).is_ok());
             let withdrawn = t.withdraw(0);
+            assert_eq!(t.poll_aux(0), None, "the record is free either way");
             t.arm(0, 2);
             let completed = daemon.join().unwrap();
             match withdrawn {

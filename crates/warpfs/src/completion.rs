@@ -170,7 +170,7 @@ impl Completions {
         // FREE is left only by this requester: once seen, no completer can claim the record.
         while state != WFS_COMP_FREE {
             if state & !WFS_COMP_SLEEPING == WFS_COMP_CLAIMED {
-                backoff(&mut round);
+                backoff(&mut round, CLAIM_SPINS);
                 state = c.state.load(Ordering::Acquire);
                 continue;
             }
@@ -317,18 +317,12 @@ impl Completions {
                 }
             }
         }
-        for i in 0..(spins + yields) {
+        let mut round = 0;
+        for _ in 0..(spins + yields) {
             if let Some((r, aux)) = self.poll_aux(idx) {
                 return Waited::Done(r, aux);
             }
-            if i < spins {
-                spin_hint();
-            } else {
-                #[cfg(not(loom))]
-                std::thread::yield_now();
-                #[cfg(loom)]
-                loom::thread::yield_now();
-            }
+            backoff(&mut round, spins);
         }
         let Some(c) = self.cell(idx) else {
             return Waited::TimedOut;
@@ -388,7 +382,7 @@ impl Completions {
                 return self.poll_aux(idx);
             }
             if state & !WFS_COMP_SLEEPING == WFS_COMP_CLAIMED {
-                backoff(&mut round);
+                backoff(&mut round, CLAIM_SPINS);
                 state = c.state.load(Ordering::Acquire);
                 continue;
             }
@@ -446,11 +440,15 @@ impl Cell {
     }
 }
 
-/// Waits a moment for a completer to leave CLAIMED (a few stores away, unless it was
-/// preempted): spins first, then yields the core. Under loom every call is a yield.
-fn backoff(round: &mut u32) {
+/// Spins before a wait for a claimed record yields the core.
+const CLAIM_SPINS: u32 = 64;
+
+/// One step of a short wait (for a completer to leave CLAIMED — a few stores away, unless it
+/// was preempted — or for a record to be answered): the first `spins` calls spin, later ones
+/// yield the core.
+fn backoff(round: &mut u32, spins: u32) {
     *round = round.saturating_add(1);
-    if *round <= 64 {
+    if *round <= spins {
         spin_hint();
     } else {
         #[cfg(not(loom))]
@@ -564,15 +562,24 @@ mod loom_tests {
     use loom::sync::Arc;
     use loom::thread;
 
+    /// One record armed for ticket 1, and a daemon thread completing it with (7, 9); the thread
+    /// returns whether its completion took.
+    fn armed_with_a_completer() -> (Arc<Completions>, thread::JoinHandle<bool>) {
+        let t = Arc::new(Completions::with_len(1));
+        t.arm(0, 1);
+        let t2 = t.clone();
+        (
+            t,
+            thread::spawn(move || t2.complete_aux(0, 1, 7, 9).is_ok()),
+        )
+    }
+
     /// A completion's result and aux word are published together: a requester that sees the
     /// record done reads both as written, and re-arming clears aux for the next request.
     #[test]
     fn result_and_aux_arrive_together() {
         loom::model(|| {
-            let t = Arc::new(Completions::with_len(1));
-            t.arm(0, 1);
-            let t2 = t.clone();
-            let daemon = thread::spawn(move || t2.complete_aux(0, 1, 7, 9).is_ok());
+            let (t, daemon) = armed_with_a_completer();
             let mut got = None;
             for _ in 0..3 {
                 if let Some(r) = t.poll_aux(0) {
@@ -684,10 +691,7 @@ mod loom_tests {
     #[test]
     fn a_withdrawn_and_rearmed_record_never_gets_the_old_result() {
         loom::model(|| {
-            let t = Arc::new(Completions::with_len(1));
-            t.arm(0, 1);
-            let t2 = t.clone();
-            let daemon = thread::spawn(move || t2.complete_aux(0, 1, 7, 9).is_ok());
+            let (t, daemon) = armed_with_a_completer();
             let withdrawn = t.withdraw(0);
             assert_eq!(t.poll_aux(0), None, "the record is free either way");
             t.arm(0, 2);

@@ -38,6 +38,16 @@ pub struct ChannelLayout {
     pub total: usize,
 }
 
+impl ChannelLayout {
+    /// The first page boundary at or after the channel's end: where a backend keeps memory
+    /// of its own in the same region (the GPU control words). Fails on overflow.
+    pub fn end_page(&self) -> Result<usize> {
+        self.total
+            .checked_next_multiple_of(4096)
+            .ok_or_else(|| Error::Config("channel too large".into()))
+    }
+}
+
 impl ChannelConfig {
     /// Where each part goes; fails on a capacity that is not a power of two or sizes that overflow.
     pub fn layout(&self) -> Result<ChannelLayout> {

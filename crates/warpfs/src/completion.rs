@@ -165,26 +165,9 @@ impl Completions {
     /// If `idx` is out of range (requesters own their indices; this is a caller bug).
     pub fn arm(&self, idx: u32, ticket: u32) {
         let c = self.cell(idx).expect("completion index out of range");
-        let mut state = c.state.load(Ordering::Acquire);
-        let mut round = 0;
-        // FREE is left only by this requester: once seen, no completer can claim the record.
-        while state != WFS_COMP_FREE {
-            if state & !WFS_COMP_SLEEPING == WFS_COMP_CLAIMED {
-                backoff(&mut round, CLAIM_SPINS);
-                state = c.state.load(Ordering::Acquire);
-                continue;
-            }
-            // Acquire: a completer's writes (it published DONE) come before ours.
-            match c.state.compare_exchange(
-                state,
-                WFS_COMP_FREE,
-                Ordering::Acquire,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                Err(s) => state = s,
-            }
-        }
+        // Take the record back (a DONE result is dropped, a claim is waited out): once FREE,
+        // which only this requester leaves, no completer can claim it.
+        let _ = self.withdraw(idx);
         c.ticket.store(ticket, Ordering::Relaxed);
         c.result.store(0, Ordering::Relaxed);
         c.aux.store(0, Ordering::Relaxed);
@@ -301,12 +284,11 @@ impl Completions {
         // yield costs a system call each time), then yield (lets a daemon worker on this core
         // run), then sleep. (Under loom every spin is a scheduling point: one of each keeps the
         // models small.)
-        let (spins, yields) = if cfg!(loom) { (1, 1) } else { (64, 256) };
         #[cfg(not(loom))]
         {
             let start = Instant::now();
             loop {
-                for _ in 0..spins {
+                for _ in 0..64 {
                     if let Some((r, aux)) = self.poll_aux(idx) {
                         return Waited::Done(r, aux);
                     }
@@ -317,6 +299,7 @@ impl Completions {
                 }
             }
         }
+        let (spins, yields) = if cfg!(loom) { (1, 1) } else { (0, 256) };
         let mut round = 0;
         for _ in 0..(spins + yields) {
             if let Some((r, aux)) = self.poll_aux(idx) {

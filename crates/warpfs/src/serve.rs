@@ -42,7 +42,6 @@ use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -95,9 +94,8 @@ impl Hello {
         b
     }
 
-    /// Reads a hello and decides where everything goes; refuses (with a message naming the
-    /// field) a wrong magic or version, a geometry [`ChannelConfig::layout`] refuses, too many
-    /// control bytes, or a region larger than `max_region_bytes`.
+    /// Reads a hello and decides where everything goes ([`Hello::placement`]); refuses (with a
+    /// message naming the field) a wrong magic or version, or what `placement` refuses.
     pub fn decode(b: &[u8; HELLO_BYTES], max_region_bytes: usize) -> Result<(Self, Placement)> {
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
@@ -125,19 +123,23 @@ impl Hello {
             },
             control_bytes: field(32, "control bytes")?,
         };
-        if hello.control_bytes > MAX_CONTROL_BYTES {
+        Ok((hello, hello.placement(max_region_bytes)?))
+    }
+
+    /// Where the channel and the control bytes go (the same rule on both sides); refuses a
+    /// geometry [`ChannelConfig::layout`] refuses, too many control bytes, or a region larger
+    /// than `max_region_bytes`.
+    pub fn placement(&self, max_region_bytes: usize) -> Result<Placement> {
+        if self.control_bytes > MAX_CONTROL_BYTES {
             return Err(Error::Serve(format!(
                 "{} control bytes asked for; at most {MAX_CONTROL_BYTES}",
-                hello.control_bytes
+                self.control_bytes
             )));
         }
-        let layout = hello.channel.layout()?;
-        let control = layout
-            .total
-            .checked_next_multiple_of(4096)
-            .ok_or_else(|| Error::Serve("channel too large".into()))?;
+        let layout = self.channel.layout()?;
+        let control = layout.end_page()?;
         let len = control
-            .checked_add(hello.control_bytes.max(1))
+            .checked_add(self.control_bytes.max(1))
             .and_then(|l| l.checked_next_multiple_of(4096))
             .filter(|&l| l <= max_region_bytes)
             .ok_or_else(|| {
@@ -147,14 +149,11 @@ impl Hello {
                      records or smaller buffers"
                 ))
             })?;
-        Ok((
-            hello,
-            Placement {
-                layout,
-                control,
-                len,
-            },
-        ))
+        Ok(Placement {
+            layout,
+            control,
+            len,
+        })
     }
 }
 
@@ -292,38 +291,6 @@ impl<'rt> ChannelServer<'rt> {
         let stream = got?;
         stream.set_nonblocking(false)?;
         self.open_channel(stream)
-    }
-
-    /// Serves clients until `stop` is set (checked every 20 ms): each connection in a thread
-    /// of its own for as long as it stays open. Refused clients are logged and skipped.
-    pub fn run(&self, stop: &AtomicBool) -> Result<()> {
-        self.listener.set_nonblocking(true)?;
-        let out = std::thread::scope(|s| {
-            while !stop.load(Ordering::Acquire) {
-                match self.listener.accept() {
-                    Ok((stream, _)) => {
-                        stream.set_nonblocking(false)?;
-                        match self.open_channel(stream) {
-                            Ok(ch) => {
-                                s.spawn(move || {
-                                    if let Err(e) = ch.serve() {
-                                        tracing::warn!(error = %e, "client connection ended badly");
-                                    }
-                                });
-                            }
-                            Err(e) => tracing::warn!(error = %e, "client refused"),
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    Err(e) => return Err(Error::Io(e)),
-                }
-            }
-            Ok(())
-        });
-        self.listener.set_nonblocking(false)?;
-        out
     }
 
     fn open_channel(&self, mut stream: UnixStream) -> Result<ServedChannel<'rt>> {
@@ -547,7 +514,7 @@ impl ChannelLease {
             len: at(56),
         };
         // Our own computation must agree with the server's: both sides use one layout rule.
-        let (_, want) = Hello::decode(&hello.encode(), usize::MAX)?;
+        let want = hello.placement(usize::MAX)?;
         if placement != want || region.len() < placement.len {
             return Err(Error::Serve(format!(
                 "the server placed the channel differently ({placement:?}, region of {} \

@@ -235,17 +235,21 @@ impl<'rt> GpuIo<'rt> {
     pub fn new(rt: &'rt Runtime, cfg: GpuIoConfig) -> Result<Self> {
         let geo = Geometry::of(&cfg)?;
         let ctx = Context::new(cfg.device)?;
-        let layout = geo.channel.layout()?;
-        let control_off = layout.total.div_ceil(4096) * 4096;
+        let control_off = geo.channel.layout()?.end_page()?;
         let total = control_off + core::mem::size_of::<WfsGpuControl>();
         let region = Arc::new(MappedHostMemory::new(&ctx, total)?);
         let channel = Arc::new(Channel::in_region(
             geo.channel,
             region.clone() as Arc<dyn SharedMemory>,
         )?);
-        rt.attach_channel(channel.clone());
-        let service = Service::Local { rt, channel };
-        Self::assemble(service, ctx, cfg, &geo, region, control_off)
+        let service = Service::Local {
+            rt,
+            channel: channel.clone(),
+        };
+        let io = Self::assemble(service, ctx, cfg, &geo, region, control_off)?;
+        // Only a complete GpuIo is served (its drop detaches the channel again).
+        rt.attach_channel(channel);
+        Ok(io)
     }
 
     /// Like [`GpuIo::new`], but served by the daemon of another process: connects to the

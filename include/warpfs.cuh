@@ -530,19 +530,28 @@ __device__ __forceinline__ unsigned char *frame_data(const WfsGpuCache *c, u32 f
 __device__ __forceinline__ u64 *table_of(const WfsGpuCache *c) {
     return reinterpret_cast<u64 *>(c->table);
 }
+/* The statistics stripe of the calling warp: one per (SM, warp slot mod 8), so that the warps
+ * adding to one 64-byte line are few (the host sums the stripes). */
 __device__ __forceinline__ WfsGpuCacheStats *stats_stripe(const WfsGpuCache *c) {
-    u32 sm;
+    u32 sm, warp;
     asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-    return reinterpret_cast<WfsGpuCacheStats *>(c->stats) + (sm & (WFS_GPU_CACHE_STRIPES - 1));
+    asm volatile("mov.u32 %0, %%warpid;" : "=r"(warp));
+    return reinterpret_cast<WfsGpuCacheStats *>(c->stats) + (((sm << 3) | (warp & 7)) & (WFS_GPU_CACHE_STRIPES - 1));
 }
+/* Adds `v` without waiting for the add (a reduction; the stripes are global device memory). */
 __device__ __forceinline__ void stat_add(unsigned long long *field, u64 v) {
-    if (v) atomicAdd(field, (unsigned long long)v);
+    if (v) asm volatile("red.relaxed.gpu.global.add.u64 [%0], %1;" ::"l"(field), "l"(v) : "memory");
 }
-/* One atomic per warp: the lowest lane of `group` adds the group's sum of `v`. */
-__device__ __forceinline__ void stat_add_warp(u32 group, unsigned long long *field, u64 v) {
-    /* Portable (sm_70): every lane's value gathered by the leader through shuffles. */
-    u64 sum = 0;
+/* One reduction per warp: the lowest lane of `group` adds the group's sum of `v` (≤ 32 each);
+ * nothing at all when every lane's `v` is 0. */
+__device__ __forceinline__ void stat_add_warp(u32 group, unsigned long long *field, u32 v) {
+    if (!vote_any(group, v != 0)) return;
+#if __CUDA_ARCH__ >= 800
+    const u32 sum = __reduce_add_sync(group, v);
+#else
+    u32 sum = 0;
     for (u32 m = group; m; m &= m - 1) sum += __shfl_sync(group, v, __ffs(m) - 1);
+#endif
     if (lane_id() == (u32)(__ffs(group) - 1)) stat_add(field, sum);
 }
 
@@ -571,37 +580,45 @@ __device__ __noinline__ void free_frame(const WfsGpuCache *c, u32 f) {
     state_update(frame_state(c, f), WFS_PG_FLAGS, 0, 0);
 }
 
-/* CLOCK: claims an unpinned frame (BUSY, removed from the table). Bounded: at most two sweeps
- * of the frames or the deadline; WFS_NO_FRAME if every frame stayed pinned or loading. */
+/* Claims a frame for a new page: BUSY, out of the table. First the frames never used (one
+ * counter, so a cache with room never evicts), then CLOCK: the hand advances by exactly the
+ * frames it examines (one atomic each), clearing the reference bit of a referenced frame and
+ * claiming the first unpinned, unreferenced one. Bounded: at most two sweeps of the frames or
+ * the deadline; WFS_NO_FRAME if every frame stayed pinned or loading. */
 __device__ __noinline__ u32 claim_victim(const wfs_ctx_t *ctx, const WfsGpuCache *c, u64 deadline) {
     const u32 frames = c->frames;
+    unsigned long long *fresh = reinterpret_cast<unsigned long long *>(&state(ctx)->fresh);
+    if (ld_relaxed_gpu_u64(fresh) < frames) {
+        const u64 k = atomicAdd(fresh, 1ull);
+        if (k < frames && atomicCAS(frame_state(c, (u32)k), 0u, WFS_PG_BUSY) == 0u) {
+            __threadfence();
+            return (u32)k;
+        }
+    }
     unsigned long long *hand = reinterpret_cast<unsigned long long *>(&state(ctx)->clock);
     const u64 limit = 2ull * frames + 64;
-    for (u64 scanned = 0; scanned < limit;) {
-        const u64 h = atomicAdd(hand, 8ull);
-        for (u32 k = 0; k < 8; ++k, ++scanned) {
-            const u32 f = (u32)((h + k) % frames);
-            u32 *st = frame_state(c, f);
-            const u32 s = ld_relaxed_gpu_u32(st);
-            if (s & (WFS_PIN_MASK | WFS_PG_BUSY | WFS_PG_LOADING)) continue;
-            if (s & WFS_PG_REF) {
-                atomicAnd(st, ~WFS_PG_REF); /* second chance */
-                continue;
-            }
-            if (atomicCAS(st, s, (s & ~(WFS_PG_VALID | WFS_PG_ERROR)) | WFS_PG_BUSY) != s) continue;
-            __threadfence();
-            if (s & WFS_PG_VALID) {
-                volatile WfsGpuPageMeta *m = frame_meta(c, f);
-                const u64 w = m->word;
-                const u32 b = m->bucket;
-                atomicCAS(reinterpret_cast<unsigned long long *>(table_of(c) + b),
-                          (unsigned long long)w, (unsigned long long)WFS_TABLE_TOMB);
-                __threadfence();
-                stat_add(&stats_stripe(c)->evictions, 1);
-            }
-            return f;
+    for (u64 scanned = 0; scanned < limit; ++scanned) {
+        if ((scanned & 63) == 63 && now_ns() > deadline) break;
+        const u32 f = (u32)(atomicAdd(hand, 1ull) % frames);
+        u32 *st = frame_state(c, f);
+        const u32 s = ld_relaxed_gpu_u32(st);
+        if (s & (WFS_PIN_MASK | WFS_PG_BUSY | WFS_PG_LOADING)) continue;
+        if (s & WFS_PG_REF) {
+            atomicAnd(st, ~WFS_PG_REF); /* second chance */
+            continue;
         }
-        if (now_ns() > deadline) break;
+        if (atomicCAS(st, s, (s & ~(WFS_PG_VALID | WFS_PG_ERROR)) | WFS_PG_BUSY) != s) continue;
+        __threadfence();
+        if (s & WFS_PG_VALID) {
+            volatile WfsGpuPageMeta *m = frame_meta(c, f);
+            const u64 w = m->word;
+            const u32 b = m->bucket;
+            atomicCAS(reinterpret_cast<unsigned long long *>(table_of(c) + b),
+                      (unsigned long long)w, (unsigned long long)WFS_TABLE_TOMB);
+            __threadfence();
+            stat_add(&stats_stripe(c)->evictions, 1);
+        }
+        return f;
     }
     return WFS_NO_FRAME;
 }
@@ -810,9 +827,22 @@ __device__ __noinline__ long long wait_loaded(const wfs_ctx_t *ctx, const WfsGpu
  * WFS_BYPASS_RESULT (read around the cache). Statistics are added once per warp.
  */
 #define WFS_BYPASS_RESULT (-(1ll << 40))
+/* What one acquire_round adds to the statistics, per lane (leaders only); the caller adds it
+ * with add_round_stats once its pins are dropped, so no unpin waits for these adds. */
+struct RoundStats {
+    u32 hits, misses, coalesced, bypassed;
+};
+__device__ __forceinline__ void add_round_stats(const WfsGpuCache *c, u32 group, const RoundStats &r) {
+    WfsGpuCacheStats *sst = stats_stripe(c);
+    stat_add_warp(group, &sst->hits, r.hits);
+    stat_add_warp(group, &sst->misses, r.misses);
+    stat_add_warp(group, &sst->coalesced, r.coalesced);
+    stat_add_warp(group, &sst->bypassed, r.bypassed);
+}
 __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpuCache *c,
                                               u32 group, bool want, u32 fh, u64 page, u64 deadline,
-                                              u32 &leader_out, u32 &frame_out, long long &res_out) {
+                                              u32 &leader_out, u32 &frame_out, long long &res_out,
+                                              RoundStats &stats_out) {
     const u32 lane = lane_id();
     const u32 wmask = vote(group, want);
     u32 peers = 0;
@@ -869,14 +899,12 @@ __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpu
         f = WFS_NO_FRAME;
     }
     const u32 n_peers = __popc(peers);
-    WfsGpuCacheStats *sst = stats_stripe(c);
-    stat_add_warp(group, &sst->misses, loader ? 1 : 0);
-    stat_add_warp(group, &sst->hits, is_leader && status == WFS_ACQ_HIT ? n_peers : 0);
-    stat_add_warp(group, &sst->coalesced,
-                  is_leader && res == 0 ? (status == WFS_ACQ_WAIT ? n_peers
-                                           : status == WFS_ACQ_LOAD ? n_peers - 1 : 0)
-                                        : 0);
-    stat_add_warp(group, &sst->bypassed, is_leader && res == WFS_BYPASS_RESULT ? n_peers : 0);
+    stats_out.misses = loader ? 1u : 0u;
+    stats_out.hits = is_leader && status == WFS_ACQ_HIT ? n_peers : 0u;
+    stats_out.coalesced = is_leader && res == 0 ? (status == WFS_ACQ_WAIT ? n_peers
+                                                   : status == WFS_ACQ_LOAD ? n_peers - 1 : 0u)
+                                                : 0u;
+    stats_out.bypassed = is_leader && res == WFS_BYPASS_RESULT ? n_peers : 0u;
     leader_out = leader;
     frame_out = __shfl_sync(group, f, leader);
     res_out = __shfl_sync(group, res, leader);
@@ -913,7 +941,8 @@ __device__ __noinline__ long long cached_read(const wfs_ctx_t *ctx, const WfsGpu
         const u64 seg = want ? ((len - (u64)total) < (ps - in_off) ? (len - (u64)total) : (ps - in_off)) : 0;
         u32 leader, f;
         long long res;
-        acquire_round(ctx, c, group, want, fh, page, deadline, leader, f, res);
+        RoundStats rs;
+        acquire_round(ctx, c, group, want, fh, page, deadline, leader, f, res, rs);
         /* Bytes this lane takes from its frame. */
         u64 n = 0;
         if (want && res == 0) {
@@ -935,6 +964,7 @@ __device__ __noinline__ long long cached_read(const wfs_ctx_t *ctx, const WfsGpu
         }
         __syncwarp(group);
         if (want && res == 0 && lane == leader) unpin(c, f);
+        add_round_stats(c, group, rs);
         /* Lanes the cache could not place read around it (all together). */
         long long br = 0;
         const u32 bypass = vote(group, want && res == WFS_BYPASS_RESULT);
@@ -1015,7 +1045,8 @@ __device__ __forceinline__ T array_get(const wfs_ctx_t *ctx, u32 fh, u64 byte_of
     if (vote_any(group, fast)) {
         u32 leader, f;
         long long res;
-        acquire_round(ctx, c, group, fast, fh, pos >> shift, deadline, leader, f, res);
+        RoundStats rs;
+        acquire_round(ctx, c, group, fast, fh, pos >> shift, deadline, leader, f, res, rs);
         const u64 in_off = pos & (ps - 1);
         bool got = false;
         if (fast && res == 0 && in_off + sizeof(T) <= frame_meta(c, f)->len) {
@@ -1029,6 +1060,7 @@ __device__ __forceinline__ T array_get(const wfs_ctx_t *ctx, u32 fh, u64 byte_of
         }
         __syncwarp(group);
         if (fast && res == 0 && lane_id() == leader) unpin(c, f);
+        add_round_stats(c, group, rs);
         const u32 bypass = vote(group, fast && res == WFS_BYPASS_RESULT);
         if (fast && res == WFS_BYPASS_RESULT) {
             T tmp;

@@ -195,15 +195,16 @@ typedef struct WfsGpuState {
     uint64_t ptail_max;             /**< Highest claimed end published to the prefetch tail. */
     uint64_t pad1[6];               /**< Padding to 128 bytes. */
     uint64_t clock;                 /**< CLOCK hand of the GPU page cache. */
-    uint64_t pad2[7];               /**< Padding to 192 bytes. */
+    uint64_t fresh;                 /**< Frames handed out fresh (never used) so far. */
+    uint64_t pad2[6];               /**< Padding to 192 bytes. */
     uint64_t errors;                /**< Errors counted by the device API (wfs_errors). */
     uint64_t pad3[7];               /**< Padding to 256 bytes. */
 } WfsGpuState;
 
 /** Magic number at the start of a WfsGpuCache ("WFSC"). */
 #define WFS_GPU_CACHE_MAGIC 0x57534643u
-/** Statistics stripes of the GPU page cache. */
-#define WFS_GPU_CACHE_STRIPES 32u
+/** Statistics stripes of the GPU page cache (stripe (smid * 8 + warp slot % 8) % STRIPES). */
+#define WFS_GPU_CACHE_STRIPES 1024u
 
 /** Descriptor of a GPU page cache (device memory, written once by the runtime). */
 typedef struct WfsGpuCache {
@@ -301,6 +302,7 @@ typedef struct WfsGpuCacheStats {
     X("WfsGpuState.hint", offsetof(WfsGpuState, hint))                          \
     X("WfsGpuState.pclaim", offsetof(WfsGpuState, pclaim))                      \
     X("WfsGpuState.clock", offsetof(WfsGpuState, clock))                        \
+    X("WfsGpuState.fresh", offsetof(WfsGpuState, fresh))                        \
     X("WfsGpuState.errors", offsetof(WfsGpuState, errors))                      \
     X("WfsGpuContext.cache", offsetof(WfsGpuContext, cache))                    \
     X("WfsGpuContext.prefetch_ring", offsetof(WfsGpuContext, prefetch_ring))    \

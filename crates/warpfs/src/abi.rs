@@ -200,8 +200,11 @@ pub struct WfsGpuState {
     pub pad1: [u64; 6],
     /// CLOCK hand of the GPU page cache (frames scanned so far).
     pub clock: u64,
+    /// Frames of the GPU page cache handed out fresh (never used before) so far; the CLOCK
+    /// hand runs only once this reaches the frame count.
+    pub fresh: u64,
     /// Padding to 192 bytes.
-    pub pad2: [u64; 7],
+    pub pad2: [u64; 6],
     /// Errors counted by the device API (`wfs_errors`: failed array element reads).
     pub errors: u64,
     /// Padding to 256 bytes.
@@ -210,8 +213,9 @@ pub struct WfsGpuState {
 
 /// Magic number at the start of a [`WfsGpuCache`] ("WFSC").
 pub const WFS_GPU_CACHE_MAGIC: u32 = 0x5753_4643;
-/// Statistics stripes of the GPU page cache (a warp adds to stripe `smid % STRIPES`).
-pub const WFS_GPU_CACHE_STRIPES: u32 = 32;
+/// Statistics stripes of the GPU page cache (a warp adds to stripe `(smid × 8 + warp slot mod 8) % STRIPES`,
+/// so few warps share one 64-byte line).
+pub const WFS_GPU_CACHE_STRIPES: u32 = 1024;
 
 /// Descriptor of a GPU page cache in device memory (written once by the runtime; kernels read
 /// it). Every address is device memory.
@@ -357,6 +361,7 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
         ("WfsGpuState.hint", offset_of!(WfsGpuState, hint)),
         ("WfsGpuState.pclaim", offset_of!(WfsGpuState, pclaim)),
         ("WfsGpuState.clock", offset_of!(WfsGpuState, clock)),
+        ("WfsGpuState.fresh", offset_of!(WfsGpuState, fresh)),
         ("WfsGpuState.errors", offset_of!(WfsGpuState, errors)),
         ("WfsGpuContext.cache", offset_of!(WfsGpuContext, cache)),
         (

@@ -87,6 +87,8 @@ pub struct GpuBfsResult {
     pub frontier_sizes: Vec<u64>,
     /// Wall time of the level loop (first launch to last frontier count read back).
     pub elapsed: Duration,
+    /// Wall time of each level (launch to its frontier count read back), in order.
+    pub level_times: Vec<Duration>,
     /// File-backed array reads that failed (returned 0 instead of data); 0 for the
     /// in-memory search. A non-zero count makes the levels untrustworthy.
     pub array_errors: u64,
@@ -116,12 +118,12 @@ fn u32_indices(h: &CsrHeader) -> Result<()> {
     Ok(())
 }
 
-/// Device state of one search: levels and two frontiers.
+/// Device state of one search: the level of every vertex (the frontier is the vertices of the
+/// previous level), the next frontier's size and the cursor the warps take vertex chunks from.
 struct Frontiers {
     levels: DeviceBuffer,
-    a: DeviceBuffer,
-    b: DeviceBuffer,
     count: DeviceBuffer,
+    cursor: DeviceBuffer,
 }
 
 impl Frontiers {
@@ -129,9 +131,8 @@ impl Frontiers {
         let n = usize::try_from(vertices).map_err(|_| Error::Config("graph too large".into()))?;
         Ok(Self {
             levels: gpu.alloc(n * 4)?,
-            a: gpu.alloc(n * 4)?,
-            b: gpu.alloc(n * 4)?,
             count: gpu.alloc(8)?,
+            cursor: gpu.alloc(8)?,
         })
     }
 }
@@ -142,9 +143,7 @@ struct Level {
     grid: u32,
     next_level: u32,
     levels: u64,
-    frontier: u64,
-    len: u64,
-    next: u64,
+    cursor: u64,
     count: u64,
 }
 
@@ -164,35 +163,49 @@ fn level_loop(
     f.levels.fill(0xFF)?;
     f.levels
         .copy_from_host(source as usize * 4, &0u32.to_le_bytes())?;
-    f.a.copy_from_host(0, &(source as u32).to_le_bytes())?;
-    let (mut cur, mut next) = (&mut f.a, &mut f.b);
     let mut len = 1u64;
     let mut sizes = Vec::new();
+    let mut level_times = Vec::new();
     let t = Instant::now();
     while len > 0 {
+        let tl = Instant::now();
+        let stats0 = gpu.cache_stats().ok();
         sizes.push(len);
         let level = sizes.len() as u32;
         f.count.copy_from_host(0, &0u64.to_le_bytes())?;
-        let grid = len.div_ceil((BLOCK_THREADS / 32) as u64).min(MAX_BLOCKS) as u32;
+        f.cursor.copy_from_host(0, &0u64.to_le_bytes())?;
+        let grid = vertices.div_ceil(BLOCK_THREADS as u64).min(MAX_BLOCKS) as u32;
         launch(Level {
             grid,
             next_level: level,
             levels: f.levels.ptr(),
-            frontier: cur.ptr(),
-            len,
-            next: next.ptr(),
+            cursor: f.cursor.ptr(),
             count: f.count.ptr(),
         })?;
         gpu.synchronize_within(LEVEL_WATCHDOG, &format!("BFS level {level}"))?;
         let mut c = [0u8; 8];
         f.count.copy_to_host(0, &mut c)?;
         len = u64::from_le_bytes(c);
+        level_times.push(tl.elapsed());
+        if let (Some(a), Ok(b)) = (stats0, gpu.cache_stats()) {
+            let d = b - a;
+            tracing::info!(
+                level,
+                frontier = sizes[sizes.len() - 1],
+                ms = tl.elapsed().as_secs_f64() * 1e3,
+                hits = d.hits,
+                misses = d.misses,
+                coalesced = d.coalesced,
+                evictions = d.evictions,
+                bypassed = d.bypassed,
+                "BFS level done"
+            );
+        }
         if len > vertices {
             return Err(Error::Config(format!(
                 "BFS kernel reported a frontier of {len} vertices in a graph of {vertices}"
             )));
         }
-        std::mem::swap(&mut cur, &mut next);
     }
     let elapsed = t.elapsed();
     let mut raw = vec![0u8; vertices as usize * 4];
@@ -212,13 +225,14 @@ fn level_loop(
         depth: sizes.len() as u32,
         frontier_sizes: sizes,
         elapsed,
+        level_times,
         array_errors: 0,
     })
 }
 
 /// BFS from `source` with the whole CSR file in GPU memory: loads it with `bulk` (the report
 /// says how fast), then runs the level kernels on plain device pointers. Needs GPU memory for
-/// the file plus 12 bytes per vertex.
+/// the file plus 4 bytes per vertex.
 pub fn bfs_in_gpu_memory(
     gpu: &GpuIo<'_>,
     kernels: &BfsKernels,
@@ -245,10 +259,9 @@ pub fn bfs_in_gpu_memory(
     let r = level_loop(gpu, h.vertices, source, |l| {
         // SAFETY: the arguments match bfs_level_mem's parameters; offs/nb point into `dev`
         // (the whole file, alive for the call; the header was validated, so offsets and
-        // neighbours lie inside it), levels/frontier/next/count into the search's buffers of
-        // n u32 / n u32 / n u32 / one u64; the kernel writes levels[w] only for w < n and at
-        // most n frontier entries (each vertex is claimed once by CAS); level_loop
-        // synchronises before the buffers can go.
+        // neighbours lie inside it), levels/cursor/count into the search's buffers of n u32 /
+        // one u64 / one u64; the kernel reads and writes levels[v] only for v < n, and adds
+        // to the cursor and the count only; level_loop synchronises before the buffers go.
         unsafe {
             k.launch(
                 (l.grid, 1, 1),
@@ -259,9 +272,7 @@ pub fn bfs_in_gpu_memory(
                     KernelArg::U64(nb),
                     KernelArg::U64(h.vertices),
                     KernelArg::U64(l.levels),
-                    KernelArg::U64(l.frontier),
-                    KernelArg::U64(l.len),
-                    KernelArg::U64(l.next),
+                    KernelArg::U64(l.cursor),
                     KernelArg::U64(l.count),
                     KernelArg::U32(l.next_level),
                 ],
@@ -274,7 +285,7 @@ pub fn bfs_in_gpu_memory(
 
 /// BFS from `source` where the kernels read the CSR file `fh` (registered with the runtime
 /// that serves `gpu`) through `wfs_array` — every access GPU-initiated, cached in the GPU
-/// page cache. Needs 12 bytes of GPU memory per vertex besides the cache.
+/// page cache. Needs 4 bytes of GPU memory per vertex besides the cache.
 pub fn bfs_through_warpfs(
     gpu: &GpuIo<'_>,
     kernels: &BfsKernels,
@@ -288,10 +299,10 @@ pub fn bfs_through_warpfs(
     let ctx = gpu.context_ptr();
     let mut r = level_loop(gpu, h.vertices, source, |l| {
         // SAFETY: the arguments match bfs_level_wfs's parameters; ctx is gpu's live context
-        // (gpu outlives the call; level_loop synchronises); levels/frontier/next/count are the
-        // search's buffers (n u32 ×3, one u64); the kernel writes levels[w] only for w < n
-        // (checked in the kernel, whatever the file holds) and at most n frontier entries
-        // (each vertex is claimed once by CAS).
+        // (gpu outlives the call; level_loop synchronises); levels/cursor/count are the
+        // search's buffers (n u32, one u64, one u64); the kernel reads and writes levels[v]
+        // only for v < n (checked in the kernel, whatever the file holds) and adds to the
+        // cursor and the count only.
         unsafe {
             k.launch(
                 (l.grid, 1, 1),
@@ -305,9 +316,7 @@ pub fn bfs_through_warpfs(
                     KernelArg::U64(h.neighbours_at),
                     KernelArg::U64(h.edges),
                     KernelArg::U64(l.levels),
-                    KernelArg::U64(l.frontier),
-                    KernelArg::U64(l.len),
-                    KernelArg::U64(l.next),
+                    KernelArg::U64(l.cursor),
                     KernelArg::U64(l.count),
                     KernelArg::U32(l.next_level),
                 ],

@@ -243,19 +243,15 @@ __device__ __forceinline__ void coop_copy(unsigned char *dst, const unsigned cha
     }
 }
 
-/* Publishes `end` as the advisory tail of the ring at `hdr` (see io()): device maximum, store,
- * re-check until the maximum held still. */
+/* Publishes the device's highest claimed end as the ring's advisory tail: one relaxed store,
+ * no fence, no retry. The daemon finds requests by the slots' sequence words (Ring::try_pop,
+ * Ring::len probes the published slots from the head); the tail only bounds how far it takes a
+ * slot with a garbage stamp, so a stale or late store costs nothing but that. (A fenced store
+ * re-checked until the maximum held still made every request of a busy GPU wait for PCIe
+ * round trips on one host cache line.) */
 __device__ __forceinline__ void publish_tail(unsigned long long *tail_max, WfsRingHeader *hdr, u64 end) {
-    atomicMax(tail_max, (unsigned long long)end);
-    __threadfence_system();
-    u64 cur = ld_relaxed_gpu_u64(tail_max);
-    for (int i = 0; i < 64; ++i) {
-        st_relaxed_sys_u64(&hdr->tail, cur);
-        __threadfence_system();
-        const u64 now = ld_relaxed_gpu_u64(tail_max);
-        if (now == cur) break;
-        cur = now;
-    }
+    if (end != 0) atomicMax(tail_max, (unsigned long long)end);
+    st_relaxed_sys_u64(&hdr->tail, ld_relaxed_gpu_u64(tail_max));
 }
 
 /*
@@ -378,8 +374,7 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
         }
         __syncwarp(group);
 
-        /* Advisory tail for the daemon's idle check (the lanes raised the device maximum
-         * before the warp sync above): store, then re-check the maximum. */
+        /* Advisory tail (the lanes raised the device maximum before the warp sync above). */
         if (lane == leader)
             publish_tail(reinterpret_cast<unsigned long long *>(&state(ctx)->tail_max),
                          reinterpret_cast<WfsRingHeader *>(ctx->ring), 0);
@@ -580,11 +575,15 @@ __device__ __noinline__ void free_frame(const WfsGpuCache *c, u32 f) {
     state_update(frame_state(c, f), WFS_PG_FLAGS, 0, 0);
 }
 
+/* Frames the CLOCK hand hands a claimer at once. */
+#define WFS_CLOCK_BATCH 16u
+
 /* Claims a frame for a new page: BUSY, out of the table. First the frames never used (one
- * counter, so a cache with room never evicts), then CLOCK: the hand advances by exactly the
- * frames it examines (one atomic each), clearing the reference bit of a referenced frame and
- * claiming the first unpinned, unreferenced one. Bounded: at most two sweeps of the frames or
- * the deadline; WFS_NO_FRAME if every frame stayed pinned or loading. */
+ * counter, so a cache with room never evicts), then CLOCK: the claimer takes the next
+ * WFS_CLOCK_BATCH frames from the hand (one atomic), clears the reference bit of each
+ * referenced frame among them (second chance) and claims the first unpinned, unreferenced one;
+ * the hand moves on only by frames examined. Bounded: at most two sweeps of the frames or the
+ * deadline; WFS_NO_FRAME if every frame stayed pinned or loading. */
 __device__ __noinline__ u32 claim_victim(const wfs_ctx_t *ctx, const WfsGpuCache *c, u64 deadline) {
     const u32 frames = c->frames;
     unsigned long long *fresh = reinterpret_cast<unsigned long long *>(&state(ctx)->fresh);
@@ -597,20 +596,33 @@ __device__ __noinline__ u32 claim_victim(const wfs_ctx_t *ctx, const WfsGpuCache
     }
     unsigned long long *hand = reinterpret_cast<unsigned long long *>(&state(ctx)->clock);
     const u64 limit = 2ull * frames + 64;
-    for (u64 scanned = 0; scanned < limit; ++scanned) {
-        if ((scanned & 63) == 63 && now_ns() > deadline) break;
-        const u32 f = (u32)(atomicAdd(hand, 1ull) % frames);
-        u32 *st = frame_state(c, f);
-        const u32 s = ld_relaxed_gpu_u32(st);
-        if (s & (WFS_PIN_MASK | WFS_PG_BUSY | WFS_PG_LOADING)) continue;
-        if (s & WFS_PG_REF) {
-            atomicAnd(st, ~WFS_PG_REF); /* second chance */
-            continue;
+    for (u64 scanned = 0; scanned < limit; scanned += WFS_CLOCK_BATCH) {
+        if (scanned != 0 && now_ns() > deadline) break;
+        /* One atomic on the shared hand per batch; the batch's state words load together. */
+        const u32 f0 = (u32)(atomicAdd(hand, (unsigned long long)WFS_CLOCK_BATCH) % frames);
+        u32 seen[WFS_CLOCK_BATCH];
+#pragma unroll
+        for (u32 k = 0; k < WFS_CLOCK_BATCH; ++k) seen[k] = ld_relaxed_gpu_u32(frame_state(c, (f0 + k) % frames));
+        u32 victim = WFS_NO_FRAME, was = 0;
+#pragma unroll
+        for (u32 k = 0; k < WFS_CLOCK_BATCH; ++k) {
+            const u32 f = (f0 + k) % frames;
+            const u32 st = seen[k];
+            if (st & (WFS_PIN_MASK | WFS_PG_BUSY | WFS_PG_LOADING)) continue;
+            if (st & WFS_PG_REF) {
+                atomicAnd(frame_state(c, f), ~WFS_PG_REF); /* second chance */
+                continue;
+            }
+            if (victim == WFS_NO_FRAME &&
+                atomicCAS(frame_state(c, f), st, (st & ~(WFS_PG_VALID | WFS_PG_ERROR)) | WFS_PG_BUSY) == st) {
+                victim = f;
+                was = st;
+            }
         }
-        if (atomicCAS(st, s, (s & ~(WFS_PG_VALID | WFS_PG_ERROR)) | WFS_PG_BUSY) != s) continue;
+        if (victim == WFS_NO_FRAME) continue;
         __threadfence();
-        if (s & WFS_PG_VALID) {
-            volatile WfsGpuPageMeta *m = frame_meta(c, f);
+        if (was & WFS_PG_VALID) {
+            volatile WfsGpuPageMeta *m = frame_meta(c, victim);
             const u64 w = m->word;
             const u32 b = m->bucket;
             atomicCAS(reinterpret_cast<unsigned long long *>(table_of(c) + b),
@@ -618,7 +630,7 @@ __device__ __noinline__ u32 claim_victim(const wfs_ctx_t *ctx, const WfsGpuCache
             __threadfence();
             stat_add(&stats_stripe(c)->evictions, 1);
         }
-        return f;
+        return victim;
     }
     return WFS_NO_FRAME;
 }

@@ -64,6 +64,11 @@ pub struct DaemonConfig {
     pub engine_factory: Option<EngineFactory>,
 }
 
+/// How long a worker keeps polling the rings after its last request or completion before it
+/// backs off to sleep: a GPU requester cannot ring the doorbell, so a sleeping worker would add
+/// its sleep to the next request's latency. Spinning costs a core only while requests flow.
+const SPIN_AFTER_WORK: Duration = Duration::from_micros(200);
+
 impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
@@ -100,6 +105,10 @@ struct Shared {
     readahead: Readahead,
     channels: RwLock<Vec<Arc<Channel>>>,
     channels_version: AtomicU64,
+    /// Addresses of the attached channels whose requesters cannot ring the doorbell (GPUs,
+    /// other processes): while there is one, workers poll on for [`SPIN_AFTER_WORK`].
+    polled: Mutex<Vec<usize>>,
+    any_polled: AtomicBool,
     stop: AtomicBool,
     /// Set by [`Daemon::shutdown`] after its final drain: no worker runs and no request will
     /// be taken from a ring again, so a requester still waiting may withdraw its record.
@@ -208,6 +217,8 @@ impl Daemon {
             cache,
             channels: RwLock::new(Vec::new()),
             channels_version: AtomicU64::new(0),
+            polled: Mutex::new(Vec::new()),
+            any_polled: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             doorbell: AtomicU32::new(0),
@@ -232,7 +243,7 @@ impl Daemon {
         Ok(Self { shared, workers })
     }
 
-    /// Starts serving `channel`.
+    /// Starts serving `channel`, whose requesters ring the doorbell.
     pub fn attach(&self, channel: Arc<Channel>) {
         self.shared
             .channels
@@ -243,8 +254,27 @@ impl Daemon {
         self.doorbell().ring();
     }
 
+    /// Starts serving `channel`, whose requesters cannot ring the doorbell (a GPU, another
+    /// process): workers then keep polling for [`SPIN_AFTER_WORK`] after their last request
+    /// instead of sleeping at once, so such a requester's next request is seen within µs.
+    pub fn attach_polled(&self, channel: Arc<Channel>) {
+        {
+            let mut p = self.shared.polled.lock().unwrap_or_else(|p| p.into_inner());
+            p.push(Arc::as_ptr(&channel) as usize);
+            self.shared.any_polled.store(true, Ordering::Relaxed);
+        }
+        self.attach(channel);
+    }
+
     /// Stops serving `channel` (requests left in it are failed with `ESHUTDOWN`).
     pub fn detach(&self, channel: &Arc<Channel>) {
+        {
+            let mut p = self.shared.polled.lock().unwrap_or_else(|p| p.into_inner());
+            p.retain(|&a| a != Arc::as_ptr(channel) as usize);
+            self.shared
+                .any_polled
+                .store(!p.is_empty(), Ordering::Relaxed);
+        }
         self.shared
             .channels
             .write()
@@ -683,6 +713,7 @@ impl Worker {
     /// naps in short slices (a host requester's doorbell cuts a nap short).
     fn run(mut self) {
         let mut idle_rounds = 0u32;
+        let mut last_work = Instant::now();
         loop {
             if self.shared.stop.load(Ordering::Acquire) {
                 self.drain_for_shutdown();
@@ -712,10 +743,18 @@ impl Worker {
             self.expire_deferred();
             if took > 0 || reaped > 0 {
                 idle_rounds = 0;
+                last_work = Instant::now();
                 continue;
             }
             if planned == 0 && self.engine.in_flight() == 0 {
                 self.background_writeback();
+            }
+            if self.shared.any_polled.load(Ordering::Relaxed)
+                && last_work.elapsed() < SPIN_AFTER_WORK
+            {
+                // Requests came moments ago: the next one (a GPU cannot ring) is likely near.
+                std::hint::spin_loop();
+                continue;
             }
             idle_rounds = idle_rounds.saturating_add(1);
             self.idle(idle_rounds);
@@ -726,6 +765,8 @@ impl Worker {
         self.engine.in_flight() > 0 || !self.deferred.is_empty()
     }
 
+    /// Backs off once nothing came for [`SPIN_AFTER_WORK`]: a few spins, a few yields, then
+    /// sleep (worker 0 in short slices that grow, the others until woken).
     fn idle(&mut self, rounds: u32) {
         if rounds < 64 {
             std::hint::spin_loop();

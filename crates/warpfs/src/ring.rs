@@ -45,6 +45,9 @@ struct Header {
 
 /// What [`Ring::snapshot`] saw: a published position `p` has sequence word `p + 1`, a free
 /// one `p`; a head slot stuck at `seq == head` while the tail is past it is a position a
+/// Most published slots [`Ring::len`] probes from the head when the tail says nothing.
+pub const READY_PROBE: usize = 64;
+
 /// producer claimed and never published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RingSnapshot {
@@ -188,12 +191,26 @@ impl Ring {
         self.mask as usize + 1
     }
 
-    /// Approximate number of claimed-but-not-consumed positions (racy; for statistics).
+    /// Approximate number of requests waiting (racy; a hint for batching and idling): the
+    /// positions between head and tail, or — where producers publish the tail lazily (GPU
+    /// channels: the tail is advisory there) — the published slots from the head on, counted
+    /// up to [`READY_PROBE`] slots. Costs two loads, plus one per published slot probed.
     pub fn len(&self) -> usize {
         let h = self.header();
         let tail = h.tail.load(Ordering::Relaxed);
         let head = h.head.load(Ordering::Relaxed);
-        tail.wrapping_sub(head).min(self.capacity() as u64) as usize
+        // A lazily published tail may even lag the head (stores arriving out of order).
+        let ahead = tail.wrapping_sub(head) as i64;
+        if ahead > 0 {
+            return (ahead as u64).min(self.capacity() as u64) as usize;
+        }
+        let limit = READY_PROBE.min(self.capacity()) as u64;
+        (0..limit)
+            .take_while(|&k| {
+                let pos = head.wrapping_add(k);
+                self.slot(pos).seq.load(Ordering::Relaxed) == pos.wrapping_add(1)
+            })
+            .count()
     }
 
     /// Whether the ring looks empty (racy).

@@ -323,10 +323,11 @@ impl Runtime {
     }
 
     /// Starts serving `channel` (e.g. one in GPU-mapped memory, see
-    /// `backend::cuda::gpu_io`) with this runtime's daemon. The daemon polls it; requesters
-    /// that cannot ring the doorbell wait at most `DaemonConfig::idle_poll` when it is idle.
+    /// `backend::cuda::gpu_io`) with this runtime's daemon. The daemon polls it: its workers
+    /// keep polling for 200 µs after their last request, then sleep, and requesters (which
+    /// cannot ring the doorbell) wait at most `DaemonConfig::idle_poll` for an idle daemon.
     pub fn attach_channel(&self, channel: Arc<Channel>) {
-        self.daemon.attach(channel);
+        self.daemon.attach_polled(channel);
     }
 
     /// Stops serving `channel`; requests still in its rings complete with `ESHUTDOWN`.

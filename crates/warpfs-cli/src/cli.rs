@@ -180,7 +180,8 @@ pub struct BenchArgs {
     /// Host cache tier size [default: the library's].
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub cache: Option<u64>,
-    /// Daemon worker threads [default: half the cores, 1..=8].
+    /// Daemon worker threads [default: half the cores, 1..=8; every core, 1..=16, for the
+    /// GPU phases of `--backend cuda`].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
     /// Readahead window in cache pages, 0 = off [default: the library's].
@@ -215,6 +216,20 @@ impl BenchArgs {
     /// `--cache`, `--readahead`, `--engine` and `--write-back` set.
     pub fn runtime_config(&self) -> warpfs::RuntimeConfig {
         let mut cfg = warpfs::RuntimeConfig::default();
+        self.apply(&mut cfg);
+        cfg
+    }
+
+    /// [`Self::runtime_config`] for phases whose requesters are GPUs: every core a daemon
+    /// worker unless `--workers` says otherwise ([`warpfs::RuntimeConfig::serving_gpus`]).
+    #[cfg(feature = "cuda")]
+    pub fn gpu_runtime_config(&self) -> warpfs::RuntimeConfig {
+        let mut cfg = warpfs::RuntimeConfig::serving_gpus();
+        self.apply(&mut cfg);
+        cfg
+    }
+
+    fn apply(&self, cfg: &mut warpfs::RuntimeConfig) {
         if let Some(w) = self.workers {
             cfg.workers = w.max(1);
         }
@@ -226,7 +241,6 @@ impl BenchArgs {
         }
         cfg.engine.choice = self.engine.choice();
         cfg.write_back = self.write_back;
-        cfg
     }
 }
 

@@ -200,7 +200,8 @@ fn open_devs<'rt>(rt: &'rt Runtime, devices: &[usize]) -> Result<Vec<Dev<'rt>>> 
 }
 
 fn runtime(args: &BenchArgs, file: &TestFile) -> Result<(Runtime, u32)> {
-    let rt = Runtime::new(args.runtime_config()).ctx(|| "starting the warpfs runtime".into())?;
+    let rt =
+        Runtime::new(args.gpu_runtime_config()).ctx(|| "starting the warpfs runtime".into())?;
     let fh = rt.open(file.open_path(), OpenOptions::read_only())?;
     // The handle stays registered until the runtime is dropped.
     Ok((rt, fh.raw()))

@@ -120,7 +120,7 @@ pub fn run_soak(
         }
         f
     };
-    let opened = Runtime::new(args.runtime_config()).and_then(|rt| {
+    let opened = Runtime::new(args.gpu_runtime_config()).and_then(|rt| {
         let h = rt.open(&path, OpenOptions::read_write())?;
         Ok((rt, h))
     });

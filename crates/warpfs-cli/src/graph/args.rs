@@ -104,7 +104,7 @@ pub struct BfsArgs {
     /// Readahead of the warpfs runtime in pages (BFS reads are scattered: default off).
     #[arg(long, default_value_t = 0, value_name = "PAGES")]
     pub readahead: u32,
-    /// Daemon worker threads of the warpfs runtime [default: the library's].
+    /// Daemon worker threads of the warpfs runtime [default: every core, 1..=16].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
     /// Print the results as JSON on stdout.

@@ -32,7 +32,7 @@ pub fn run(
     let teps = |secs: f64| t.traversed_edges as f64 / secs;
     let mut cfg = warpfs::RuntimeConfig {
         readahead_pages: a.readahead,
-        ..Default::default()
+        ..warpfs::RuntimeConfig::serving_gpus()
     };
     if let Some(c) = a.host_cache {
         cfg.cache.capacity = c as usize;

@@ -48,7 +48,6 @@ pub fn agent_reader(
 ) -> Result<Tally> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut t = Tally::with_capacity(limit.capacity_hint());
-    let mut buf = vec![0u8; BLOCK];
     let mut queues: Vec<VecDeque<Pending>> = agents
         .iter()
         .map(|_| VecDeque::with_capacity(depth))
@@ -71,9 +70,12 @@ pub fn agent_reader(
                 continue;
             };
             any = true;
-            let n = a.wait_read(ticket, &mut buf)?;
+            // Checked where the daemon left the bytes (`wait_read_with`, warpfs's zero-copy
+            // read); the pread baseline checks its own buffer the same way.
+            let (n, wrong) =
+                a.wait_read_with(ticket, |b| (b.len(), expected.wrong_bytes(off, b)))?;
             t.lat.record(t0.elapsed());
-            if n != BLOCK || expected.wrong_bytes(off, &buf)? > 0 {
+            if n != BLOCK || wrong? > 0 {
                 t.mismatches += 1;
             }
             t.ops += 1;

@@ -836,7 +836,8 @@ __device__ __noinline__ long long wait_loaded(const wfs_ctx_t *ctx, const WfsGpu
  * page; leaders that must load post their loads together (one request each); leaders of pages
  * being loaded elsewhere wait on the page state. Every wanting lane gets back its leader's
  * lane, the frame (pinned by the leader) and an outcome: 0, a negative errno, or
- * WFS_BYPASS_RESULT (read around the cache). Statistics are added once per warp.
+ * WFS_BYPASS_RESULT (read around the cache). Its statistics come back in `stats_out` (see
+ * RoundStats).
  */
 #define WFS_BYPASS_RESULT (-(1ll << 40))
 /* What one acquire_round adds to the statistics, per lane (leaders only); the caller adds it

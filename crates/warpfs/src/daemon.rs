@@ -103,11 +103,11 @@ struct Shared {
     files: Arc<FileTable>,
     cache: Arc<HostCache>,
     readahead: Readahead,
-    channels: RwLock<Vec<Arc<Channel>>>,
+    /// The attached channels, each with whether its requesters cannot ring the doorbell
+    /// (GPUs, other processes: "polled").
+    channels: RwLock<Vec<(Arc<Channel>, bool)>>,
     channels_version: AtomicU64,
-    /// Addresses of the attached channels whose requesters cannot ring the doorbell (GPUs,
-    /// other processes): while there is one, workers poll on for [`SPIN_AFTER_WORK`].
-    polled: Mutex<Vec<usize>>,
+    /// Whether a polled channel is attached: workers then poll on for [`SPIN_AFTER_WORK`].
     any_polled: AtomicBool,
     stop: AtomicBool,
     /// Set by [`Daemon::shutdown`] after its final drain: no worker runs and no request will
@@ -217,7 +217,6 @@ impl Daemon {
             cache,
             channels: RwLock::new(Vec::new()),
             channels_version: AtomicU64::new(0),
-            polled: Mutex::new(Vec::new()),
             any_polled: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
@@ -245,12 +244,7 @@ impl Daemon {
 
     /// Starts serving `channel`, whose requesters ring the doorbell.
     pub fn attach(&self, channel: Arc<Channel>) {
-        self.shared
-            .channels
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(channel);
-        self.shared.channels_version.fetch_add(1, Ordering::Release);
+        self.update_channels(|v| v.push((channel, false)));
         self.doorbell().ring();
     }
 
@@ -258,30 +252,28 @@ impl Daemon {
     /// process): workers then keep polling for [`SPIN_AFTER_WORK`] after their last request
     /// instead of sleeping at once, so such a requester's next request is seen within µs.
     pub fn attach_polled(&self, channel: Arc<Channel>) {
-        {
-            let mut p = self.shared.polled.lock().unwrap_or_else(|p| p.into_inner());
-            p.push(Arc::as_ptr(&channel) as usize);
-            self.shared.any_polled.store(true, Ordering::Relaxed);
-        }
-        self.attach(channel);
+        self.update_channels(|v| v.push((channel, true)));
+        self.doorbell().ring();
     }
 
     /// Stops serving `channel` (requests left in it are failed with `ESHUTDOWN`).
     pub fn detach(&self, channel: &Arc<Channel>) {
-        {
-            let mut p = self.shared.polled.lock().unwrap_or_else(|p| p.into_inner());
-            p.retain(|&a| a != Arc::as_ptr(channel) as usize);
-            self.shared
-                .any_polled
-                .store(!p.is_empty(), Ordering::Relaxed);
-        }
-        self.shared
+        self.update_channels(|v| v.retain(|(c, _)| !Arc::ptr_eq(c, channel)));
+        fail_pending(&self.shared, channel);
+    }
+
+    /// Changes the channel list under its lock; workers pick the new list up.
+    fn update_channels(&self, change: impl FnOnce(&mut Vec<(Arc<Channel>, bool)>)) {
+        let mut v = self
+            .shared
             .channels
             .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|c| !Arc::ptr_eq(c, channel));
+            .unwrap_or_else(|p| p.into_inner());
+        change(&mut v);
+        self.shared
+            .any_polled
+            .store(v.iter().any(|&(_, polled)| polled), Ordering::Relaxed);
         self.shared.channels_version.fetch_add(1, Ordering::Release);
-        fail_pending(&self.shared, channel);
     }
 
     /// A doorbell for requesters that can wake the daemon.
@@ -339,7 +331,7 @@ impl Daemon {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        for ch in &channels {
+        for (ch, _) in &channels {
             fail_pending(&self.shared, ch);
         }
         // Release: every completion above happens before a requester's `stopped()` of true.
@@ -702,7 +694,7 @@ impl Worker {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
-                .map(|c| Rc::new(c.clone()))
+                .map(|(c, _)| Rc::new(c.clone()))
                 .collect();
             self.version = v;
         }

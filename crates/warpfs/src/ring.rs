@@ -43,11 +43,11 @@ struct Header {
     _pad2: [u64; 7],
 }
 
-/// What [`Ring::snapshot`] saw: a published position `p` has sequence word `p + 1`, a free
-/// one `p`; a head slot stuck at `seq == head` while the tail is past it is a position a
 /// Most published slots [`Ring::len`] probes from the head when the tail says nothing.
 pub const READY_PROBE: usize = 64;
 
+/// What [`Ring::snapshot`] saw: a published position `p` has sequence word `p + 1`, a free
+/// one `p`; a head slot stuck at `seq == head` while the tail is past it is a position a
 /// producer claimed and never published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RingSnapshot {

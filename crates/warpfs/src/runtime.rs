@@ -121,10 +121,8 @@ impl std::fmt::Debug for Runtime {
 
 impl RuntimeConfig {
     /// Defaults for a runtime whose requesters are GPUs (or other processes): every core a
-    /// daemon worker (at most 16), since GPU threads need no CPU. On the H100 machine's 16
-    /// cores, 12 or 16 workers served 4.3 M GPU-initiated 4 KiB reads/s where the default 8
-    /// served 3.7 M (`warpfs bench --backend cuda --phases rand-read --size 8G --workers N`,
-    /// bench/RESULTS.md, 2026-11-26).
+    /// daemon worker (at most 16), since GPU threads need no CPU (the half-the-cores default
+    /// served fewer GPU-initiated reads: `--workers N` runs in bench/RESULTS.md, 2026-11-26).
     pub fn serving_gpus() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {

@@ -169,7 +169,11 @@ fn level_loop(
     let t = Instant::now();
     while len > 0 {
         let tl = Instant::now();
-        let stats0 = gpu.cache_stats().ok();
+        // Per-level GPU-cache deltas only when someone reads the log: each read is a copy
+        // from the device inside the timed loop.
+        let stats0 = tracing::enabled!(tracing::Level::INFO)
+            .then(|| gpu.cache_stats().ok())
+            .flatten();
         sizes.push(len);
         let level = sizes.len() as u32;
         f.count.copy_from_host(0, &0u64.to_le_bytes())?;
@@ -186,13 +190,14 @@ fn level_loop(
         let mut c = [0u8; 8];
         f.count.copy_to_host(0, &mut c)?;
         len = u64::from_le_bytes(c);
-        level_times.push(tl.elapsed());
-        if let (Some(a), Ok(b)) = (stats0, gpu.cache_stats()) {
+        let took = tl.elapsed();
+        level_times.push(took);
+        if let (Some(a), Some(b)) = (stats0, stats0.and_then(|_| gpu.cache_stats().ok())) {
             let d = b - a;
             tracing::info!(
                 level,
                 frontier = sizes[sizes.len() - 1],
-                ms = tl.elapsed().as_secs_f64() * 1e3,
+                ms = took.as_secs_f64() * 1e3,
                 hits = d.hits,
                 misses = d.misses,
                 coalesced = d.coalesced,

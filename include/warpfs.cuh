@@ -12,6 +12,8 @@
  *
  * and per warp (every active lane with the same arguments, one request, lanes copy together):
  *   wfs_read_warp, wfs_read_direct_warp, wfs_write_warp
+ * and per block (every thread of the block with the same arguments; a slice per warp):
+ *   wfs_read_block, wfs_read_direct_block, wfs_write_block
  *
  * `dst` / `src` are device (or any GPU-addressable) memory. Errors are negative Linux errno
  * values: -EBADF (unknown handle, or mode not granted), -EINVAL, -EFAULT, -ETIMEDOUT (no answer
@@ -20,15 +22,20 @@
  *
  * Protocol (see gpu_io.rs for the full argument). The threads of a warp that call together form
  * a group; the group's leader takes a free request group (32 completion records + 32 lane
- * buffers) with a device-memory atomicCAS, and each posting lane claims its demand-ring
- * position with a device-memory atomicAdd. No atomic ever touches host memory: each lane waits until its
- * slot's sequence word says the daemon freed it, writes the request, and publishes it with a
- * system-scope release store of `pos + 1` — the same Vyukov slot protocol the host ring uses,
- * except that the claim counter lives in device memory. The leader then advances the ring
- * header's advisory `tail` (a plain store, re-checked against a device-memory maximum) so an
- * idle daemon sees work. Each lane then polls its completion record (acquire loads,
- * __nanosleep backoff, bounded by the timeout), and the group copies the lanes' data between
- * the mapped data region and their buffers cooperatively (coalesced 16-byte accesses).
+ * buffers) with a device-memory acquire CAS, and each posting lane claims its demand-ring
+ * position with a device-memory atomicAdd. No atomic ever touches host memory: each lane waits
+ * until its slot's sequence word says the daemon freed it, arms its completion record (state and
+ * ticket in one 64-bit store), writes the request, and publishes it with a system-scope release
+ * store of `pos + 1` — the same Vyukov slot protocol the host ring uses, except that the claim
+ * counter lives in device memory; one system-scope release per request. The leader then stores
+ * the ring header's advisory `tail` (the largest device-memory maximum its lanes saw) so an idle
+ * daemon sees work. Each lane then polls its completion record (one 16-byte acquire load of state
+ * and result, __nanosleep backoff, bounded by the timeout), and the group copies the lanes' data
+ * between the mapped data region and their buffers cooperatively (coalesced 16-byte accesses,
+ * eight loads in flight per lane from host memory).
+ *
+ * Where a request's time goes: -DWFS_TRACE (e.g. WARPFS_NVRTC_OPTIONS) prints the steps of one
+ * io() call and one page load in WFS_TRACE_EVERY + 1 (diagnostics only; printf is slow).
  *
  * No thread waits on another GPU thread's progress except through the daemon: a request group
  * is held only while its own requests are in flight.
@@ -112,6 +119,13 @@ __device__ __forceinline__ u64 ld_acquire_sys_u64(const void *p) {
     asm volatile("ld.acquire.sys.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
     return v;
 }
+/* A completion record's first 16 bytes (state | ticket << 32, result) in one PCIe read: the
+ * daemon writes the result before its release store of DONE, and a 16-byte aligned read is
+ * served from one snapshot of the host cache line, so a DONE seen here comes with its result
+ * (one round trip per poll instead of two for the last one). */
+__device__ __forceinline__ void ld_acquire_sys_comp(const void *p, u64 &head, u64 &result) {
+    asm volatile("ld.acquire.sys.v2.u64 {%0, %1}, [%2];" : "=l"(head), "=l"(result) : "l"(p) : "memory");
+}
 __device__ __forceinline__ u32 ld_relaxed_sys_u32(const void *p) {
     u32 v;
     asm volatile("ld.relaxed.sys.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
@@ -139,6 +153,19 @@ __device__ __forceinline__ u64 ld_relaxed_gpu_u64(const void *p) {
     u64 v;
     asm volatile("ld.relaxed.gpu.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
     return v;
+}
+__device__ __forceinline__ u32 ld_relaxed_gpu_u32(const void *p) {
+    u32 v;
+    asm volatile("ld.relaxed.gpu.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+__device__ __forceinline__ u32 atom_cas_acquire_gpu(u32 *p, u32 expect, u32 v) {
+    u32 r;
+    asm volatile("atom.acquire.gpu.cas.b32 %0, [%1], %2, %3;" : "=r"(r) : "l"(p), "r"(expect), "r"(v) : "memory");
+    return r;
+}
+__device__ __forceinline__ void st_release_gpu_u32(u32 *p, u32 v) {
+    asm volatile("st.release.gpu.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 /* Mapped host memory, fetched again (never from a stale cache line). */
 __device__ __forceinline__ uint4 ld_cv_v4(const void *p) {
@@ -169,6 +196,7 @@ __device__ __forceinline__ void backoff(u32 &ns) {
     ns = ns < 4096 ? ns * 2 : 8192;
 }
 
+
 __device__ __forceinline__ WfsGpuState *state(const wfs_ctx_t *ctx) {
     return reinterpret_cast<WfsGpuState *>(ctx->state);
 }
@@ -183,20 +211,23 @@ __device__ __forceinline__ bool closing(const wfs_ctx_t *ctx) {
 #define WFS_GROUP_SHUTDOWN 0xFFFFFFFEu
 #define WFS_GROUP_BUSY 0xFFFFFFFDu
 
-/* Leader only: takes a free request group (device-memory CAS), bounded by `deadline`. */
+/* Leader only: takes a free request group (one acquire CAS on a device-memory word; the
+ * previous owner released it), bounded by `deadline`. The search starts at a group hashed from
+ * the warp's place on the GPU (SM, warp slot; unique among resident warps), so warps mostly
+ * find a free group at the first try, with no shared counter to contend on. */
 __device__ __noinline__ u32 acquire_group(const wfs_ctx_t *ctx, u64 deadline) {
     const u32 n = ctx->warp_slots;
     u32 *busy = busy_words(ctx);
-    u32 start = atomicAdd(&state(ctx)->hint, 1u) % n;
+    u32 sm, warp;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    asm volatile("mov.u32 %0, %%warpid;" : "=r"(warp));
+    u32 start = (u32)(((u64)((sm * 64u + warp) * 2654435761u) * n) >> 32);
     u32 ns = 64;
     for (;;) {
         for (u32 i = 0; i < n && i < 64; ++i) {
             u32 g = start + i;
             if (g >= n) g -= n;
-            if (atomicCAS(&busy[g], 0u, 1u) == 0u) {
-                __threadfence();
-                return g;
-            }
+            if (atom_cas_acquire_gpu(&busy[g], 0u, 1u) == 0u) return g;
         }
         if (closing(ctx)) return WFS_GROUP_SHUTDOWN;
         if (now_ns() > deadline) return WFS_GROUP_BUSY;
@@ -217,6 +248,17 @@ __device__ __forceinline__ void coop_copy(unsigned char *dst, const unsigned cha
         uint4 *d = reinterpret_cast<uint4 *>(dst);
         const uint4 *s = reinterpret_cast<const uint4 *>(src);
         u64 i = rank;
+        if (from_host) {
+            /* Mapped host memory: every load is a PCIe round trip, so each lane issues eight
+             * before it stores (a 4 KiB page by a full warp: one round trip, not two). */
+            for (; i + 7 * cnt < words; i += 8 * cnt) {
+                uint4 v[8];
+#pragma unroll
+                for (u32 k = 0; k < 8; ++k) v[k] = ld_cv_v4(s + i + k * cnt);
+#pragma unroll
+                for (u32 k = 0; k < 8; ++k) d[i + k * cnt] = v[k];
+            }
+        }
         /* Four loads in flight per lane before the stores. */
         for (; i + 3 * cnt < words; i += 4 * cnt) {
             uint4 a, b, c, e;
@@ -243,16 +285,83 @@ __device__ __forceinline__ void coop_copy(unsigned char *dst, const unsigned cha
     }
 }
 
-/* Publishes the device's highest claimed end as the ring's advisory tail: one relaxed store,
- * no fence, no retry. The daemon finds requests by the slots' sequence words (Ring::try_pop,
- * Ring::len probes the published slots from the head); the tail only bounds how far it takes a
- * slot with a garbage stamp, so a stale or late store costs nothing but that. (A fenced store
- * re-checked until the maximum held still made every request of a busy GPU wait for PCIe
- * round trips on one host cache line.) */
-__device__ __forceinline__ void publish_tail(unsigned long long *tail_max, WfsRingHeader *hdr, u64 end) {
-    if (end != 0) atomicMax(tail_max, (unsigned long long)end);
-    st_relaxed_sys_u64(&hdr->tail, ld_relaxed_gpu_u64(tail_max));
+/* The largest `v` of the lanes of `group`. */
+__device__ __forceinline__ u64 warp_max_u64(u32 group, u64 v) {
+#if __CUDA_ARCH__ >= 800
+    const u32 hi = __reduce_max_sync(group, (u32)(v >> 32));
+    const u32 lo = __reduce_max_sync(group, (u32)(v >> 32) == hi ? (u32)v : 0u);
+    return ((u64)hi << 32) | lo;
+#else
+    u64 best = v;
+    for (u32 m = group; m; m &= m - 1) {
+        const u64 o = __shfl_sync(group, v, __ffs(m) - 1);
+        if (o > best) best = o;
+    }
+    return best;
+#endif
 }
+
+/* Publishes the device's highest claimed end (raised to `end` here) as the ring's advisory
+ * tail: one relaxed store of what the atomicMax saw, no fence, no retry. The daemon finds
+ * requests by the slots' sequence words (Ring::try_pop, Ring::len probes the published slots
+ * from the head); the tail only bounds how far it takes a slot with a garbage stamp, so a stale
+ * or late store costs nothing but that. (A fenced store re-checked until the maximum held still
+ * made every request of a busy GPU wait for PCIe round trips on one host cache line.) io()
+ * publishes the same way for a warp: the largest maximum its lanes' atomicMax returned. */
+__device__ __forceinline__ void publish_tail(unsigned long long *tail_max, WfsRingHeader *hdr, u64 end) {
+    const u64 seen = atomicMax(tail_max, (unsigned long long)end);
+    st_relaxed_sys_u64(&hdr->tail, seen > end ? seen : end);
+}
+
+/* Waits until the daemon handed ring slot `slot` back for position `pos` (its previous lap
+ * was taken): 0, or -ESHUTDOWN / -ETIMEDOUT when the runtime closes or `deadline` passes. */
+__device__ __forceinline__ long long wait_slot(const wfs_ctx_t *ctx, WfsSlot *slot, u64 pos, u64 deadline) {
+    u32 ns = 32;
+    u32 spins = 0;
+    while (ld_acquire_sys_u64(&slot->seq) != pos) {
+        if ((++spins & 7) == 0 && closing(ctx)) return -WFS_ESHUTDOWN;
+        if (now_ns() > deadline) return -WFS_ETIMEDOUT;
+        backoff(ns);
+    }
+    return 0;
+}
+
+/* Posts a request at ring position `pos` of a slot handed back (wait_slot): arms completion
+ * record `rec`, fills the request and publishes it. One system-scope release per request: the
+ * arming (state and ticket in one 64-bit store, state in the low word, so a stale completer of
+ * the record's previous request that claims the new PENDING sees the new ticket and hands the
+ * record back) and the request's fields are ordered before the sequence word the daemon
+ * acquires. */
+__device__ __forceinline__ void post_request(WfsSlot *slot, WfsCompletion *comp, u64 pos, u32 op, u32 fh,
+                                             u32 rec, u64 offset, u64 len, u64 buf) {
+    st_relaxed_sys_u64(&comp->result, 0);
+    st_relaxed_sys_u64(&comp->state, ((u64)(u32)pos << 32) | WFS_COMP_PENDING);
+    WfsRequest *q = &slot->req;
+    q->op = op;
+    q->flags = 0;
+    q->handle = fh;
+    q->completion = rec;
+    q->ticket = (u32)pos;
+    q->reserved = 0;
+    q->offset = offset;
+    q->len = len;
+    q->buf = buf;
+    st_release_sys_u64(&slot->seq, pos + 1);
+}
+
+#ifdef WFS_TRACE
+/* Diagnostics (-DWFS_TRACE): io() and the GPU cache's miss path stamp %globaltimer at their
+ * steps and print the steps of one call in WFS_TRACE_EVERY + 1 (a power of two). Not for
+ * production builds: printf is slow. */
+#ifndef WFS_TRACE_EVERY
+#define WFS_TRACE_EVERY 63u
+#endif
+__device__ unsigned int wfs_trace_calls;
+__device__ unsigned int wfs_trace_misses;
+#define WFS_TRACE_MARK(i) (tr[i] = now_ns())
+#else
+#define WFS_TRACE_MARK(i) ((void)0)
+#endif
 
 /*
  * One call of the device API by the lanes of `group` (the calling lane among them). All
@@ -277,9 +386,16 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
         return -WFS_EINVAL; /* same answer on every lane: ctx is one pointer per launch */
     const bool rw = op == WFS_OP_READ || op == WFS_OP_WRITE;
     const u64 deadline = now_ns() + ctx->timeout_ns;
+#ifdef WFS_TRACE
+    u64 tr[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    u32 polls = 0;
+    tr[0] = deadline - ctx->timeout_ns;
+#endif
 
     u32 g = 0;
-    if (lane == leader) g = closing(ctx) ? WFS_GROUP_SHUTDOWN : acquire_group(ctx, deadline);
+    /* No look at the closing word first (a PCIe read on every call): acquire_group reads it
+     * only when no group is free, and every wait below reads it while it waits. */
+    if (lane == leader) g = acquire_group(ctx, deadline);
     g = __shfl_sync(group, g, leader);
     if (g == WFS_GROUP_SHUTDOWN) return -WFS_ESHUTDOWN;
     if (g == WFS_GROUP_BUSY) return -WFS_EBUSY;
@@ -332,59 +448,40 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
          * that is not there would stall the ring for good. */
         long long r = 0;
         bool posted = false;
+        u64 tail_seen = 0; /* this lane's view of the device maximum after its claim */
         if (want) {
             const u64 pos = atomicAdd(&state(ctx)->claim, 1ull);
-            atomicMax(&state(ctx)->tail_max, pos + 1);
+            const u64 seen = atomicMax(&state(ctx)->tail_max, pos + 1);
+            tail_seen = seen > pos + 1 ? seen : pos + 1;
             WfsSlot *slot = slots + (pos & ctx->ring_mask);
-            /* Arm the record; the release store of the sequence word orders these stores for
-             * the daemon's read of the request. PENDING itself is a release store too: a stale
-             * completer of this record's previous request that claims the new PENDING must see
-             * the new ticket, so it hands the record back instead of writing its result. */
-            st_relaxed_sys_u32(&comp->ticket, (u32)pos);
-            st_relaxed_sys_u64(&comp->result, 0);
-            st_release_sys_u32(&comp->state, WFS_COMP_PENDING);
-            /* Wait until the daemon handed the slot back from its previous lap. */
-            u32 ns = 32;
-            u32 spins = 0;
-            while (ld_acquire_sys_u64(&slot->seq) != pos) {
-                if ((++spins & 7) == 0 && closing(ctx)) {
-                    r = -WFS_ESHUTDOWN;
-                    break;
-                }
-                if (now_ns() > deadline) {
-                    r = -WFS_ETIMEDOUT;
-                    break;
-                }
-                backoff(ns);
-            }
+            WFS_TRACE_MARK(1);
+            r = wait_slot(ctx, slot, pos, deadline);
+            WFS_TRACE_MARK(2);
             if (r == 0) {
-                WfsRequest *q = &slot->req;
-                q->op = op;
-                q->flags = 0;
-                q->handle = fh;
-                q->completion = rec;
-                q->ticket = (u32)pos;
-                q->reserved = 0;
-                q->offset = offset + (u64)total;
-                q->len = chunk;
-                q->buf = buf;
-                st_release_sys_u64(&slot->seq, pos + 1);
+                post_request(slot, comp, pos, op, fh, rec, offset + (u64)total, chunk, buf);
                 posted = true;
             }
+            WFS_TRACE_MARK(3);
         }
         __syncwarp(group);
 
-        /* Advisory tail (the lanes raised the device maximum before the warp sync above). */
-        if (lane == leader)
-            publish_tail(reinterpret_cast<unsigned long long *>(&state(ctx)->tail_max),
-                         reinterpret_cast<WfsRingHeader *>(ctx->ring), 0);
+        /* Advisory tail (see publish_tail): the largest maximum the lanes' atomicMax returned,
+         * so no load of the device word after the warp sync. */
+        const u64 tail = warp_max_u64(group, tail_seen);
+        if (lane == leader) st_relaxed_sys_u64(&reinterpret_cast<WfsRingHeader *>(ctx->ring)->tail, tail);
+        WFS_TRACE_MARK(4);
 
         if (posted) {
             u32 ns = 64;
             u32 spins = 0;
             for (;;) {
-                if (ld_acquire_sys_u32(&comp->state) == WFS_COMP_DONE) {
-                    r = (long long)ld_relaxed_sys_u64(&comp->result);
+#ifdef WFS_TRACE
+                ++polls;
+#endif
+                u64 head, res;
+                ld_acquire_sys_comp(comp, head, res);
+                if ((u32)head == WFS_COMP_DONE) {
+                    r = (long long)res;
                     st_relaxed_sys_u32(&comp->state, WFS_COMP_FREE);
                     break;
                 }
@@ -400,6 +497,7 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
             }
         }
 
+        WFS_TRACE_MARK(5);
         /* A request left unanswered may still be written later: retire the group. */
         if (vote_any(group, r == -WFS_ETIMEDOUT || r == -WFS_ESHUTDOWN)) retired = true;
 
@@ -420,6 +518,13 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
                 coop_copy(user + total, host_buf, (u64)r, 0, 1, true);
             }
         }
+        WFS_TRACE_MARK(6);
+#ifdef WFS_TRACE
+        if (posted && lane == leader && (atomicAdd(&wfs_trace_calls, 1u) & WFS_TRACE_EVERY) == 0)
+            printf("wfs_trace op %u lanes %u: group %llu slot %llu post %llu tail %llu done %llu (%u polls) copy %llu total %llu ns\n",
+                   op, cnt, tr[1] - tr[0], tr[2] - tr[1], tr[3] - tr[2], tr[4] - tr[3], tr[5] - tr[4], polls,
+                   tr[6] - tr[5], tr[6] - tr[0]);
+#endif
 
         if (want) {
             if (r < 0) {
@@ -437,10 +542,9 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
     }
 
     __syncwarp(group);
-    if (lane == leader) {
-        __threadfence();
-        atomicExch(&busy_words(ctx)[g], retired ? 2u : 0u);
-    }
+    /* The lanes' accesses of the group's records and buffers precede the leader's release
+     * (the warp sync orders them; a release is cumulative). */
+    if (lane == leader) st_release_gpu_u32(&busy_words(ctx)[g], retired ? 2u : 0u);
     if (err < 0 && total == 0) return err;
     return total;
 }
@@ -491,11 +595,6 @@ __device__ __forceinline__ void red_add_release_gpu(u32 *p, u32 v) {
 __device__ __forceinline__ u32 ld_acquire_gpu_u32(const void *p) {
     u32 v;
     asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-__device__ __forceinline__ u32 ld_relaxed_gpu_u32(const void *p) {
-    u32 v;
-    asm volatile("ld.relaxed.gpu.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
     return v;
 }
 
@@ -874,7 +973,14 @@ __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpu
      * attempt was transient, all together after a backoff. No lane ever spins while a lane of
      * its own warp holds an insert lock or a half-evicted frame (each attempt drops them). */
     u32 ns = 32;
+#ifdef WFS_TRACE
+    const u64 t_start = now_ns();
+    u32 rounds = 0;
+#endif
     for (u32 round = 0;; ++round) {
+#ifdef WFS_TRACE
+        rounds = round + 1;
+#endif
         if (is_leader && status == WFS_ACQ_RETRY) status = acquire_page(ctx, c, fh, page, true, deadline, f);
         if (vote(group, is_leader && status == WFS_ACQ_RETRY) == 0) break;
         const bool shut = (round & 7) == 7 && closing(ctx);
@@ -891,15 +997,31 @@ __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpu
     /* The loaders of this warp post together (one request per page); only then do the lanes
      * that found a page being loaded by another warp wait for it. */
     const u32 loaders = vote(group, loader);
+#ifdef WFS_TRACE
+    const u64 t_acquired = now_ns();
+#endif
     if (loader) {
         const u64 ps = 1ull << c->page_shift;
         const long long r = io(ctx, loaders, WFS_OP_READ, fh, page << c->page_shift, ps, frame_data(c, f));
+#ifdef WFS_TRACE
+        const u64 t_io = now_ns();
+#endif
         finish_load(c, f, r);
         if (r < 0) res = r;
+#ifdef WFS_TRACE
+        if ((atomicAdd(&wfs_trace_misses, 1u) & WFS_TRACE_EVERY) == 0)
+            printf("wfs_trace_miss loaders %u rounds %u: acquire %llu io %llu finish %llu ns\n", __popc(loaders),
+                   rounds, t_acquired - t_start, t_io - t_acquired, now_ns() - t_io);
+#endif
     }
     __syncwarp(group);
     if (is_leader && status == WFS_ACQ_WAIT) {
         res = wait_loaded(ctx, c, f, deadline);
+#ifdef WFS_TRACE
+        if ((atomicAdd(&wfs_trace_misses, 1u) & WFS_TRACE_EVERY) == 0)
+            printf("wfs_trace_wait rounds %u: acquire %llu wait %llu ns\n", rounds, t_acquired - t_start,
+                   now_ns() - t_acquired);
+#endif
     } else if (is_leader && status == WFS_ACQ_TIMEOUT) {
         res = -WFS_ETIMEDOUT;
     } else if (is_leader && status == WFS_ACQ_SHUTDOWN) {
@@ -1141,28 +1263,11 @@ __device__ __noinline__ long long read_async(const wfs_ctx_t *ctx, u32 fh, u64 o
     WfsCompletion *comp = reinterpret_cast<WfsCompletion *>(ctx->completions) + rec;
     const u64 pos = atomicAdd(reinterpret_cast<unsigned long long *>(&state(ctx)->claim), 1ull);
     WfsSlot *slot = reinterpret_cast<WfsSlot *>(ctx->slots) + (pos & ctx->ring_mask);
-    st_relaxed_sys_u32(&comp->ticket, (u32)pos);
-    st_relaxed_sys_u64(&comp->result, 0);
-    st_release_sys_u32(&comp->state, WFS_COMP_PENDING); /* see io(): a stale claim sees the ticket */
-    ns = 32;
-    while (ld_acquire_sys_u64(&slot->seq) != pos) {
-        if (now_ns() > deadline || closing(ctx)) {
-            atomicExch(&busy[idx], 2u); /* retired: the position may still be served */
-            return -WFS_ETIMEDOUT;
-        }
-        backoff(ns);
+    if (wait_slot(ctx, slot, pos, deadline) != 0) {
+        atomicExch(&busy[idx], 2u); /* retired: the position may still be served */
+        return -WFS_ETIMEDOUT;
     }
-    WfsRequest *q = &slot->req;
-    q->op = WFS_OP_READ;
-    q->flags = 0;
-    q->handle = fh;
-    q->completion = rec;
-    q->ticket = (u32)pos;
-    q->reserved = 0;
-    q->offset = offset;
-    q->len = len;
-    q->buf = buf;
-    st_release_sys_u64(&slot->seq, pos + 1);
+    post_request(slot, comp, pos, WFS_OP_READ, fh, rec, offset, len, buf);
     publish_tail(reinterpret_cast<unsigned long long *>(&state(ctx)->tail_max),
                  reinterpret_cast<WfsRingHeader *>(ctx->ring), pos + 1);
     return (long long)(((u64)idx << 32) | (u64)(u32)pos);
@@ -1184,8 +1289,10 @@ __device__ __noinline__ long long wait_async(const wfs_ctx_t *ctx, long long tic
     u32 ns = 64;
     u32 spins = 0;
     for (;;) {
-        if (ld_acquire_sys_u32(&comp->state) == WFS_COMP_DONE) {
-            r = (long long)ld_relaxed_sys_u64(&comp->result);
+        u64 head, res;
+        ld_acquire_sys_comp(comp, head, res);
+        if ((u32)head == WFS_COMP_DONE) {
+            r = (long long)res;
             break;
         }
         const bool shut = (++spins & 7) == 0 && closing(ctx);
@@ -1217,13 +1324,8 @@ __device__ __noinline__ long long prefetch(const wfs_ctx_t *ctx, u32 fh, u64 off
     if (ld_relaxed_gpu_u64(pclaim) - ld_relaxed_sys_u64(&hdr->head) >= capacity / 2) return -WFS_EAGAIN;
     const u64 pos = atomicAdd(pclaim, 1ull);
     WfsSlot *slot = reinterpret_cast<WfsSlot *>(ctx->prefetch_slots) + (pos & ctx->ring_mask);
-    const u64 deadline = now_ns() + ctx->timeout_ns;
-    u32 ns = 32;
-    while (ld_acquire_sys_u64(&slot->seq) != pos) {
-        if (closing(ctx)) return -WFS_ESHUTDOWN;
-        if (now_ns() > deadline) return -WFS_ETIMEDOUT;
-        backoff(ns);
-    }
+    const long long w = wait_slot(ctx, slot, pos, now_ns() + ctx->timeout_ns);
+    if (w != 0) return w;
     WfsRequest *q = &slot->req;
     q->op = WFS_OP_PREFETCH;
     q->flags = 0;
@@ -1319,6 +1421,81 @@ __device__ __forceinline__ long long wfs_write_warp(const wfs_ctx_t *ctx, unsign
         wfs_detail::patch_cache(ctx, c, fh, offset, (unsigned long long)r,
                                 reinterpret_cast<const unsigned char *>(src));
     return __shfl_sync(group, r, leader);
+}
+
+/* Block variants: every thread of the block calls with the same arguments (they synchronise
+ * with __syncthreads, so no thread may skip the call or have returned). The range is cut into
+ * one slice per warp, page-aligned (4 KiB), and each warp moves its slice with the warp variant,
+ * so the block's warps have their requests in flight at once. */
+
+namespace wfs_detail {
+/* One call of a block variant: each warp's slice through `warp_op`, then the block's result —
+ * the bytes moved from `offset` on without a gap (a short or failed slice ends the count), or
+ * the first slice's negative errno if it moved nothing. The same on every thread. */
+template <typename WarpOp>
+__device__ __forceinline__ long long block_op(unsigned long long len, WarpOp warp_op) {
+    __shared__ long long slice_result[32];
+    const unsigned threads = blockDim.x * blockDim.y * blockDim.z;
+    const unsigned tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    const unsigned warps = (threads + 31) / 32;
+    const unsigned w = tid / 32;
+    /* Slice length: a whole number of 4 KiB pages, so slices start page-aligned when the range does. */
+    unsigned long long slice = (len + warps - 1) / warps;
+    slice = (slice + 4095) & ~4095ull;
+    const unsigned long long start = (unsigned long long)w * slice;
+    const unsigned long long n = start < len ? (len - start < slice ? len - start : slice) : 0;
+    const long long r = n > 0 ? warp_op(start, n) : 0;
+    if ((tid & 31) == 0) slice_result[w] = r;
+    __syncthreads();
+    long long total = 0;
+    for (unsigned k = 0; k < warps; ++k) {
+        const unsigned long long ks = (unsigned long long)k * slice;
+        if (ks >= len) break;
+        const unsigned long long kn = len - ks < slice ? len - ks : slice;
+        const long long kr = slice_result[k];
+        if (kr < 0) {
+            if (total == 0) total = kr;
+            break;
+        }
+        total += kr;
+        if ((unsigned long long)kr < kn) break;
+    }
+    __syncthreads(); /* slice_result is free for the block's next call */
+    return total;
+}
+} /* namespace wfs_detail */
+
+/** wfs_read for a whole block (through the GPU page cache when there is one): the block's
+ *  warps read one slice each, all in flight together. Bytes read from `offset` (short at end of
+ *  file) or a negative errno, the same on every thread. */
+__device__ __forceinline__ long long wfs_read_block(const wfs_ctx_t *ctx, unsigned fh,
+                                                    unsigned long long offset,
+                                                    unsigned long long len, void *dst) {
+    unsigned char *d = reinterpret_cast<unsigned char *>(dst);
+    return wfs_detail::block_op(len, [&](unsigned long long start, unsigned long long n) {
+        return wfs_read_warp(ctx, fh, offset + start, n, d + start);
+    });
+}
+
+/** wfs_read_direct for a whole block (around the GPU page cache). */
+__device__ __forceinline__ long long wfs_read_direct_block(const wfs_ctx_t *ctx, unsigned fh,
+                                                           unsigned long long offset,
+                                                           unsigned long long len, void *dst) {
+    unsigned char *d = reinterpret_cast<unsigned char *>(dst);
+    return wfs_detail::block_op(len, [&](unsigned long long start, unsigned long long n) {
+        return wfs_read_direct_warp(ctx, fh, offset + start, n, d + start);
+    });
+}
+
+/** wfs_write for a whole block: the block's warps write one slice each. Bytes written from
+ *  `offset` without a gap, or a negative errno, the same on every thread. */
+__device__ __forceinline__ long long wfs_write_block(const wfs_ctx_t *ctx, unsigned fh,
+                                                     unsigned long long offset,
+                                                     unsigned long long len, const void *src) {
+    const unsigned char *s = reinterpret_cast<const unsigned char *>(src);
+    return wfs_detail::block_op(len, [&](unsigned long long start, unsigned long long n) {
+        return wfs_write_warp(ctx, fh, offset + start, n, s + start);
+    });
 }
 
 /** Makes the file's acknowledged writes durable (host fdatasync); 0 or a negative errno. */

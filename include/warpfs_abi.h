@@ -188,7 +188,7 @@ typedef struct WfsGpuControl {
 typedef struct WfsGpuState {
     WFS_ALIGNAS(64) uint64_t claim; /**< Demand-ring positions claimed so far. */
     uint64_t tail_max;              /**< Highest claimed end published to the ring's tail. */
-    uint32_t hint;                  /**< Rotating start of the search for a free group. */
+    uint32_t hint;                  /**< Unused (0); group search starts at (SM, warp slot). */
     uint32_t async_hint;            /**< Rotating start of the search for a free async record. */
     uint64_t pad0[5];               /**< Padding to 64 bytes. */
     uint64_t pclaim;                /**< Prefetch-ring positions claimed so far. */

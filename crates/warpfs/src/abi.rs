@@ -186,7 +186,8 @@ pub struct WfsGpuState {
     pub claim: u64,
     /// Highest claimed end published to the ring header's `tail` (device-memory `atomicMax`).
     pub tail_max: u64,
-    /// Rotating start of the search for a free request group.
+    /// Unused (0): kept for the layout. The search for a free request group starts at the
+    /// warp's (SM, warp slot) place.
     pub hint: u32,
     /// Rotating start of the search for a free async record.
     pub async_hint: u32,

@@ -204,6 +204,8 @@ mod tests {
         };
         let l = cfg.layout().unwrap();
         assert!(l.demand < l.prefetch && l.prefetch < l.completions && l.completions < l.data);
+        // The GPU polls a record's first 16 bytes in one vector load (warpfs.cuh).
+        assert_eq!(l.completions % 16, 0);
         assert_eq!(l.data % 4096, 0);
         assert_eq!(l.total, l.data + (1 << 20));
         assert!(ChannelConfig {

@@ -641,6 +641,8 @@ struct Worker {
     prefetch: Vec<(Local<FileEntry>, u64, u64, u32)>,
     /// Small random reads seen: every `ADMIT_EVERY`-th may evict a cache page on a miss.
     small_reads: u64,
+    /// Requests of the last run taken from a ring (kept for its allocation).
+    popped: Vec<WfsRequest>,
 }
 
 enum Outcome {
@@ -680,6 +682,7 @@ impl Worker {
             tags: Slab::new(),
             ops: Vec::new(),
             done: Vec::new(),
+            popped: Vec::new(),
             prefetch: Vec::new(),
             small_reads: 0,
         }
@@ -834,6 +837,20 @@ impl Worker {
                     self.rr = (self.rr + 1) % channels.len();
                     let ch = &channels[self.rr];
                     let ring = if prefetch { &ch.prefetch } else { &ch.demand };
+                    // A run of published requests with one CAS of the ring's head (the
+                    // workers of a busy GPU channel contend on it), then one at a time
+                    // (garbage stamps are dealt with there).
+                    let mut run = std::mem::take(&mut self.popped);
+                    if ring.try_pop_many(max - took, |req| run.push(req)) > 0 {
+                        empty = 0;
+                        took += run.len();
+                        for req in run.drain(..) {
+                            self.accept(ch, req);
+                        }
+                        self.popped = run;
+                        continue;
+                    }
+                    self.popped = run;
                     match ring.try_pop() {
                         Some(crate::ring::Popped::Request(req)) => {
                             empty = 0;

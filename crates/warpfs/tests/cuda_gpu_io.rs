@@ -53,6 +53,29 @@ extern "C" __global__ void one_op(const wfs_ctx_t *ctx, unsigned op, unsigned fh
     res[i] = r;
 }
 
+/* Block b: every thread calls wfs_read_block (or wfs_read_direct_block) for (offs[b], lens[b])
+ * into out + b * stride; each thread's result in res[b * blockDim.x + threadIdx.x]. */
+extern "C" __global__ void read_block(const wfs_ctx_t *ctx, unsigned fh,
+                                      const unsigned long long *offs,
+                                      const unsigned long long *lens, unsigned char *out,
+                                      unsigned long long stride, long long *res, int direct) {
+    const unsigned b = blockIdx.x;
+    unsigned char *dst = out + (unsigned long long)b * stride;
+    const long long r = direct ? wfs_read_direct_block(ctx, fh, offs[b], lens[b], dst)
+                               : wfs_read_block(ctx, fh, offs[b], lens[b], dst);
+    res[(unsigned long long)b * blockDim.x + threadIdx.x] = r;
+}
+
+/* Block b: every thread calls wfs_write_block for src[offs[b] .. offs[b] + lens[b]) at file
+ * offset offs[b]; each thread's result in res[b * blockDim.x + threadIdx.x]. */
+extern "C" __global__ void write_block(const wfs_ctx_t *ctx, unsigned fh, const unsigned char *src,
+                                       const unsigned long long *offs,
+                                       const unsigned long long *lens, long long *res) {
+    const unsigned b = blockIdx.x;
+    const long long r = wfs_write_block(ctx, fh, offs[b], lens[b], src + offs[b]);
+    res[(unsigned long long)b * blockDim.x + threadIdx.x] = r;
+}
+
 __device__ unsigned long long splitmix(unsigned long long w) {
     unsigned long long z = w + 0x9E3779B97F4A7C15ull;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -175,6 +198,10 @@ extern "C" __global__ void api_use(const wfs_ctx_t *ctx, unsigned fh, unsigned c
     r += wfs_fsync(ctx, fh);
     r += wfs_size(ctx, fh);
     r += wfs_read_direct(ctx, fh, 0, 64, buf);
+    r += wfs_read_warp(ctx, fh, 0, 64, buf) + wfs_read_direct_warp(ctx, fh, 0, 64, buf);
+    r += wfs_write_warp(ctx, fh, 0, 64, buf);
+    r += wfs_read_block(ctx, fh, 0, 64, buf) + wfs_read_direct_block(ctx, fh, 0, 64, buf);
+    r += wfs_write_block(ctx, fh, 0, 64, buf);
     long long t = wfs_read_async(ctx, fh, 0, 64, buf);
     r += wfs_wait(ctx, t);
     r += wfs_prefetch(ctx, fh, 0, 1 << 20);
@@ -546,6 +573,171 @@ fn kernels_get_errors_for_bad_handles_and_modes() {
         .all(|&r| r == 64));
     // SIZE and WRITE fail once per thread; the cached READ of a bad handle once per page load.
     assert!(rt.stats().daemon.errors > 2 * n as u64);
+}
+
+/// Launches `read_block` (one block per range, `block` threads) and checks every thread's
+/// result and every byte against the file's pattern (destinations poisoned first).
+#[allow(clippy::too_many_arguments)]
+fn check_block_reads(
+    gpu: &GpuIo<'_>,
+    module: &warpfs::backend::cuda::gpu_io::GpuModule,
+    fh: u32,
+    size: u64,
+    ranges: &[(u64, u64)],
+    block: u32,
+    direct: bool,
+    what: &str,
+) {
+    let n = ranges.len();
+    let stride = ranges.iter().map(|r| r.1).max().unwrap_or(0).max(1);
+    let offs: Vec<u64> = ranges.iter().map(|r| r.0).collect();
+    let lens: Vec<u64> = ranges.iter().map(|r| r.1).collect();
+    let (d_offs, d_lens) = (upload(gpu, &u64s(&offs)), upload(gpu, &u64s(&lens)));
+    let mut out = gpu.alloc(n * stride as usize).unwrap();
+    out.fill(POISON).unwrap();
+    let res = results_buffer(gpu, n * block as usize);
+    let k = module.kernel("read_block").unwrap();
+    println!("  launch read_block ({what})");
+    // SAFETY: arguments match read_block's signature; out holds n × stride bytes, res n × block.
+    unsafe {
+        k.launch(
+            (n as u32, 1, 1),
+            (block, 1, 1),
+            0,
+            &[
+                KernelArg::U64(gpu.context_ptr()),
+                KernelArg::U32(fh),
+                KernelArg::U64(d_offs.ptr()),
+                KernelArg::U64(d_lens.ptr()),
+                KernelArg::U64(out.ptr()),
+                KernelArg::U64(stride),
+                KernelArg::U64(res.ptr()),
+                KernelArg::U32(direct as u32),
+            ],
+        )
+        .unwrap()
+    };
+    finish(gpu, "read_block");
+    let results = i64s_back(&res, n * block as usize);
+    let mut host = vec![0u8; out.len()];
+    out.copy_to_host(0, &mut host).unwrap();
+    for (b, &(off, len)) in ranges.iter().enumerate() {
+        let want = len.min(size.saturating_sub(off));
+        let rs = &results[b * block as usize..(b + 1) * block as usize];
+        assert!(
+            rs.iter().all(|&r| r == want as i64),
+            "{what}: block {b}, read of {len} at {off}: threads returned {:?}, expected {want} on every thread",
+            &rs[..rs.len().min(8)]
+        );
+        let d = &host[b * stride as usize..(b + 1) * stride as usize];
+        if let Some(at) = pattern::first_mismatch(&d[..want as usize], off) {
+            panic!("{what}: block {b}: byte {at} of the read at {off} differs from the file");
+        }
+        assert!(
+            d[want as usize..].iter().all(|&x| x == POISON),
+            "{what}: block {b}: bytes beyond the {want} read were written"
+        );
+    }
+}
+
+#[test]
+fn block_variants_read_and_write_every_byte_checked() {
+    if !gpu() {
+        return;
+    }
+    let size: u64 = (3 << 20) + 777;
+    let path = pattern_file("block.bin", size as usize);
+    let rt = runtime(4);
+    let f = rt.open(&path, OpenOptions::read_only()).unwrap();
+    // Whole pages, unaligned, short at the end of the file, past it, empty, one page.
+    let ranges = [
+        (0, 1 << 20),
+        (12345, 300_001),
+        (size - 5000, 20_000),
+        (size + 5, 4096),
+        (777, 0),
+        (3 * 4096, 4096),
+        (4096 - 1, 2),
+    ];
+    for (cache, gpu_cache_bytes) in [("GPU cache", 8usize << 20), ("no GPU cache", 0)] {
+        let gpu = GpuIo::new(
+            &rt,
+            GpuIoConfig {
+                gpu_cache_bytes,
+                ..small_cfg()
+            },
+        )
+        .unwrap();
+        let module = compile_kernels(&gpu);
+        // 8 full warps; and 3 full warps plus a warp of 4 lanes.
+        for block in [256u32, 100] {
+            for direct in [false, true] {
+                let what = format!("{cache}, {block} threads, direct {direct}");
+                check_block_reads(&gpu, &module, f.raw(), size, &ranges, block, direct, &what);
+            }
+        }
+    }
+
+    // Writes: blocks of 256 and 100 threads write disjoint unaligned ranges that tile the
+    // file; fsync; the file must then hold the source bytes.
+    let wpath = dir().join("block-written.bin");
+    std::fs::write(&wpath, b"").unwrap();
+    let wf = rt
+        .open(&wpath, OpenOptions::read_write().create(true))
+        .unwrap();
+    let gpu = GpuIo::new(&rt, small_cfg()).unwrap();
+    let module = compile_kernels(&gpu);
+    let total: u64 = 400_000;
+    let mut src = vec![0u8; total as usize];
+    pattern::fill(&mut src, 7 << 30);
+    let d_src = upload(&gpu, &src);
+    for (block, cuts) in [
+        (256u32, [0u64, 70_001, 200_000]),
+        (100, [250_000, 250_001, 333_333]),
+    ] {
+        let ends = [cuts[1], cuts[2], if block == 256 { 250_000 } else { total }];
+        let offs: Vec<u64> = cuts.to_vec();
+        let lens: Vec<u64> = cuts.iter().zip(ends).map(|(a, b)| b - a).collect();
+        let (d_offs, d_lens) = (upload(&gpu, &u64s(&offs)), upload(&gpu, &u64s(&lens)));
+        let res = results_buffer(&gpu, 3 * block as usize);
+        let k = module.kernel("write_block").unwrap();
+        println!("  launch write_block ({block} threads)");
+        // SAFETY: arguments match write_block's signature; src holds `total` bytes and every
+        // range lies inside it; res holds 3 × block results.
+        unsafe {
+            k.launch(
+                (3, 1, 1),
+                (block, 1, 1),
+                0,
+                &[
+                    KernelArg::U64(gpu.context_ptr()),
+                    KernelArg::U32(wf.raw()),
+                    KernelArg::U64(d_src.ptr()),
+                    KernelArg::U64(d_offs.ptr()),
+                    KernelArg::U64(d_lens.ptr()),
+                    KernelArg::U64(res.ptr()),
+                ],
+            )
+            .unwrap()
+        };
+        finish(&gpu, "write_block");
+        let r = i64s_back(&res, 3 * block as usize);
+        for b in 0..3 {
+            let rs = &r[b * block as usize..(b + 1) * block as usize];
+            assert!(
+                rs.iter().all(|&x| x == lens[b] as i64),
+                "write_block {block} threads, block {b}: {:?}, expected {}",
+                &rs[..8],
+                lens[b]
+            );
+        }
+    }
+    assert_eq!(one_op(&gpu, &module, 3, wf.raw(), 1), vec![0], "wfs_fsync");
+    let on_disk = std::fs::read(&wpath).unwrap();
+    assert_eq!(on_disk.len() as u64, total);
+    if let Some(at) = pattern::first_mismatch(&on_disk, 7 << 30) {
+        panic!("byte {at} written by wfs_write_block differs on disk");
+    }
 }
 
 #[test]

@@ -215,6 +215,7 @@ impl BulkIo {
             choice: cfg.engine,
             queue_depth: (cfg.max_in_flight * 3) as u32,
             threads: cfg.threads.max(1),
+            ..EngineConfig::default()
         };
         let engine = make_engine(&ecfg);
         Ok(Self {

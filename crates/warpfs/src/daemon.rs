@@ -68,6 +68,9 @@ pub struct DaemonConfig {
 /// backs off to sleep: a GPU requester cannot ring the doorbell, so a sleeping worker would add
 /// its sleep to the next request's latency. Spinning costs a core only while requests flow.
 const SPIN_AFTER_WORK: Duration = Duration::from_micros(200);
+/// Reads around the cache up to this size first try the page cache at once
+/// (`IoEngine::read_cached_now`).
+const INLINE_READ_MAX: u64 = 64 << 10;
 
 impl Default for DaemonConfig {
     fn default() -> Self {
@@ -1250,7 +1253,26 @@ impl Worker {
                     }
                 }
             }
-            None => parts.push((off, len, file.fd())),
+            None => {
+                // A small read of a warm buffered file: at once, if the page cache has it all.
+                // SAFETY: `dst` is `len` bytes of the channel's data region (`data_range`
+                // checked it), the request's buffer, which nothing else touches until the
+                // request completes.
+                if len <= INLINE_READ_MAX
+                    && self.shared.cfg.engine.cached_reads_now
+                    && unsafe {
+                        self.engine
+                            .read_cached_now(file.fd(), off, dst, len as usize)
+                    }
+                {
+                    // One I/O issued (a system call), as the engine would count it.
+                    self.shared.counters[self.id]
+                        .ios
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Outcome::Now(len as i64);
+                }
+                parts.push((off, len, file.fd()))
+            }
         }
         let job = &mut self.jobs[j];
         job.parts = parts.iter().map(|p| (p.1 as usize, None)).collect();

@@ -67,6 +67,7 @@ fn engine_for(choice: EngineChoice, queue_depth: u32) -> Option<Box<dyn IoEngine
         choice,
         queue_depth,
         threads: 3,
+        ..EngineConfig::default()
     });
     let want = if choice == EngineChoice::Uring {
         "uring"
@@ -189,6 +190,60 @@ fn random_reads_match_the_pattern(choice: EngineChoice) {
         let want = l.min((size as u64).saturating_sub(o) as usize);
         assert_eq!(res[&(i as u64)], want as i64, "read {i} at {o} len {l}");
         check_read(seed, o, &bufs[i], want, "random read");
+    }
+}
+
+/// `read_cached_now` reads a warm range whole (every byte checked, poisoned first) and
+/// declines, leaving the read to the queue, for a cold range, a range past the end of the file
+/// (short), an empty one and a bad descriptor.
+fn read_cached_now_reads_warm_ranges_only(choice: EngineChoice) {
+    let Some(mut e) = engine_for(choice, 8) else {
+        return;
+    };
+    let seed = 23;
+    let size = 256 * 1024 + 77;
+    let p = make_file(&format!("now-{choice:?}"), size, seed);
+    let (_t, f) = open(&p, OpenOptions::read_only());
+    std::fs::read(&p).unwrap(); // warm
+    let mut buf = vec![POISON; 8192];
+    for (off, len) in [
+        (0u64, 4096usize),
+        (12_345, 8192),
+        (size as u64 - 4096, 4096),
+    ] {
+        buf.fill(POISON);
+        // SAFETY: buf holds at least len writable bytes, ours for the call.
+        assert!(
+            unsafe { e.read_cached_now(f.fd(), off, buf.as_mut_ptr(), len) },
+            "warm {off}+{len}"
+        );
+        check_read(seed, off, &buf, len, "read_cached_now");
+    }
+    // SAFETY: as above, for every call below.
+    unsafe {
+        assert!(
+            !e.read_cached_now(f.fd(), size as u64 - 100, buf.as_mut_ptr(), 4096),
+            "short at EOF"
+        );
+        assert!(!e.read_cached_now(f.fd(), 0, buf.as_mut_ptr(), 0), "empty");
+        assert!(
+            !e.read_cached_now(-1, 0, buf.as_mut_ptr(), 4096),
+            "bad descriptor"
+        );
+    }
+    drop_cache(&f);
+    // SAFETY: as above.
+    let cold = unsafe { e.read_cached_now(f.fd(), 128 * 1024, buf.as_mut_ptr(), 4096) };
+    // A cold page must not be read at once (RWF_NOWAIT: EAGAIN); where the kernel kept it
+    // anyway the bytes must still be right.
+    if cold {
+        check_read(
+            seed,
+            128 * 1024,
+            &buf,
+            4096,
+            "read_cached_now after DONTNEED",
+        );
     }
 }
 
@@ -749,6 +804,7 @@ macro_rules! suite {
             use super::*;
             #[test] fn random_reads_match_the_pattern() { super::random_reads_match_the_pattern($choice) }
             #[test] fn empty_file_and_reads_past_eof() { super::empty_file_and_reads_past_eof($choice) }
+            #[test] fn read_cached_now_reads_warm_ranges_only() { super::read_cached_now_reads_warm_ranges_only($choice) }
             #[test] fn writes_read_back_and_fsync() { super::writes_read_back_and_fsync($choice) }
             #[test] fn direct_aligned_reads_and_writes() { super::direct_aligned_reads_and_writes($choice) }
             #[test] fn many_ops_in_flight_exceed_the_queue() { super::many_ops_in_flight_exceed_the_queue($choice) }

@@ -276,6 +276,8 @@ fn requests_through_the_daemon_get_full_results_under_short_and_interrupted_call
         workers: 2,
         engine: EngineConfig {
             choice: EngineChoice::Threads,
+            // Every read through the engine: its retry code is what this test exercises.
+            cached_reads_now: false,
             ..Default::default()
         },
         cache: CacheConfig {

@@ -68,10 +68,9 @@
 //! # Not done yet (issue 4)
 //!
 //! - Write-back of dirty pages (writes are write-through).
-//! - Three tiers: the daemon answering a GPU miss that hits the host tier with the host page's
+//! - A GPU miss that hits the host tier is served without file I/O, but through the lane
+//!   buffer (the daemon copies the host page there). Not done: answering with the host page's
 //!   location (the completion `aux`, as host agents already get), so the GPU copies it directly.
-//! - Per-block API variants (per-warp ones exist: `wfs_read_warp`, `wfs_read_direct_warp`,
-//!   `wfs_write_warp`).
 //! - A lane that times out waiting for its ring slot leaves its claimed position unpublished,
 //!   and the daemon's `Ring::try_pop` stops there: every claimed position must be published
 //!   (e.g. as a no-op record) or skipped by the daemon after a deadline.

@@ -252,7 +252,7 @@ impl Daemon {
     }
 
     /// Starts serving `channel`, whose requesters cannot ring the doorbell (a GPU, another
-    /// process): workers then keep polling for [`SPIN_AFTER_WORK`] after their last request
+    /// process): workers then keep polling for 200 µs (`SPIN_AFTER_WORK`) after their last request
     /// instead of sleeping at once, so such a requester's next request is seen within µs.
     pub fn attach_polled(&self, channel: Arc<Channel>) {
         self.update_channels(|v| v.push((channel, true)));

@@ -18,23 +18,29 @@
 //!
 //! 1. The lanes of a warp that call together form a group (its mask is taken where the user
 //!    calls, and passed in; votes are masked to it — see `vote` in warpfs.cuh for why); its
-//!    leader takes a free *request group* (32 completion records + 32 lane buffers) with
-//!    `atomicCAS` on a device-memory busy word.
+//!    leader takes a free *request group* (32 completion records + 32 lane buffers) with an
+//!    acquire CAS on a device-memory busy word, starting at a group hashed from the warp's
+//!    (SM, warp slot) place, and releases it with a release store when the call ends. The
+//!    closing word (a PCIe read) is read only while something waits, not on every call.
 //! 2. Each posting lane claims its own ring position with a device-memory `atomicAdd` on
 //!    [`WfsGpuState::claim`] (this replaces the host ring's CAS on `tail`), so a claimed position
 //!    is always armed and published by the lane that holds it.
-//! 3. Each lane arms its record (ticket = low 32 bits of its position, PENDING), waits until its
-//!    slot's sequence word equals its position (the daemon handed it back — the Vyukov
-//!    protocol of [`crate::ring`]), writes the request and publishes `pos + 1` with a
-//!    system-scope release store. The daemon's [`crate::ring::Ring::try_pop`] is unchanged.
+//! 3. Each lane waits until its slot's sequence word equals its position (the daemon handed it
+//!    back — the Vyukov protocol of [`crate::ring`]), arms its record (state PENDING and ticket =
+//!    low 32 bits of its position in one 64-bit store, so a stale completer that claims the
+//!    new PENDING sees the new ticket), writes the request and publishes `pos + 1` with a
+//!    system-scope release store: one system-scope release per request. The daemon pops with
+//!    [`crate::ring::Ring::try_pop_many`] / [`crate::ring::Ring::try_pop`], as for host rings.
 //! 4. The leader stores an advisory `tail` into the ring header (only the daemon's idle check
-//!    and its garbage guard read it): `atomicMax` on a device-memory maximum, store, fence,
-//!    re-read, store again until the maximum did not move — so the last store is the maximum.
-//! 5. Each lane polls its record (system-scope acquire loads, `__nanosleep` backoff doubling to
-//!    8 µs), bounded by the timeout (`-ETIMEDOUT`) and the `closing` word (`-ESHUTDOWN`).
+//!    and its garbage guard read it): the largest device-memory maximum its lanes' `atomicMax`
+//!    returned, one relaxed store (`ROBUSTNESS.md` finding 16).
+//! 5. Each lane polls its record's first 16 bytes (state and result) with one system-scope
+//!    acquire load (`__nanosleep` backoff doubling to 8 µs), bounded by the timeout
+//!    (`-ETIMEDOUT`) and the `closing` word (`-ESHUTDOWN`; finding 17 says why one load is
+//!    enough).
 //! 6. The group copies data between lane buffers and user memory cooperatively (16-byte
-//!    coalesced accesses, cache-bypassing loads of host memory); requests larger than
-//!    `lane_bytes` loop.
+//!    coalesced accesses, cache-bypassing loads of host memory, eight in flight per lane);
+//!    requests larger than `lane_bytes` loop.
 //!
 //! The ring has at least as many slots as there are records, so a lane waits in step 3 only
 //! for the instant between the daemon's head CAS and its hand-back store. A request group whose

@@ -196,7 +196,6 @@ __device__ __forceinline__ void backoff(u32 &ns) {
     ns = ns < 4096 ? ns * 2 : 8192;
 }
 
-
 __device__ __forceinline__ WfsGpuState *state(const wfs_ctx_t *ctx) {
     return reinterpret_cast<WfsGpuState *>(ctx->state);
 }

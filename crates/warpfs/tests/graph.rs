@@ -430,3 +430,89 @@ proptest! {
         }
     }
 }
+
+/// Fraction of `path`'s pages in the OS page cache (`mincore` through a fresh mapping that
+/// touches nothing).
+fn resident_fraction(path: &Path) -> f64 {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    // SAFETY: a fresh read-only shared mapping of an open file, checked, unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    let pages = len.div_ceil(4096);
+    let mut v = vec![0u8; pages];
+    // SAFETY: [p, p+len) is the mapping above; `v` has one byte per 4 KiB page.
+    let r = unsafe { libc::mincore(p, len, v.as_mut_ptr().cast()) };
+    // SAFETY: the mapping above, unmapped once.
+    unsafe { libc::munmap(p, len) };
+    assert_eq!(r, 0, "mincore: {}", std::io::Error::last_os_error());
+    v.iter().filter(|&&b| b & 1 != 0).count() as f64 / pages as f64
+}
+
+/// Asks the OS to drop `path`'s clean cached pages (it keeps the ones a process maps).
+fn evict(path: &Path) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    f.sync_all().unwrap();
+    // SAFETY: plain advice on a descriptor we own.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0);
+}
+
+/// `--cold` BFS runs drop the page cache while the CPU BFS's mapping of the graph is alive:
+/// pages it maps are never dropped until `release_pages` lets go of them, and the mapping still
+/// reads the file's bytes afterwards.
+#[test]
+fn released_pages_can_be_dropped_from_the_page_cache() {
+    use warpfs::graph::mapped_file::MappedFile;
+    let p = dir().join("release.bin");
+    let content: Vec<u8> = (0..8u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    std::fs::write(&p, &content).unwrap();
+    // Where even an unmapped file keeps its pages (a memory-backed directory), there is
+    // nothing to show.
+    std::fs::read(&p).unwrap();
+    evict(&p);
+    let control = resident_fraction(&p);
+    if control > 0.5 {
+        println!(
+            "skipping: {} keeps {:.0}% of a dropped file resident (memory-backed?)",
+            p.display(),
+            100.0 * control
+        );
+        return;
+    }
+    let m = MappedFile::open(&p).unwrap();
+    let sum: u64 = m.bytes().iter().map(|&b| u64::from(b)).sum();
+    evict(&p);
+    let held = resident_fraction(&p);
+    assert!(
+        held > 0.9,
+        "pages the mapping touched must stay cached: {:.1}% resident",
+        100.0 * held
+    );
+    m.release_pages();
+    evict(&p);
+    let after = resident_fraction(&p);
+    assert!(
+        after < 0.1,
+        "released pages must be droppable: {:.1}% still resident",
+        100.0 * after
+    );
+    assert!(
+        m.bytes() == content.as_slice(),
+        "the mapping reads the file again after the release"
+    );
+    assert_eq!(sum, content.iter().map(|&b| u64::from(b)).sum::<u64>());
+}

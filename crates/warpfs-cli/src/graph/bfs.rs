@@ -8,11 +8,14 @@ use crate::error::{bail, Context, Result, EXIT_MISMATCH};
 use warpfs::graph::bfs::traversal;
 use warpfs::graph::{bfs_parallel, CsrFile, CsrView};
 
-/// What `--cold` did before one search: `Ok(true)` dropped, `Ok(false)` not asked.
-pub fn maybe_cold(cold: bool, skipped: &mut Vec<String>) -> bool {
+/// What `--cold` did before one search: `true` dropped, `false` not asked (or not root). The
+/// graph's own mapping (the CPU BFS reads `file` through it) lets go of its pages first: the
+/// OS never drops pages a process maps, so without that the "cold" searches read a warm file.
+pub fn maybe_cold(cold: bool, file: &CsrFile, skipped: &mut Vec<String>) -> bool {
     if !cold {
         return false;
     }
+    file.release_pages();
     match crate::system::drop_page_cache() {
         Ok(()) => true,
         Err(why) => {
@@ -57,7 +60,7 @@ pub fn run(a: &BfsArgs) -> Result<i32> {
     let mut skipped = Vec::new();
 
     // CPU BFS: the reference.
-    let cold = maybe_cold(a.cold, &mut skipped);
+    let cold = maybe_cold(a.cold, &file, &mut skipped);
     let cpu = bfs_parallel(&g, source)?;
     let t = traversal(&g, &cpu.levels);
     let teps = |secs: f64| t.traversed_edges as f64 / secs;

@@ -50,7 +50,7 @@ pub fn run(
         device = gpu.context().name().to_string();
         let kernels = BfsKernels::new(&gpu)?;
         let bulk = CudaBulk::new(a.device, BulkConfig::default())?;
-        let cold = maybe_cold(a.cold, skipped);
+        let cold = maybe_cold(a.cold, file, skipped);
         let (r, load) = bfs_in_gpu_memory(&gpu, &kernels, &bulk, file, source)
             .ctx(|| "BFS with the graph in GPU memory".into())?;
         let (ok, note) = check(&r.levels, cpu);
@@ -97,7 +97,7 @@ pub fn run(
         let gpu = GpuIo::new(&rt, gpu_io_config(a.device, bytes))
             .ctx(|| format!("starting the GPU channel with a {} GPU cache", size.label()))?;
         let kernels = BfsKernels::new(&gpu)?;
-        let cold = maybe_cold(a.cold, skipped);
+        let cold = maybe_cold(a.cold, file, skipped);
         let before = (rt.stats().cache, cache_counters(&gpu));
         let r = bfs_through_warpfs(&gpu, &kernels, fh.raw(), &h, source)
             .ctx(|| "BFS through warpfs file-backed arrays".into())?;

@@ -121,6 +121,12 @@ impl CsrFile {
         self.map.bytes()
     }
 
+    /// Lets go of this process's mappings of the file's pages, so that dropping the page cache
+    /// can evict them ([`MappedFile::release_pages`]); the views stay valid.
+    pub fn release_pages(&self) {
+        self.map.release_pages();
+    }
+
     /// The offsets array (`n + 1` entries).
     pub fn offsets(&self) -> &[u64] {
         let h = &self.header;

@@ -434,27 +434,19 @@ proptest! {
 /// Fraction of `path`'s pages in the OS page cache (`mincore` through a fresh mapping that
 /// touches nothing).
 fn resident_fraction(path: &Path) -> f64 {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(path).unwrap();
-    let len = f.metadata().unwrap().len() as usize;
-    // SAFETY: a fresh read-only shared mapping of an open file, checked, unmapped below.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
+    let m = warpfs::graph::mapped_file::MappedFile::open(path).unwrap();
+    let len = m.bytes().len();
     let pages = len.div_ceil(4096);
     let mut v = vec![0u8; pages];
-    // SAFETY: [p, p+len) is the mapping above; `v` has one byte per 4 KiB page.
-    let r = unsafe { libc::mincore(p, len, v.as_mut_ptr().cast()) };
-    // SAFETY: the mapping above, unmapped once.
-    unsafe { libc::munmap(p, len) };
+    // SAFETY: the range is `m`'s live mapping (page-aligned start); `v` has one byte per 4 KiB
+    // page; mincore reads no page of the mapping.
+    let r = unsafe {
+        libc::mincore(
+            m.bytes().as_ptr() as *mut libc::c_void,
+            len,
+            v.as_mut_ptr().cast(),
+        )
+    };
     assert_eq!(r, 0, "mincore: {}", std::io::Error::last_os_error());
     v.iter().filter(|&&b| b & 1 != 0).count() as f64 / pages as f64
 }

@@ -644,8 +644,8 @@ struct Worker {
     prefetch: Vec<(Local<FileEntry>, u64, u64, u32)>,
     /// Small random reads seen: every `ADMIT_EVERY`-th may evict a cache page on a miss.
     small_reads: u64,
-    /// Requests of the last run taken from a ring (kept for its allocation).
-    popped: Vec<WfsRequest>,
+    /// What the last run took from a ring (kept for its allocation).
+    popped: Vec<crate::ring::Popped>,
 }
 
 enum Outcome {
@@ -841,42 +841,30 @@ impl Worker {
                     let ch = &channels[self.rr];
                     let ring = if prefetch { &ch.prefetch } else { &ch.demand };
                     // A run of published requests with one CAS of the ring's head (the
-                    // workers of a busy GPU channel contend on it), then one at a time
-                    // (garbage stamps are dealt with there).
+                    // workers of a busy GPU channel contend on it).
                     let mut run = std::mem::take(&mut self.popped);
-                    if ring.try_pop_many(max - took, |req| run.push(req)) > 0 {
+                    if ring.try_pop_many(max - took, |p| run.push(p)) == 0 {
+                        empty += 1;
+                    } else {
                         empty = 0;
                         took += run.len();
-                        for req in run.drain(..) {
-                            self.accept(ch, req);
+                    }
+                    for popped in run.drain(..) {
+                        match popped {
+                            crate::ring::Popped::Request(req) => self.accept(ch, req),
+                            crate::ring::Popped::Corrupt(req) => {
+                                let c = &self.shared.counters[self.id];
+                                c.corrupt.fetch_add(1, Ordering::Relaxed);
+                                c.errors.fetch_add(1, Ordering::Relaxed);
+                                let _ = ch.completions.complete(
+                                    req.completion,
+                                    req.ticket,
+                                    -(libc::EPROTO as i64),
+                                );
+                            }
                         }
-                        self.popped = run;
-                        continue;
                     }
                     self.popped = run;
-                    match ring.try_pop() {
-                        Some(crate::ring::Popped::Request(req)) => {
-                            empty = 0;
-                            took += 1;
-                            self.accept(ch, req);
-                        }
-                        Some(crate::ring::Popped::Corrupt(req)) => {
-                            empty = 0;
-                            took += 1;
-                            self.shared.counters[self.id]
-                                .corrupt
-                                .fetch_add(1, Ordering::Relaxed);
-                            self.shared.counters[self.id]
-                                .errors
-                                .fetch_add(1, Ordering::Relaxed);
-                            let _ = ch.completions.complete(
-                                req.completion,
-                                req.ticket,
-                                -(libc::EPROTO as i64),
-                            );
-                        }
-                        None => empty += 1,
-                    }
                 }
             }
         }

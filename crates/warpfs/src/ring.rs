@@ -357,12 +357,12 @@ impl Ring {
     }
 
     /// Takes up to `max` consecutive published requests from the head with one CAS of the
-    /// head, handing each to `take` in ring order; returns how many. Many consumers of one
-    /// busy ring contend on its head line; claiming a run of requests per CAS divides that
-    /// traffic by the run's length. Stops at the first position not yet published (or with
-    /// a garbage stamp: [`Ring::try_pop`] deals with those one at a time), so 0 means "use
-    /// `try_pop`" as much as "empty". Costs one load of each slot's sequence word in the run.
-    pub fn try_pop_many(&self, max: usize, mut take: impl FnMut(WfsRequest)) -> usize {
+    /// head, handing each to `take` in ring order; returns how many (0: nothing published at
+    /// the head). Many consumers of one busy ring contend on its head line; claiming a run of
+    /// requests per CAS divides that traffic by the run's length. A head slot with a garbage
+    /// stamp is taken alone, as [`Ring::try_pop`] takes it ([`Popped::Corrupt`]). Costs one
+    /// load of each slot's sequence word in the run (one in all when nothing waits).
+    pub fn try_pop_many(&self, max: usize, mut take: impl FnMut(Popped)) -> usize {
         let max = max.min(self.capacity()) as u64;
         if max == 0 {
             return 0;
@@ -372,15 +372,28 @@ impl Ring {
         loop {
             // The run of published slots from `pos` (each seen with its producer's release).
             let mut n = 0u64;
+            let mut stop = 0;
             while n < max {
                 let p = pos.wrapping_add(n);
-                if self.slot(p).seq.load(Ordering::Acquire) != p.wrapping_add(1) {
+                stop = self.slot(p).seq.load(Ordering::Acquire);
+                if stop != p.wrapping_add(1) {
                     break;
                 }
                 n += 1;
             }
             if n == 0 {
-                return 0;
+                // Free or claimed but unpublished (the common empty case), or a garbage stamp,
+                // which the single pop tells apart from a moved head and takes below the tail.
+                if pos.wrapping_sub(stop) <= self.mask {
+                    return 0;
+                }
+                return match self.try_pop() {
+                    Some(popped) => {
+                        take(popped);
+                        1
+                    }
+                    None => 0,
+                };
             }
             match h.head.compare_exchange_weak(
                 pos,
@@ -398,7 +411,7 @@ impl Ring {
                         let req = slot.req.with(|r| unsafe { r.read() });
                         slot.seq
                             .store(p.wrapping_add(self.mask + 1), Ordering::Release);
-                        take(req);
+                        take(Popped::Request(req));
                     }
                     return n as usize;
                 }
@@ -599,8 +612,12 @@ mod tests {
                 let done = done.clone();
                 std::thread::spawn(move || {
                     let mut got = Vec::new();
+                    let offset = |p: Popped| match p {
+                        Popped::Request(q) => q.offset,
+                        Popped::Corrupt(_) => panic!("corrupt slot under correct use"),
+                    };
                     loop {
-                        if c > 0 && r.try_pop_many(8, |q| got.push(q.offset)) > 0 {
+                        if c > 0 && r.try_pop_many(8, |p| got.push(offset(p))) > 0 {
                             continue;
                         }
                         match r.try_pop() {
@@ -704,6 +721,13 @@ mod loom_tests {
         });
     }
 
+    fn request_offset(p: Popped) -> u64 {
+        match p {
+            Popped::Request(q) => q.offset,
+            Popped::Corrupt(_) => panic!("corrupt slot under correct use"),
+        }
+    }
+
     /// Two consumers taking runs (`try_pop_many`) while a producer publishes: every request is
     /// taken exactly once, in ring order within a run.
     #[test]
@@ -719,11 +743,11 @@ mod loom_tests {
             let r3 = r.clone();
             let cons = thread::spawn(move || {
                 let mut got = Vec::new();
-                r3.try_pop_many(4, |q| got.push(q.offset));
+                r3.try_pop_many(4, |p| got.push(request_offset(p)));
                 got
             });
             let mut got = Vec::new();
-            r.try_pop_many(4, |q| got.push(q.offset));
+            r.try_pop_many(4, |p| got.push(request_offset(p)));
             prod.join().unwrap();
             let other = cons.join().unwrap();
             for run in [&got, &other] {
@@ -732,7 +756,7 @@ mod loom_tests {
                     "run out of order: {run:?}"
                 );
             }
-            r.try_pop_many(4, |q| got.push(q.offset));
+            r.try_pop_many(4, |p| got.push(request_offset(p)));
             got.extend(other);
             got.sort();
             assert_eq!(got, vec![0, 1, 2]);

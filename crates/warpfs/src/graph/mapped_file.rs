@@ -77,9 +77,7 @@ impl MappedFile {
             unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, libc::MADV_RANDOM) };
         }
     }
-}
 
-impl MappedFile {
     /// Lets go of this process's mappings of the file's pages (`MADV_DONTNEED`): the pages stay
     /// in the OS page cache and the mapping stays valid (a later read faults them in again from
     /// the file), but dropping the page cache can now evict them, which it never does to pages

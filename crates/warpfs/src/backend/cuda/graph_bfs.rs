@@ -192,7 +192,7 @@ fn level_loop(
         len = u64::from_le_bytes(c);
         let took = tl.elapsed();
         level_times.push(took);
-        if let (Some(a), Some(b)) = (stats0, stats0.and_then(|_| gpu.cache_stats().ok())) {
+        if let Some((a, b)) = stats0.and_then(|a| Some((a, gpu.cache_stats().ok()?))) {
             let d = b - a;
             tracing::info!(
                 level,

@@ -357,6 +357,7 @@ __device__ __forceinline__ void post_request(WfsSlot *slot, WfsCompletion *comp,
 #endif
 __device__ unsigned int wfs_trace_calls;
 __device__ unsigned int wfs_trace_misses;
+__device__ unsigned int wfs_trace_claims;
 #define WFS_TRACE_MARK(i) (tr[i] = now_ns())
 #else
 #define WFS_TRACE_MARK(i) ((void)0)
@@ -556,7 +557,7 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
  *   pinned by its loader, which waits only on the daemon) -> VALID (readers pin it) or ERROR
  *   (load failed; entry removed; the error goes to the waiters) -> BUSY (evicted by CLOCK
  *   once unpinned and its REF bit is clear) -> ...
- * Page table: open addressing (linear probing, at most `probe` buckets) of 64-bit words
+ * Page table: groups of 16 buckets (a key in any bucket of its hash's group) of 64-bit words
  *   EMPTY 0 | TOMB ~0 | (frame + 1) << 32 | tag. Lookups are lock-free (pin, then check the
  *   frame's key); an insert takes the key's insert lock (held for a few device-memory
  *   operations, never across a wait) so one key is never inserted twice.
@@ -609,7 +610,7 @@ __device__ __forceinline__ u64 key_hash(u32 fh, u64 page) {
 __device__ __forceinline__ const WfsGpuCache *cache_of(const wfs_ctx_t *ctx) {
     if (ctx == 0 || ctx->cache == 0) return 0;
     const WfsGpuCache *c = reinterpret_cast<const WfsGpuCache *>(ctx->cache);
-    return (c->magic == WFS_GPU_CACHE_MAGIC && c->frames != 0) ? c : 0;
+    return (c->magic == WFS_GPU_CACHE_MAGIC && c->frames != 0 && c->probe == 16u) ? c : 0;
 }
 __device__ __forceinline__ u32 *frame_state(const WfsGpuCache *c, u32 f) {
     return reinterpret_cast<u32 *>(c->state) + f;
@@ -694,7 +695,14 @@ __device__ __noinline__ u32 claim_victim(const wfs_ctx_t *ctx, const WfsGpuCache
     }
     unsigned long long *hand = reinterpret_cast<unsigned long long *>(&state(ctx)->clock);
     const u64 limit = 2ull * frames + 64;
+#ifdef WFS_TRACE
+    const u64 t0 = now_ns();
+#endif
     for (u64 scanned = 0; scanned < limit; scanned += WFS_CLOCK_BATCH) {
+#ifdef WFS_TRACE
+        if (scanned != 0 && (atomicAdd(&wfs_trace_claims, 1u) & WFS_TRACE_EVERY) == 0)
+            printf("wfs_trace_claim batch %llu at %llu ns\n", scanned / WFS_CLOCK_BATCH, now_ns() - t0);
+#endif
         if (scanned != 0 && now_ns() > deadline) break;
         /* One atomic on the shared hand per batch; the batch's state words load together. */
         const u32 f0 = (u32)(atomicAdd(hand, (unsigned long long)WFS_CLOCK_BATCH) % frames);
@@ -733,6 +741,29 @@ __device__ __noinline__ u32 claim_victim(const wfs_ctx_t *ctx, const WfsGpuCache
     return WFS_NO_FRAME;
 }
 
+/* The page table is split into groups of WFS_TABLE_GROUP buckets (128 bytes); a key lives in
+ * the group its hash names, in any bucket of it. A lookup loads the whole group at once (one
+ * round of loads, whatever tombstones evictions left), where a probe sequence would load one
+ * bucket after another. */
+#define WFS_TABLE_GROUP 16u
+__device__ __forceinline__ void load_group(const u64 *table, u64 h, u64 bmask, u64 (&w)[WFS_TABLE_GROUP],
+                                           u64 &first) {
+    first = (h & bmask) & ~(u64)(WFS_TABLE_GROUP - 1);
+    const u64 *g = table + first;
+#pragma unroll
+    for (u32 k = 0; k < WFS_TABLE_GROUP; k += 2)
+        asm volatile("ld.relaxed.gpu.v2.u64 {%0, %1}, [%2];" : "=l"(w[k]), "=l"(w[k + 1]) : "l"(g + k) : "memory");
+}
+
+/* w[i] without indexing the array by a run-time value (which would put it in local memory). */
+__device__ __forceinline__ u64 group_word(const u64 (&w)[WFS_TABLE_GROUP], u32 i) {
+    u64 v = 0;
+#pragma unroll
+    for (u32 k = 0; k < WFS_TABLE_GROUP; ++k)
+        if (k == i) v = w[k];
+    return v;
+}
+
 /* One attempt at a key's insert lock: never spins. A lane must never spin on a lock or a frame
  * state that a lane of its own warp is changing: on a convergence barrier the holder may not
  * be scheduled until the spinner gives up (SIMT deadlock, seen as a stall until the timeout).
@@ -756,35 +787,29 @@ __device__ __forceinline__ void lock_drop(u32 *l) {
 __device__ __noinline__ u32 insert_page(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 fh, u64 page, u64 h,
                                         u64 deadline, u32 &f_out) {
     const u32 tag = (u32)(h >> 32);
-    const u64 bmask = c->bucket_mask;
-    const u32 probe = c->probe;
     u64 *table = table_of(c);
     u32 *lk = reinterpret_cast<u32 *>(c->locks) + ((h ^ (h >> 32)) & c->lock_mask);
     if (!lock_try(lk)) return WFS_ACQ_RETRY;
+    u64 w[WFS_TABLE_GROUP];
+    u64 first;
+    load_group(table, h, c->bucket_mask, w, first);
     bool present = false;
-    u32 free_i = probe;
-    for (u32 i = 0; i < probe; ++i) {
-        const u64 w = ld_relaxed_gpu_u64(table + ((h + i) & bmask));
-        if (w == WFS_TABLE_EMPTY) {
-            if (free_i == probe) free_i = i;
-            break;
-        }
-        if (w == WFS_TABLE_TOMB) {
-            if (free_i == probe) free_i = i;
+    u32 free_mask = 0;
+#pragma unroll
+    for (u32 i = 0; i < WFS_TABLE_GROUP; ++i) {
+        if (w[i] == WFS_TABLE_EMPTY || w[i] == WFS_TABLE_TOMB) {
+            free_mask |= 1u << i;
             continue;
         }
-        if ((u32)w != tag) continue;
-        volatile WfsGpuPageMeta *m = frame_meta(c, (u32)(w >> 32) - 1);
-        if (m->fh == fh && m->page == page) {
-            present = true;
-            break;
-        }
+        if ((u32)w[i] != tag) continue;
+        volatile WfsGpuPageMeta *m = frame_meta(c, (u32)(w[i] >> 32) - 1);
+        if (m->fh == fh && m->page == page) present = true;
     }
     if (present) {
         lock_drop(lk);
         return WFS_ACQ_RETRY;
     }
-    if (free_i >= probe) {
+    if (free_mask == 0) {
         lock_drop(lk);
         return WFS_ACQ_BYPASS;
     }
@@ -804,14 +829,15 @@ __device__ __noinline__ u32 insert_page(const wfs_ctx_t *ctx, const WfsGpuCache 
     __threadfence();
     /* BUSY -> LOADING, pinned once by the loader (stale readers' transient pins kept). */
     state_update(frame_state(c, f), WFS_PG_FLAGS, WFS_PG_LOADING, 1u);
-    for (u32 i = free_i; i < probe; ++i) {
-        const u64 b = (h + i) & bmask;
-        const u64 w = ld_relaxed_gpu_u64(table + b);
-        if (w != WFS_TABLE_EMPTY && w != WFS_TABLE_TOMB) continue;
+    /* A free bucket of the group (another key's insert may take one meanwhile: the CAS says). */
+    for (u32 fm = free_mask; fm; fm &= fm - 1) {
+        const u32 i = __ffs(fm) - 1;
+        const u64 b = first + i;
         m->bucket = (u32)b;
         __threadfence();
-        if (atomicCAS(reinterpret_cast<unsigned long long *>(table + b), (unsigned long long)w,
-                      (unsigned long long)word) == w) {
+        const u64 was = group_word(w, i);
+        if (atomicCAS(reinterpret_cast<unsigned long long *>(table + b), (unsigned long long)was,
+                      (unsigned long long)word) == was) {
             result = WFS_ACQ_LOAD;
             break;
         }
@@ -837,14 +863,15 @@ __device__ u32 acquire_page(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 fh, 
                             bool may_insert, u64 deadline, u32 &f_out) {
     const u64 h = key_hash(fh, page);
     const u32 tag = (u32)(h >> 32);
-    const u64 bmask = c->bucket_mask;
-    const u32 probe = c->probe;
-    const u64 *table = table_of(c);
-    for (u32 i = 0; i < probe; ++i) {
-        const u64 w = ld_relaxed_gpu_u64(table + ((h + i) & bmask));
-        if (w == WFS_TABLE_EMPTY) break;
-        if (w == WFS_TABLE_TOMB || (u32)w != tag) continue;
-        const u32 f = (u32)(w >> 32) - 1;
+    u64 w[WFS_TABLE_GROUP];
+    u64 first;
+    load_group(table_of(c), h, c->bucket_mask, w, first);
+    u32 match = 0;
+#pragma unroll
+    for (u32 i = 0; i < WFS_TABLE_GROUP; ++i)
+        if (w[i] != WFS_TABLE_EMPTY && w[i] != WFS_TABLE_TOMB && (u32)w[i] == tag) match |= 1u << i;
+    for (; match; match &= match - 1) {
+        const u32 f = (u32)(group_word(w, __ffs(match) - 1) >> 32) - 1;
         u32 *st = frame_state(c, f);
         const u32 old = atom_add_acquire_gpu(st, 1u);
         volatile WfsGpuPageMeta *m = frame_meta(c, f);
@@ -999,16 +1026,20 @@ __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpu
 #ifdef WFS_TRACE
     const u64 t_acquired = now_ns();
 #endif
-    if (loader) {
+    if (loaders != 0) {
+        /* The whole group calls (lanes that load nothing ask for 0 bytes): every lane helps
+         * copy the loaded pages from the host buffers, so one loader's 4 KiB crosses PCIe in
+         * one round of loads, not 32 one after another. */
         const u64 ps = 1ull << c->page_shift;
-        const long long r = io(ctx, loaders, WFS_OP_READ, fh, page << c->page_shift, ps, frame_data(c, f));
+        const long long r = io(ctx, group, WFS_OP_READ, fh, page << c->page_shift, loader ? ps : 0,
+                               loader ? frame_data(c, f) : 0);
 #ifdef WFS_TRACE
         const u64 t_io = now_ns();
 #endif
-        finish_load(c, f, r);
-        if (r < 0) res = r;
+        if (loader) finish_load(c, f, r);
+        if (loader && r < 0) res = r;
 #ifdef WFS_TRACE
-        if ((atomicAdd(&wfs_trace_misses, 1u) & WFS_TRACE_EVERY) == 0)
+        if (loader && (atomicAdd(&wfs_trace_misses, 1u) & WFS_TRACE_EVERY) == 0)
             printf("wfs_trace_miss loaders %u rounds %u: acquire %llu io %llu finish %llu ns\n", __popc(loaders),
                    rounds, t_acquired - t_start, t_io - t_acquired, now_ns() - t_io);
 #endif
@@ -1101,8 +1132,10 @@ __device__ __noinline__ long long cached_read(const wfs_ctx_t *ctx, const WfsGpu
         add_round_stats(c, group, rs);
         /* Lanes the cache could not place read around it (all together). */
         long long br = 0;
-        const u32 bypass = vote(group, want && res == WFS_BYPASS_RESULT);
-        if (want && res == WFS_BYPASS_RESULT) br = io(ctx, bypass, WFS_OP_READ, fh, pos, seg, out + total);
+        const bool around = want && res == WFS_BYPASS_RESULT;
+        /* The whole group calls (0 bytes for the others), so every lane helps copy. */
+        if (vote_any(group, around))
+            br = io(ctx, group, WFS_OP_READ, fh, pos, around ? seg : 0, around ? out + total : 0);
         if (want) {
             if (res == WFS_BYPASS_RESULT) {
                 if (br < 0) {
@@ -1222,6 +1255,48 @@ __device__ __forceinline__ T array_get(const wfs_ctx_t *ctx, u32 fh, u64 byte_of
     return v;
 }
 
+
+/* Pins the page holding element i for each calling lane (lanes on one page share one lookup and
+ * one pin, held by their leader): `p` points at element i in the GPU page cache and `count` is
+ * how many elements from i on lie in that page (and in the array). count 0, no pin: out of
+ * range, an element straddling a page, an I/O error, or no frame to place the page in (the
+ * caller reads those elements with array_get). */
+template <typename T>
+__device__ __forceinline__ void array_pin(const wfs_ctx_t *ctx, u32 fh, u64 byte_offset, u64 len, u64 i,
+                                          const T *&p, u64 &count, u32 &frame, u32 &leader) {
+    const WfsGpuCache *c = cache_of(ctx);
+    const u32 group = calling_lanes();
+    p = 0;
+    count = 0;
+    frame = WFS_NO_FRAME;
+    leader = lane_id();
+    if (!vote_any(group, c != 0)) return;
+    const u64 pos = byte_offset + i * (u64)sizeof(T);
+    const u64 ps = 1ull << c->page_shift;
+    const u64 in_off = pos & (ps - 1);
+    const bool want = i < len && in_off + sizeof(T) <= ps && (pos & (alignof(T) - 1)) == 0;
+    if (!vote_any(group, want)) return;
+    const u64 deadline = now_ns() + ctx->timeout_ns;
+    u32 f;
+    long long res;
+    RoundStats rs;
+    acquire_round(ctx, c, group, want, fh, pos >> c->page_shift, deadline, leader, f, res, rs);
+    add_round_stats(c, group, rs);
+    if (!want || res != 0) return;
+    frame = f;
+    const u32 flen = frame_meta(c, f)->len;
+    if (in_off + sizeof(T) > flen) return;
+    const u64 in_page = ((u64)flen - in_off) / sizeof(T);
+    count = in_page < len - i ? in_page : len - i;
+    p = reinterpret_cast<const T *>(frame_data(c, f) + in_off);
+}
+
+/* Drops the pins array_pin took, by the same calling lanes. */
+__device__ __forceinline__ void array_unpin(const wfs_ctx_t *ctx, u32 frame, u32 leader) {
+    const u32 group = calling_lanes();
+    __syncwarp(group);
+    if (frame != WFS_NO_FRAME && lane_id() == leader) unpin(cache_of(ctx), frame);
+}
 
 
 /* Async pool: record `async_first + i` with its lane buffer; busy word warp_slots + i. */
@@ -1536,6 +1611,14 @@ __device__ __forceinline__ unsigned long long wfs_errors(const wfs_ctx_t *ctx) {
     return wfs_detail::ld_relaxed_gpu_u64(&wfs_detail::state(ctx)->errors);
 }
 
+/** Elements of a wfs_array read in place in a pinned GPU cache page (see wfs_array::pin). */
+template <typename T> struct wfs_span {
+    const T *p;                  /* element i; 0 when count is 0 */
+    unsigned long long count;    /* elements readable at p */
+    unsigned frame;              /* internal: the pinned frame */
+    unsigned leader;             /* internal: the lane holding the pin */
+};
+
 /**
  * A file-backed array of T (BaM-like): `len` elements starting at byte `byte_offset` of `fh`,
  * read through the GPU page cache. Element access from any lane pattern (lanes of a warp on one
@@ -1550,6 +1633,34 @@ template <typename T> struct wfs_array {
 
     __device__ __forceinline__ T operator[](unsigned long long i) const {
         return wfs_detail::array_get<T>(ctx, fh, byte_offset, len, i);
+    }
+
+    /**
+     * Pins the GPU cache page holding element `i` (each calling lane its own `i`; lanes on one
+     * page share one lookup): the span's `p[0..count)` are elements `i..i + count` read in
+     * place, for as long as the pin is held. One lookup for up to a page of elements, where
+     * operator[] makes one per access. `count` 0 means nothing pinned (out of range, an
+     * element across a page boundary, an I/O error, or a cache with every frame pinned): read
+     * those elements with operator[]. Release with unpin(span) by the same lanes, before the
+     * warp waits on anything else; a lane's pins count toward the launch's pages held per warp.
+     */
+    __device__ __forceinline__ wfs_span<T> pin(unsigned long long i) const {
+        wfs_span<T> s;
+        wfs_detail::array_pin<T>(ctx, fh, byte_offset, len, i, s.p, s.count, s.frame, s.leader);
+        return s;
+    }
+
+    /** Elements in one whole GPU cache page (page bytes / sizeof(T)); 0 without a GPU cache.
+     *  A span from pin() at the first element of a page holds this many (if the array's byte
+     *  offset is a multiple of sizeof(T) and the array goes on). */
+    __device__ __forceinline__ unsigned long long page_elems() const {
+        const WfsGpuCache *c = wfs_detail::cache_of(ctx);
+        return c != 0 ? (1ull << c->page_shift) / sizeof(T) : 0ull;
+    }
+
+    /** Drops the pin of a span from pin(), called by the same lanes. */
+    __device__ __forceinline__ void unpin(const wfs_span<T> &s) const {
+        wfs_detail::array_unpin(ctx, s.frame, s.leader);
     }
 
     /** Copies elements [first, first + n) (clamped to len) into dst: bytes copied or -errno. */

@@ -211,7 +211,7 @@ typedef struct WfsGpuCache {
     WFS_ALIGNAS(64) uint32_t magic; /**< WFS_GPU_CACHE_MAGIC. */
     uint32_t page_shift;            /**< log2 of the page size. */
     uint32_t frames;                /**< Page frames. */
-    uint32_t probe;                 /**< Longest probe sequence in the page table. */
+    uint32_t probe;                 /**< Buckets per page-table group: 16 (WFS_TABLE_GROUP). */
     uint64_t bucket_mask;           /**< Page-table buckets minus one. */
     uint64_t lock_mask;             /**< Insert locks minus one. */
     uint64_t table;                 /**< Page table: 64-bit words (0 empty, ~0 deleted). */

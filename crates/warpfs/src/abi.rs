@@ -229,7 +229,8 @@ pub struct WfsGpuCache {
     pub page_shift: u32,
     /// Page frames.
     pub frames: u32,
-    /// Longest probe sequence in the page table (buckets).
+    /// Buckets per page-table group (a key lives in any bucket of the group its hash names);
+    /// must be 16 (`WFS_TABLE_GROUP`), or kernels use no cache.
     pub probe: u32,
     /// Page-table buckets minus one (a power of two minus one).
     pub bucket_mask: u64,

@@ -99,6 +99,7 @@ struct Counters {
     batches: AtomicU64,
     ios: AtomicU64,
     prefetches: AtomicU64,
+    bypass_bytes: AtomicU64,
 }
 
 struct Shared {
@@ -305,6 +306,7 @@ impl Daemon {
             batches: sum(|c| &c.batches),
             ios: sum(|c| &c.ios),
             prefetches: sum(|c| &c.prefetches),
+            bypass_bytes_read: sum(|c| &c.bypass_bytes),
         }
     }
 
@@ -1254,9 +1256,9 @@ impl Worker {
                     }
                 {
                     // One I/O issued (a system call), as the engine would count it.
-                    self.shared.counters[self.id]
-                        .ios
-                        .fetch_add(1, Ordering::Relaxed);
+                    let c = &self.shared.counters[self.id];
+                    c.ios.fetch_add(1, Ordering::Relaxed);
+                    c.bypass_bytes.fetch_add(len, Ordering::Relaxed);
                     return Outcome::Now(len as i64);
                 }
                 parts.push((off, len, file.fd()))
@@ -1419,6 +1421,11 @@ impl Worker {
                 self.retire_load(l);
             }
             Tag::Part(j, n) => {
+                if d.result > 0 {
+                    self.shared.counters[self.id]
+                        .bypass_bytes
+                        .fetch_add(d.result as u64, Ordering::Relaxed);
+                }
                 let job = &mut self.jobs[j];
                 job.parts[n].1 = Some(d.result);
                 job.pending -= 1;

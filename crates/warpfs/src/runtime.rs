@@ -90,6 +90,10 @@ pub struct DaemonStats {
     pub ios: u64,
     /// Prefetch requests served.
     pub prefetches: u64,
+    /// Bytes read from files around the host cache tier (reads too large for it, reads of
+    /// direct-I/O files, small reads the OS page cache served at once). With the tier's
+    /// `bytes_loaded`, every byte the daemon read from files.
+    pub bypass_bytes_read: u64,
 }
 
 /// Everything a runtime counts.

@@ -152,6 +152,22 @@ extern "C" __global__ void array_u32_copy(const wfs_ctx_t *ctx, unsigned fh,
     res[t] = a.copy(first, count, copies + (unsigned long long)t * count);
 }
 
+/* Pinned spans: thread t pins element idx[t] of a wfs_array<u64>, reports the span's count and
+ * copies up to `per` of its elements out, then unpins. */
+extern "C" __global__ void array_pin_read(const wfs_ctx_t *ctx, unsigned fh,
+                                          unsigned long long byte_offset, unsigned long long len,
+                                          const unsigned long long *idx, unsigned per,
+                                          unsigned long long *out, unsigned long long *counts,
+                                          unsigned n) {
+    unsigned t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n) return;
+    wfs_array<unsigned long long> a = wfs_array_make<unsigned long long>(ctx, fh, byte_offset, len);
+    const wfs_span<unsigned long long> s = a.pin(idx[t]);
+    counts[t] = s.count;
+    for (unsigned k = 0; k < per && k < s.count; ++k) out[(unsigned long long)t * per + k] = s.p[k];
+    a.unpin(s);
+}
+
 /* Out-of-range element reads: T() and counted; then the counter. */
 extern "C" __global__ void array_out_of_range(const wfs_ctx_t *ctx, unsigned fh,
                                               unsigned long long len, unsigned long long *out,
@@ -208,6 +224,9 @@ extern "C" __global__ void api_use(const wfs_ctx_t *ctx, unsigned fh, unsigned c
     wfs_array<unsigned long long> a = wfs_array_make<unsigned long long>(ctx, fh, 0, 1000);
     r += (long long)a[threadIdx.x * 37];
     r += a.copy(3, 10, (unsigned long long *)buf);
+    const wfs_span<unsigned long long> sp = a.pin(threadIdx.x);
+    if (sp.count) r += (long long)sp.p[0] + (long long)a.page_elems();
+    a.unpin(sp);
     wfs_array<unsigned char> b = wfs_array_make<unsigned char>(ctx, fh, 1, 1000);
     r += b[threadIdx.x];
     struct Odd { unsigned char x[7]; };
@@ -1281,6 +1300,109 @@ fn array_elements_and_copies_checked() {
         "wfs_errors on the device matches cache_stats"
     );
     println!("array: {:?}", gpu.cache_stats().unwrap());
+}
+
+/// `wfs_array::pin`: every span's count is the elements left in the page (and the array), every
+/// element read in place matches the file; out of range and misaligned elements pin nothing.
+#[test]
+fn array_pins_read_in_place_every_element_checked() {
+    if !gpu() {
+        return;
+    }
+    let size: u64 = 4 << 20;
+    let ps: u64 = 16384;
+    let path = pattern_file("array-pin.bin", size as usize);
+    let rt = runtime(2);
+    let f = rt.open(&path, OpenOptions::read_only()).unwrap();
+    let gpu = GpuIo::new(
+        &rt,
+        GpuIoConfig {
+            gpu_cache_bytes: 1 << 20, // 64 frames: a quarter of the file, evictions between launches
+            gpu_page_bytes: ps as usize,
+            ..small_cfg()
+        },
+    )
+    .unwrap();
+    let module = compile_kernels(&gpu);
+    let (threads, per) = (512usize, 40usize);
+    let run = |base: u64, len: u64, idx: &[u64]| -> (Vec<u64>, Vec<u64>) {
+        let ib = upload(&gpu, &u64s(idx));
+        let mut out = gpu.alloc(threads * per * 8).unwrap();
+        out.fill(POISON).unwrap();
+        let counts = results_buffer(&gpu, threads);
+        launch(
+            &gpu,
+            &module,
+            "array_pin_read",
+            (threads / 128) as u32,
+            128,
+            &[
+                KernelArg::U64(gpu.context_ptr()),
+                KernelArg::U32(f.raw()),
+                KernelArg::U64(base),
+                KernelArg::U64(len),
+                KernelArg::U64(ib.ptr()),
+                KernelArg::U32(per as u32),
+                KernelArg::U64(out.ptr()),
+                KernelArg::U64(counts.ptr()),
+                KernelArg::U32(threads as u32),
+            ],
+        );
+        (u64s_back(&out, threads * per), u64s_back(&counts, threads))
+    };
+    // Each warp's lanes fall in at most two pages (16 warps × 2 pins ≤ 64 frames, so every
+    // in-range element gets a frame); lane 31 of every fourth warp asks past the end.
+    let (base, len) = (8000u64, (size - 8000) / 8);
+    // Round 0 twice: the second finds its pages cached (hits).
+    for round in [0u64, 0, 1, 2] {
+        let idx: Vec<u64> = (0..threads as u64)
+            .map(|t| {
+                let (w, l) = (t / 32, t % 32);
+                if l == 31 && w % 4 == 0 {
+                    len + w
+                } else {
+                    ((w * 7919 + round * 104_729) * 61 + l * 67) % len
+                }
+            })
+            .collect();
+        let (out, counts) = run(base, len, &idx);
+        for (t, &i) in idx.iter().enumerate() {
+            if i >= len {
+                assert_eq!(counts[t], 0, "thread {t}: index {i} is past the end");
+                continue;
+            }
+            let in_off = (base + 8 * i) % ps;
+            let want = ((ps - in_off) / 8).min(len - i);
+            assert_eq!(counts[t], want, "thread {t} index {i} (round {round})");
+            let b = &out[t * per..][..per];
+            for (k, &x) in b.iter().enumerate() {
+                if (k as u64) < want {
+                    assert_eq!(
+                        x,
+                        pattern::word(base / 8 + i + k as u64),
+                        "t {t} i {i} k {k}"
+                    );
+                } else {
+                    assert_eq!(
+                        x,
+                        u64::from_le_bytes([POISON; 8]),
+                        "t {t} k {k}: past the span"
+                    );
+                }
+            }
+        }
+    }
+    // Misaligned u64s (byte 4 on): nothing pinned, nothing read.
+    let idx: Vec<u64> = (0..threads as u64).map(|t| t * 13).collect();
+    let (out, counts) = run(4, (size - 4) / 8, &idx);
+    assert!(
+        counts.iter().all(|&c| c == 0),
+        "misaligned elements pin nothing"
+    );
+    assert!(out.iter().all(|&x| x == u64::from_le_bytes([POISON; 8])));
+    let st = gpu.cache_stats().unwrap();
+    println!("array pins: {st:?}");
+    assert!(st.hits > 0 && st.misses > 0, "{st:?}");
 }
 
 #[test]

@@ -79,7 +79,8 @@ fn gpu_bfs_both_ways_equals_cpu_bfs() {
     if !gpu() || !nvrtc() {
         return;
     }
-    let path = graph("kron12", 12);
+    // Scale 14: the hubs' lists run over many 4 KiB pages (pins ahead).
+    let path = graph("kron14", 14);
     let file = CsrFile::open(&path).unwrap();
     let CsrView::U32(g) = file.view() else {
         panic!("4-byte indices")
@@ -111,6 +112,29 @@ fn gpu_bfs_both_ways_equals_cpu_bfs() {
     );
     assert_eq!(wfs.depth, cpu.depth);
     assert_eq!(wfs.frontier_sizes, mem.frontier_sizes);
+
+    // A cache of 64 pages, far smaller than the graph and than the warps' pins: evictions,
+    // pins that find no frame (the kernel falls back to element reads), and every level right.
+    {
+        let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+        let fh = rt.open(&path, OpenOptions::read_only()).unwrap();
+        let gpu =
+            warpfs::backend::cuda::gpu_io::GpuIo::new(&rt, gpu_io_config(0, 64 * 4096)).unwrap();
+        let kernels = BfsKernels::new(&gpu).unwrap();
+        let small = bfs_through_warpfs(&gpu, &kernels, fh.raw(), file.header(), src).unwrap();
+        assert_eq!(
+            small.array_errors, 0,
+            "file-backed array reads failed (small cache)"
+        );
+        assert_eq!(
+            first_difference(&small.levels, &cpu.levels),
+            None,
+            "warpfs GPU BFS, small cache"
+        );
+        let st = gpu.cache_stats().unwrap();
+        println!("small cache: {st:?}");
+        assert!(st.evictions > 0, "{st:?}");
+    }
 
     // A source outside the graph is an error, not a launch.
     assert!(bfs_in_gpu_memory(&gpu, &kernels, &bulk, &file, g.vertices()).is_err());

@@ -86,6 +86,10 @@ pub struct BfsArgs {
     /// (neighbour) bytes (25%).
     #[arg(long, value_parser = CacheSize::parse, default_value = "25%", value_name = "SIZE|PCT")]
     pub gpu_cache: CacheSize,
+    /// GPU page cache page size in bytes (a power of two, 4096..=1M): larger pages make fewer,
+    /// larger loads and read more bytes a search does not need.
+    #[arg(long, value_parser = parse_size, default_value = "4096", value_name = "BYTES")]
+    pub gpu_page: u64,
     /// Run the warpfs BFS at each of these cache sizes too (e.g. 10%,25%,50%,100%).
     #[arg(long, value_parser = CacheSize::parse, value_delimiter = ',', value_name = "LIST")]
     pub sweep_cache: Vec<CacheSize>,

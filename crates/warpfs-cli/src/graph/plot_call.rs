@@ -18,9 +18,12 @@ pub fn bfs_cache_plot(
     let (lo, hi) = warpfs.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
         (lo.min(p.0), hi.max(p.0))
     });
+    // The curve runs left to right whatever order the sizes were asked in.
+    let mut points = warpfs.to_vec();
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut series = vec![Series {
         name: "warpfs (GPU page cache)".to_string(),
-        points: warpfs.to_vec(),
+        points,
     }];
     if let Some(m) = gpu_memory {
         series.push(Series {

@@ -7,10 +7,20 @@ use crate::abi::{self, WfsGpuCache, WfsGpuCacheStats, WfsGpuPageMeta};
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
-/// Longest probe sequence in the page table. With at least two buckets per frame the table is
-/// at most half full, so a window of 64 almost never fills; if it does, that access reads
-/// around the cache (counted as `bypassed`), it never waits.
-const PROBE: u32 = 64;
+/// Buckets per page-table group (`WFS_TABLE_GROUP` in warpfs.cuh): a key lives in any bucket
+/// of the group its hash names, and a lookup loads the group's 128 bytes at once. (Groups
+/// replaced linear probing over 64 buckets: evictions leave tombstones, so an absent key's
+/// probe walked all 64, one load after another.) A key whose group is full of live entries is
+/// read around the cache (counted as `bypassed`) — every time, so a hot page there costs a
+/// daemon round trip per access: see [`BUCKETS_PER_FRAME`].
+const PROBE: u32 = 16;
+
+/// Table buckets per frame (at least; rounded up to a power of two): live entries per group
+/// average at most 16 / 8 = 2, so a full group (16) is a Poisson tail of about 1e-10. With 2
+/// per frame (8 a group) about 0.4% of the groups were full at any time: 20 K bypassed reads
+/// in an 8 s random-read bench, and millions in a BFS whose hot pages hashed there (H100,
+/// 2026-11-26). Costs 64–128 bytes of device memory per frame.
+const BUCKETS_PER_FRAME: usize = 8;
 
 /// GPU page-cache statistics, summed over the device's stripes ([`GpuIo::cache_stats`]).
 ///
@@ -88,7 +98,9 @@ impl GpuCacheMemory {
                  bytes, got {cache_bytes} bytes (0 turns the GPU page cache off)"
             )));
         }
-        let buckets = (2 * frames).next_power_of_two().max(PROBE as usize * 2);
+        let buckets = (BUCKETS_PER_FRAME * frames)
+            .next_power_of_two()
+            .max(PROBE as usize * 2);
         let locks = buckets.min(1 << 16);
         let mut table = DeviceBuffer::new(ctx, buckets * 8)?;
         let mut state = DeviceBuffer::new(ctx, frames * 4)?;

@@ -50,8 +50,8 @@
 //!
 //! # GPU page cache (`gpu_cache`, `include/warpfs.cuh`)
 //!
-//! Device memory: an open-addressing page table (linear probing over at most 64 buckets,
-//! 2+ buckets per frame; words EMPTY / TOMB / `(frame+1) << 32 | tag`), one 32-bit state word
+//! Device memory: a page table of 16-bucket groups (a key in any bucket of its hash's group,
+//! loaded whole by a lookup; 2+ buckets per frame; words EMPTY / TOMB / `(frame+1) << 32 | tag`), one 32-bit state word
 //! per frame (pin count + REF/VALID/LOADING/BUSY/ERROR), per-frame metadata (fh, page, valid
 //! length, table word, error), a CLOCK hand, insert locks, statistics stripes.
 //! - Lookups are lock-free: pin (`atom.acquire.gpu` add), then check the frame's key; a stale

@@ -1,10 +1,11 @@
 /*
  * Level-synchronous top-down BFS over a CSR graph, one kernel launch per level (compiled by
  * NVRTC from graph_bfs.rs). The frontier is the vertices whose level is the previous one: warps
- * take chunks of vertex ids in increasing order (one cursor), and one warp expands one frontier
- * vertex at a time: its lanes read offsets[u] and offsets[u + 1] together, then stride through
- * u's neighbour list and claim unvisited neighbours with atomicCAS on their level, counting
- * them with one warp-aggregated atomicAdd per round. Vertex order keeps the lists the warps
+ * take chunks of vertex ids in increasing order (one cursor); a warp reads the list bounds of 32
+ * vertices at once, then expands their frontier vertices one at a time: it pins the page holding
+ * the list's next entries (wfs_array::pin; one lookup per page of entries), strides through
+ * them and claims unvisited neighbours with atomicCAS on their level, counting them with one
+ * warp-aggregated atomicAdd per round. Vertex order keeps the lists the warps
  * read at any moment next to each other in the file.
  *
  * The same body runs over two array types:
@@ -19,7 +20,45 @@
 template <typename T> struct dev_array {
     const T *p;
     __device__ __forceinline__ T operator[](unsigned long long i) const { return p[i]; }
+    /* The same interface as wfs_array::pin: the rest of the array, nothing to release. */
+    __device__ __forceinline__ wfs_span<T> pin(unsigned long long i) const {
+        wfs_span<T> s;
+        s.p = p + i;
+        s.count = ~0ull;
+        s.frame = 0;
+        s.leader = 0;
+        return s;
+    }
+    __device__ __forceinline__ void unpin(const wfs_span<T> &) const {}
+    __device__ __forceinline__ unsigned long long page_elems() const { return 1ull << 20; }
 };
+
+/* Claims the unvisited among n neighbours: the whole warp strides through them, reading each
+ * with at(k) (k < n). */
+template <typename At>
+__device__ __forceinline__ void bfs_claim(At at, unsigned long long n, unsigned long long vertices,
+                                          unsigned *levels, unsigned long long *next_len,
+                                          unsigned next_level, unsigned lane) {
+    for (unsigned long long b = 0; b < n; b += 32) {
+        const unsigned long long k = b + lane;
+        const bool in = k < n;
+        const unsigned w = at(in ? k : n - 1);
+        bool claimed = false;
+        /* w < vertices: a corrupt file or failed read never writes outside levels. */
+        if (in && w < vertices && levels[w] == BFS_UNREACHED)
+            claimed = atomicCAS(&levels[w], BFS_UNREACHED, next_level) == BFS_UNREACHED;
+        const unsigned got = __ballot_sync(0xFFFFFFFFu, claimed);
+        if (got && lane == 0) atomicAdd(next_len, (unsigned long long)__popc(got));
+    }
+}
+
+/* Pages of a long list pinned at once, one lane each, so their loads go out together. 4 by
+ * measurement (k26, 25% cache, H100: 4.9 s with 4, 5.5–5.8 s with 32; pinning the first page
+ * of every frontier list of a 32-vertex group at once was slower still, 6.1–6.3 s: more
+ * requests in flight congest more). */
+#ifndef BFS_AHEAD
+#define BFS_AHEAD 4u
+#endif
 
 /* Vertices a warp takes from the level's cursor at a time. */
 #define BFS_CHUNK 256ull
@@ -41,26 +80,61 @@ __device__ void bfs_expand(Offsets offsets, Neighbours neighbours, unsigned long
         for (unsigned long long v0 = c0; v0 < c1; v0 += 32) {
             const unsigned long long v = v0 + lane;
             unsigned todo = __ballot_sync(0xFFFFFFFFu, v < c1 && levels[v] == cur_level);
+            if (todo == 0) continue;
+            /* The 32 vertices' list bounds in two whole-warp reads (one page lookup each, as a
+             * rule): lane k holds offsets[v0 + k], and offsets[v0 + 32] closes lane 31's list. */
+            const unsigned long long lo = offsets[v <= vertices ? v : vertices];
+            const unsigned long long last = v0 + 32 <= vertices ? v0 + 32 : vertices;
+            const unsigned long long hi31 = offsets[last];
+            unsigned long long hi = __shfl_down_sync(0xFFFFFFFFu, lo, 1);
+            if (lane == 31) hi = hi31;
             while (todo) {
-                const unsigned u = (unsigned)(v0 + __ffs(todo) - 1);
+                const unsigned k = __ffs(todo) - 1;
                 todo &= todo - 1;
-                /* The whole warp reads (wfs_array cooperates only when all 32 lanes call
-                 * together; a partial warp would make one lookup per lane): even lanes
-                 * offsets[u], odd lanes offsets[u + 1], one page lookup for the warp. */
-                const unsigned long long o = offsets[(unsigned long long)u + (lane & 1)];
-                const unsigned long long begin = __shfl_sync(0xFFFFFFFFu, o, 0);
-                const unsigned long long end = __shfl_sync(0xFFFFFFFFu, o, 1);
-                for (unsigned long long j0 = begin; j0 < end; j0 += 32) {
-                    const unsigned long long j = j0 + lane;
-                    const bool in = j < end;
-                    /* Lanes past the end read the list's last element (same page), so all 32 read. */
-                    const unsigned w = neighbours[in ? j : end - 1];
-                    bool claimed = false;
-                    /* w < vertices: a corrupt file or failed read never writes outside levels. */
-                    if (in && w < vertices && levels[w] == BFS_UNREACHED)
-                        claimed = atomicCAS(&levels[w], BFS_UNREACHED, next_level) == BFS_UNREACHED;
-                    const unsigned got = __ballot_sync(0xFFFFFFFFu, claimed);
-                    if (got && lane == 0) atomicAdd(next_len, (unsigned long long)__popc(got));
+                const unsigned long long begin = __shfl_sync(0xFFFFFFFFu, lo, k);
+                const unsigned long long end = __shfl_sync(0xFFFFFFFFu, hi, k);
+                unsigned long long j0 = begin;
+                while (j0 < end) {
+                    /* The whole warp pins the page holding neighbours[j0] and reads the list's
+                     * part in it in place (one lookup per page, not per 32 entries). */
+                    const wfs_span<unsigned> s = neighbours.pin(j0);
+                    if (s.count == 0) {
+                        /* Nothing pinned: element reads, 32 at a time. */
+                        const unsigned long long n = end - j0 < 32 ? end - j0 : 32;
+                        bfs_claim([&](unsigned long long k) { return neighbours[j0 + k]; }, n, vertices,
+                                  levels, next_len, next_level, lane);
+                        neighbours.unpin(s);
+                        j0 += n;
+                        continue;
+                    }
+                    const unsigned long long n0 = s.count < end - j0 ? s.count : end - j0;
+                    const unsigned long long j1 = j0 + n0;
+                    /* A list going on past this page: lane k also pins its k-th next page, so
+                     * up to BFS_AHEAD loads are in flight at once, not one after another. */
+                    const unsigned long long pe = neighbours.page_elems();
+                    const unsigned long long more = j1 < end && pe != 0 ? (end - j1 + pe - 1) / pe : 0;
+                    const unsigned ahead = more < BFS_AHEAD ? (unsigned)more : BFS_AHEAD;
+                    wfs_span<unsigned> t;
+                    if (ahead != 0)
+                        t = neighbours.pin(j1 + (lane < ahead ? lane : 0) * pe);
+                    bfs_claim([&](unsigned long long k) { return s.p[k]; }, n0, vertices, levels, next_len,
+                              next_level, lane);
+                    neighbours.unpin(s);
+                    j0 = j1;
+                    if (ahead == 0) continue;
+                    /* The pages the lanes pinned, in order, while each is whole and in place. */
+                    for (unsigned a = 0; a < ahead && j0 < end; ++a) {
+                        const unsigned long long c = __shfl_sync(0xFFFFFFFFu, t.count, a);
+                        const unsigned long long p = __shfl_sync(0xFFFFFFFFu, (unsigned long long)t.p, a);
+                        const unsigned long long at = j1 + (unsigned long long)a * pe;
+                        if (c == 0 || at != j0) break; /* not pinned: the loop above goes on */
+                        const unsigned long long n = c < end - j0 ? c : end - j0;
+                        const unsigned *q = reinterpret_cast<const unsigned *>(p);
+                        bfs_claim([&](unsigned long long k) { return q[k]; }, n, vertices, levels, next_len,
+                                  next_level, lane);
+                        j0 += n;
+                    }
+                    neighbours.unpin(t);
                 }
             }
         }
@@ -78,9 +152,18 @@ extern "C" __global__ void bfs_level_mem(const unsigned long long *offsets,
     bfs_expand(o, n, vertices, levels, cursor, next_len, next_level);
 }
 
+/* Blocks of 256 threads per SM the warpfs level kernel is compiled for. Unbounded, the cache
+ * protocol takes about 180 registers a thread: one block (8 warps) per SM. More blocks cap the
+ * registers (65536 / (256 × N)) and spill to local memory; on the H100 that made the search
+ * slower, not faster (k26, 25% cache: 1 block 5.8 s, 2: 7.6 s, 4: 8.9 s, 8: 73 s; more warps
+ * contend more, bench/RESULTS.md). -DBFS_WFS_MIN_BLOCKS=N (WARPFS_NVRTC_OPTIONS) overrides. */
+#ifndef BFS_WFS_MIN_BLOCKS
+#define BFS_WFS_MIN_BLOCKS 1
+#endif
+
 /* One level over the CSR file through warpfs: offsets (n + 1 u64 at byte offsets_at) and
- * neighbours (m u32 at byte neighbours_at) of file handle fh. */
-extern "C" __global__ void bfs_level_wfs(const wfs_ctx_t *ctx, unsigned fh,
+ * neighbours (m u32 at byte neighbours_at) of file handle fh. Launch with 256 threads a block. */
+extern "C" __global__ void __launch_bounds__(256, BFS_WFS_MIN_BLOCKS) bfs_level_wfs(const wfs_ctx_t *ctx, unsigned fh,
                                          unsigned long long offsets_at,
                                          unsigned long long vertices,
                                          unsigned long long neighbours_at,

@@ -28,7 +28,8 @@ const BLOCK_THREADS: u32 = 256;
 /// Most blocks per level launch (grid-stride beyond).
 const MAX_BLOCKS: u64 = 4096;
 
-/// The channel settings for a BFS through warpfs with a GPU page cache of `gpu_cache_bytes`.
+/// The channel settings for a BFS through warpfs with a GPU page cache of `gpu_cache_bytes`
+/// (pages of the default size; set `gpu_page_bytes` on the result for others).
 pub fn gpu_io_config(device: usize, gpu_cache_bytes: u64) -> GpuIoConfig {
     GpuIoConfig {
         device,

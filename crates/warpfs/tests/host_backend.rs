@@ -432,3 +432,101 @@ fn write_back_pages_survive_eviction_and_flush() {
         );
     }
 }
+
+/// Read-your-writes under pressure: writers on interleaved 8-byte slots of shared pages read
+/// each write back at once, while readers keep loading and evicting pages of the same file
+/// through an 8-page host tier (so loads on one worker race writes on the other). After
+/// fsync, the file holds every slot's last value.
+#[test]
+fn writers_read_their_own_writes_while_readers_churn_the_cache() {
+    for engine in ENGINES {
+        for write_back in [false, true] {
+            let len = 256 * 1024u64;
+            let path = pattern_file(&format!("ryw-{engine:?}-{write_back}"), len);
+            let rt = runtime(engine, 4096, 8, write_back);
+            let f = rt.open(&path, OpenOptions::read_write()).unwrap();
+            let (writers, slots_each, rounds) = (6u64, 512u64, 2000u64);
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let last: Vec<Vec<u64>> = std::thread::scope(|s| {
+                for r in 0..3u64 {
+                    let (rt, f, stop) = (&rt, &f, &stop);
+                    s.spawn(move || {
+                        let mut agent = rt.agent().unwrap();
+                        let mut rng = rand::rngs::StdRng::seed_from_u64(100 + r);
+                        let mut buf = vec![POISON; 4096];
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            // Half the reads on the writers' pages (the first 6), half anywhere.
+                            let page = if rng.random_bool(0.5) {
+                                rng.random_range(0..6)
+                            } else {
+                                rng.random_range(0..len / 4096)
+                            };
+                            buf.fill(POISON);
+                            assert_eq!(agent.read(f, page * 4096, &mut buf).unwrap(), 4096);
+                            // Every word: the pattern, or a value its own writer put there.
+                            for (w, b) in buf.chunks_exact(8).enumerate() {
+                                let off = page * 4096 + 8 * w as u64;
+                                let (slot, v) =
+                                    (off / 8, u64::from_le_bytes(b.try_into().unwrap()));
+                                let (t, k) = (slot % writers, slot / writers);
+                                let written = k < slots_each && v >> 48 == t && v & 0xFFFF == k;
+                                assert!(
+                                    written || b == &pattern(off, 8)[..],
+                                    "reader: word at {off}"
+                                );
+                            }
+                        }
+                    });
+                }
+                let hs: Vec<_> = (0..writers)
+                    .map(|t| {
+                        let (rt, f) = (&rt, &f);
+                        s.spawn(move || {
+                            let mut agent = rt.agent().unwrap();
+                            let mut rng = rand::rngs::StdRng::seed_from_u64(t);
+                            let mut mine = vec![u64::MAX; slots_each as usize];
+                            for i in 0..rounds {
+                                let k = rng.random_range(0..slots_each);
+                                // Slot k of writer t: 8 bytes at 8 × (k × writers + t).
+                                let off = 8 * (k * writers + t);
+                                let v = (t << 48) | (i << 16) | k;
+                                assert_eq!(agent.write(f, off, &v.to_le_bytes()).unwrap(), 8);
+                                let mut back = [0u8; 8];
+                                assert_eq!(agent.read(f, off, &mut back).unwrap(), 8);
+                                assert_eq!(
+                                    u64::from_le_bytes(back),
+                                    v,
+                                    "writer {t} round {i}: slot {k} read back stale"
+                                );
+                                mine[k as usize] = v;
+                            }
+                            mine
+                        })
+                    })
+                    .collect();
+                let last = hs.into_iter().map(|h| h.join().unwrap()).collect();
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                last
+            });
+            let mut agent = rt.agent().unwrap();
+            agent.fsync(&f).unwrap();
+            let file = std::fs::read(&path).unwrap();
+            for (t, mine) in last.iter().enumerate() {
+                for (k, &v) in mine.iter().enumerate() {
+                    let off = 8 * (k * writers as usize + t);
+                    let want = if v == u64::MAX {
+                        pattern(off as u64, 8)
+                    } else {
+                        v.to_le_bytes().to_vec()
+                    };
+                    assert_eq!(
+                        &file[off..off + 8],
+                        &want[..],
+                        "slot {k} of writer {t} on disk"
+                    );
+                }
+            }
+            rt.close(&f).unwrap();
+        }
+    }
+}

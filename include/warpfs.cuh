@@ -571,6 +571,7 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
 #define WFS_PG_ERROR 0x01000000u
 #define WFS_PG_FLAGS 0xFFF00000u
 #define WFS_NO_FRAME 0xFFFFFFFFu
+#define WFS_TABLE_GROUP 16u /* buckets per page-table group (WfsGpuCache.probe) */
 #define WFS_TABLE_EMPTY 0ull
 #define WFS_TABLE_TOMB 0xFFFFFFFFFFFFFFFFull
 
@@ -610,7 +611,7 @@ __device__ __forceinline__ u64 key_hash(u32 fh, u64 page) {
 __device__ __forceinline__ const WfsGpuCache *cache_of(const wfs_ctx_t *ctx) {
     if (ctx == 0 || ctx->cache == 0) return 0;
     const WfsGpuCache *c = reinterpret_cast<const WfsGpuCache *>(ctx->cache);
-    return (c->magic == WFS_GPU_CACHE_MAGIC && c->frames != 0 && c->probe == 16u) ? c : 0;
+    return (c->magic == WFS_GPU_CACHE_MAGIC && c->frames != 0 && c->probe == WFS_TABLE_GROUP) ? c : 0;
 }
 __device__ __forceinline__ u32 *frame_state(const WfsGpuCache *c, u32 f) {
     return reinterpret_cast<u32 *>(c->state) + f;
@@ -745,7 +746,6 @@ __device__ __noinline__ u32 claim_victim(const wfs_ctx_t *ctx, const WfsGpuCache
  * the group its hash names, in any bucket of it. A lookup loads the whole group at once (one
  * round of loads, whatever tombstones evictions left), where a probe sequence would load one
  * bucket after another. */
-#define WFS_TABLE_GROUP 16u
 __device__ __forceinline__ void load_group(const u64 *table, u64 h, u64 bmask, u64 (&w)[WFS_TABLE_GROUP],
                                            u64 &first) {
     first = (h & bmask) & ~(u64)(WFS_TABLE_GROUP - 1);

@@ -69,6 +69,8 @@ __device__ void bfs_expand(Offsets offsets, Neighbours neighbours, unsigned long
                            unsigned long long *next_len, unsigned next_level) {
     const unsigned lane = threadIdx.x & 31;
     const unsigned cur_level = next_level - 1;
+    /* Elements in a whole cache page (one descriptor read for the launch, not one per page). */
+    const unsigned long long pe = neighbours.page_elems();
     for (;;) {
         /* Warps take chunks of vertex ids in increasing order, so the warps at work read
          * neighbouring lists: a sliding window of the file, each page loaded about once. */
@@ -111,7 +113,6 @@ __device__ void bfs_expand(Offsets offsets, Neighbours neighbours, unsigned long
                     const unsigned long long j1 = j0 + n0;
                     /* A list going on past this page: lane k also pins its k-th next page, so
                      * up to BFS_AHEAD loads are in flight at once, not one after another. */
-                    const unsigned long long pe = neighbours.page_elems();
                     const unsigned long long more = j1 < end && pe != 0 ? (end - j1 + pe - 1) / pe : 0;
                     const unsigned ahead = more < BFS_AHEAD ? (unsigned)more : BFS_AHEAD;
                     wfs_span<unsigned> t;

@@ -569,6 +569,8 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
 #define WFS_PG_LOADING 0x00400000u
 #define WFS_PG_BUSY 0x00800000u
 #define WFS_PG_ERROR 0x01000000u
+#define WFS_PG_DIRTY 0x02000000u /* changed by wfs_array::set, not yet written back */
+#define WFS_PG_WB 0x04000000u    /* a write-back of the page is in flight (one at a time) */
 #define WFS_PG_FLAGS 0xFFF00000u
 #define WFS_NO_FRAME 0xFFFFFFFFu
 #define WFS_TABLE_GROUP 16u /* buckets per page-table group (WfsGpuCache.probe) */
@@ -675,6 +677,22 @@ __device__ __noinline__ void free_frame(const WfsGpuCache *c, u32 f) {
     state_update(frame_state(c, f), WFS_PG_FLAGS, 0, 0);
 }
 
+/* Takes a dirty frame seen in state `st` for write-back: clears DIRTY, sets WB and pins it, in
+ * one CAS; false if the state changed meanwhile or a write-back of it is in flight (two in
+ * flight could reach the file in either order, the older last). The taker writes it back
+ * (write_back_frames), which clears WB and unpins it. A set() after the CAS marks it dirty
+ * again, so no change is lost. */
+__device__ __forceinline__ bool take_dirty(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 f, u32 st) {
+    if ((st & (WFS_PG_DIRTY | WFS_PG_VALID | WFS_PG_BUSY | WFS_PG_LOADING | WFS_PG_WB)) !=
+        (WFS_PG_DIRTY | WFS_PG_VALID))
+        return false;
+    /* Acquire: the setters' stores (released by their DIRTY mark and unpin) are seen by the
+     * loads that stage the page, not lines this SM's L1 kept from before. */
+    if (atom_cas_acquire_gpu(frame_state(c, f), st, ((st & ~WFS_PG_DIRTY) | WFS_PG_WB) + 1u) != st) return false;
+    atomicSub(&state(ctx)->dirty, 1u);
+    return true;
+}
+
 /* Frames the CLOCK hand hands a claimer at once. */
 #define WFS_CLOCK_BATCH 16u
 
@@ -684,7 +702,8 @@ __device__ __noinline__ void free_frame(const WfsGpuCache *c, u32 f) {
  * referenced frame among them (second chance) and claims the first unpinned, unreferenced one;
  * the hand moves on only by frames examined. Bounded: at most two sweeps of the frames or the
  * deadline; WFS_NO_FRAME if every frame stayed pinned or loading. */
-__device__ __noinline__ u32 claim_victim(const wfs_ctx_t *ctx, const WfsGpuCache *c, u64 deadline) {
+__device__ __noinline__ u32 claim_victim(const wfs_ctx_t *ctx, const WfsGpuCache *c, u64 deadline,
+                                         u32 &clean_out) {
     const u32 frames = c->frames;
     unsigned long long *fresh = reinterpret_cast<unsigned long long *>(&state(ctx)->fresh);
     if (ld_relaxed_gpu_u64(fresh) < frames) {
@@ -716,6 +735,12 @@ __device__ __noinline__ u32 claim_victim(const wfs_ctx_t *ctx, const WfsGpuCache
             const u32 f = (f0 + k) % frames;
             const u32 st = seen[k];
             if (st & (WFS_PIN_MASK | WFS_PG_BUSY | WFS_PG_LOADING)) continue;
+            if (st & WFS_PG_DIRTY) {
+                /* Never a victim while dirty: the claimer takes one such frame to write back
+                 * (after its insert lock is dropped), so the hand finds it clean next time. */
+                if (clean_out == WFS_NO_FRAME && take_dirty(ctx, c, f, st)) clean_out = f;
+                continue;
+            }
             if (st & WFS_PG_REF) {
                 atomicAnd(frame_state(c, f), ~WFS_PG_REF); /* second chance */
                 continue;
@@ -785,7 +810,7 @@ __device__ __forceinline__ void lock_drop(u32 *l) {
  * `f_out`), WFS_ACQ_BYPASS (no frame or no bucket), or WFS_ACQ_RETRY (lock busy, or someone
  * listed the key meanwhile: look again). Never waits. */
 __device__ __noinline__ u32 insert_page(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 fh, u64 page, u64 h,
-                                        u64 deadline, u32 &f_out) {
+                                        u64 deadline, u32 &f_out, u32 &clean_out) {
     const u32 tag = (u32)(h >> 32);
     u64 *table = table_of(c);
     u32 *lk = reinterpret_cast<u32 *>(c->locks) + ((h ^ (h >> 32)) & c->lock_mask);
@@ -813,7 +838,7 @@ __device__ __noinline__ u32 insert_page(const wfs_ctx_t *ctx, const WfsGpuCache 
         lock_drop(lk);
         return WFS_ACQ_BYPASS;
     }
-    const u32 f = claim_victim(ctx, c, deadline);
+    const u32 f = claim_victim(ctx, c, deadline, clean_out);
     if (f == WFS_NO_FRAME) {
         lock_drop(lk);
         return WFS_ACQ_BYPASS;
@@ -858,9 +883,10 @@ __device__ __noinline__ u32 insert_page(const wfs_ctx_t *ctx, const WfsGpuCache 
 /* One attempt to find (fh, page) and pin its frame; never waits. With `may_insert`, a miss
  * lists a frame LOADING for the caller to load (WFS_ACQ_LOAD). WFS_ACQ_RETRY: a frame of this
  * key is being evicted or failed, or its insert lock is busy — the caller retries (with its
- * warp, after a backoff; see acquire_round), bounded by its deadline. */
+ * warp, after a backoff; see acquire_round), bounded by its deadline. A claim that met a dirty
+ * frame may hand one back in `clean_out` (pinned) for the caller to write back. */
 __device__ u32 acquire_page(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 fh, u64 page,
-                            bool may_insert, u64 deadline, u32 &f_out) {
+                            bool may_insert, u64 deadline, u32 &f_out, u32 &clean_out) {
     const u64 h = key_hash(fh, page);
     const u32 tag = (u32)(h >> 32);
     u64 w[WFS_TABLE_GROUP];
@@ -892,7 +918,7 @@ __device__ u32 acquire_page(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 fh, 
         return WFS_ACQ_RETRY;
     }
     if (!may_insert) return WFS_ACQ_ABSENT;
-    return insert_page(ctx, c, fh, page, h, deadline, f_out);
+    return insert_page(ctx, c, fh, page, h, deadline, f_out, clean_out);
 }
 
 /* acquire_page for one thread on its own (no insert): retries with backoff, bounded by the
@@ -901,7 +927,8 @@ __device__ __noinline__ u32 acquire_page_lookup(const wfs_ctx_t *ctx, const WfsG
                                                 u64 deadline, u32 &f_out) {
     u32 ns = 32;
     for (;;) {
-        const u32 r = acquire_page(ctx, c, fh, page, false, deadline, f_out);
+        u32 no_clean = WFS_NO_FRAME; /* no insert: no claim, nothing to write back */
+        const u32 r = acquire_page(ctx, c, fh, page, false, deadline, f_out, no_clean);
         if (r != WFS_ACQ_RETRY) return r;
         if (now_ns() > deadline || closing(ctx)) return WFS_ACQ_TIMEOUT;
         __nanosleep(ns);
@@ -955,6 +982,97 @@ __device__ __noinline__ long long wait_loaded(const wfs_ctx_t *ctx, const WfsGpu
     }
 }
 
+/* Writes back the frames the calling lanes took with take_dirty (WFS_NO_FRAME: none), in one
+ * round of requests (io WRITE from the frame: the group stages the pages into host memory
+ * together; the daemon acknowledges once the OS has the bytes), then unpins them. A failed
+ * write-back drops that page's changes and counts them (writeback_errors, wfs_errors); the
+ * page stays cached. The whole group calls; true on the lanes whose write-back failed. */
+__device__ __noinline__ bool write_back_frames(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 group, u32 f) {
+    /* The takers' acquires (take_dirty) before every lane's loads of the pages it stages: a
+     * vote or a shuffle orders no memory, and without this a lane could stage bytes older than
+     * the set that dirtied the page (seen on the H100: 1 run in 5 lost an element). */
+    __syncwarp(group);
+    const bool mine = f != WFS_NO_FRAME;
+    u32 fh = 0;
+    u64 off = 0, n = 0;
+    if (mine) {
+        volatile WfsGpuPageMeta *m = frame_meta(c, f);
+        fh = m->fh;
+        off = m->page << c->page_shift;
+        n = m->len;
+    }
+    const long long r = io(ctx, group, WFS_OP_WRITE, fh, off, n, n != 0 ? frame_data(c, f) : 0);
+    const bool failed = mine && r != (long long)n;
+    if (mine) {
+        if (r == (long long)n) {
+            stat_add(&stats_stripe(c)->writebacks, 1);
+        } else {
+            stat_add(&stats_stripe(c)->writeback_errors, 1);
+            atomicAdd(reinterpret_cast<unsigned long long *>(&state(ctx)->errors), 1ull);
+        }
+        __threadfence();
+        state_update(frame_state(c, f), WFS_PG_WB, 0, 0xFFFFFFFFu); /* WB off, unpinned */
+    }
+    return failed;
+}
+
+/* Writes back every dirty frame of the cache (of every file): the calling lanes scan frames
+ * first, first + stride, ... (lane `rank` of the group its share), take the dirty ones and
+ * write them back a round at a time; a frame whose write-back another warp has in flight is
+ * waited for (that warp waits only on the daemon), so every set made before the call is in
+ * the file when it returns. Nothing to do (one load) when no frame is dirty. 0, or -EIO if a
+ * write-back failed, or -ETIMEDOUT (the device calls' timeout) / -ESHUTDOWN. */
+__device__ __noinline__ long long write_back_all(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 group,
+                                                 u64 first, u64 stride) {
+    if (c == 0 || !vote_any(group, ld_relaxed_gpu_u32(&state(ctx)->dirty) != 0)) return 0;
+    const u32 rank = __popc(group & lanemask_lt());
+    const u64 deadline = now_ns() + ctx->timeout_ns;
+    long long err = 0;
+    for (u64 base = first; vote_any(group, base + rank < c->frames); base += stride) {
+        const u64 fr = base + rank;
+        bool pending = fr < c->frames;
+        u32 ns = 64;
+        /* Passes over the group's frames: each lane makes one attempt at its frame, the taken
+         * ones are written back (released) together, then the warp backs off if a frame has
+         * another warp's write-back in flight. No lane waits while its warp holds a frame: a
+         * lane spinning while a lane of its warp held one could wait on a warp doing the same
+         * the other way round (seen on the H100 as fsyncs timing out). */
+        for (u32 pass = 0; vote_any(group, pending); ++pass) {
+            u32 take = WFS_NO_FRAME;
+            if (pending) {
+                const u32 st = ld_acquire_gpu_u32(frame_state(c, (u32)fr));
+                if (!(st & (WFS_PG_DIRTY | WFS_PG_WB))) {
+                    pending = false;
+                } else if (!(st & WFS_PG_WB) && take_dirty(ctx, c, (u32)fr, st)) {
+                    take = (u32)fr;
+                    pending = false;
+                }
+            }
+            if (vote_any(group, take != WFS_NO_FRAME) && write_back_frames(ctx, c, group, take) && err == 0)
+                err = -WFS_EIO;
+            if (!vote_any(group, pending)) break;
+            const bool shut = (pass & 7) == 7 && closing(ctx);
+            const bool late = now_ns() > deadline;
+            if (vote_any(group, shut || late)) {
+                const bool any_shut = vote_any(group, shut);
+#ifdef WFS_TRACE
+                if (pending) printf("wfs_trace_wb_timeout frame %u\n", (u32)fr);
+#endif
+                if (pending && err == 0) err = any_shut ? -WFS_ESHUTDOWN : -WFS_ETIMEDOUT;
+                pending = false;
+                break;
+            }
+            backoff(ns);
+        }
+    }
+    /* One answer for the group: the first error any lane saw. */
+    for (u32 m = group; m; m &= m - 1) {
+        const long long e = __shfl_sync(group, err, __ffs(m) - 1);
+        if (err == 0 && e != 0) err = e;
+    }
+    return err;
+}
+
 /*
  * One round of the cache protocol for the calling lanes (`want` marks lanes with a page to
  * get): lanes wanting one (fh, page) elect one leader (__match_any_sync), which acquires the
@@ -994,6 +1112,7 @@ __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpu
     const bool is_leader = want && leader == lane;
     u32 f = WFS_NO_FRAME;
     u32 status = WFS_ACQ_RETRY;
+    u32 clean = WFS_NO_FRAME; /* a dirty frame this leader's claim took to write back */
     long long res = 0;
     /* Every leader makes one non-waiting attempt; the warp then retries the leaders whose
      * attempt was transient, all together after a backoff. No lane ever spins while a lane of
@@ -1007,12 +1126,17 @@ __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpu
 #ifdef WFS_TRACE
         rounds = round + 1;
 #endif
-        if (is_leader && status == WFS_ACQ_RETRY) status = acquire_page(ctx, c, fh, page, true, deadline, f);
+        if (is_leader && status == WFS_ACQ_RETRY)
+            status = acquire_page(ctx, c, fh, page, true, deadline, f, clean);
         if (vote(group, is_leader && status == WFS_ACQ_RETRY) == 0) break;
         const bool shut = (round & 7) == 7 && closing(ctx);
         const bool late = now_ns() > deadline;
         if (vote_any(group, shut || late)) {
             const u32 why = vote_any(group, shut) ? WFS_ACQ_SHUTDOWN : WFS_ACQ_TIMEOUT;
+#ifdef WFS_TRACE
+            if (is_leader && status == WFS_ACQ_RETRY)
+                printf("wfs_trace_acq_timeout fh %u page %llu clean %u\n", fh, page, clean);
+#endif
             if (is_leader && status == WFS_ACQ_RETRY) status = why;
             break;
         }
@@ -1044,6 +1168,8 @@ __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpu
                    rounds, t_acquired - t_start, t_io - t_acquired, now_ns() - t_io);
 #endif
     }
+    /* Dirty frames the claims met, written back now that no insert lock is held. */
+    if (vote_any(group, clean != WFS_NO_FRAME)) write_back_frames(ctx, c, group, clean);
     __syncwarp(group);
     if (is_leader && status == WFS_ACQ_WAIT) {
         res = wait_loaded(ctx, c, f, deadline);
@@ -1159,7 +1285,8 @@ __device__ __noinline__ long long cached_read(const wfs_ctx_t *ctx, const WfsGpu
 }
 
 /* Write-through: after the daemon acknowledged `n` bytes at `offset`, copies them into every
- * cached page of the range (waiting for a page being loaded, so no load overwrites them). */
+ * cached page of the range (waiting for a page being loaded, so no load overwrites them) and
+ * marks those pages dirty (see below: the cost is one more page write each, later). */
 __device__ __noinline__ void patch_cache(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 fh, u64 offset, u64 n,
                             const unsigned char *src) {
     const u32 shift = c->page_shift;
@@ -1182,6 +1309,11 @@ __device__ __noinline__ void patch_cache(const wfs_ctx_t *ctx, const WfsGpuCache
             volatile WfsGpuPageMeta *m = frame_meta(c, f);
             atomicMax(const_cast<unsigned int *>(&m->len), (unsigned int)(in_off + seg));
             __threadfence();
+            /* Dirty from now on: a write-back of this page (array sets) taken before the
+             * patch may have put the old bytes back over the ones just written; the frame,
+             * now right, is written again. */
+            const u32 old = atomicOr(frame_state(c, f), WFS_PG_DIRTY);
+            if (!(old & WFS_PG_DIRTY)) atomicAdd(&state(ctx)->dirty, 1u);
             unpin(c, f);
             stat_add(&stats_stripe(c)->write_patches, 1);
         }
@@ -1255,6 +1387,67 @@ __device__ __forceinline__ T array_get(const wfs_ctx_t *ctx, u32 fh, u64 byte_of
     return v;
 }
 
+
+/* Element write for wfs_array::set: one page lookup per distinct page of the warp (a miss loads
+ * the page first, so the rest of it stays right); the lanes store their elements into the
+ * frame, and the page is marked DIRTY once their stores are done. Elements the cache cannot
+ * place (across a page boundary, no frame, no cache) are written through to the daemon
+ * instead. Errors are counted (wfs_errors). */
+template <typename T>
+__device__ __forceinline__ void array_set(const wfs_ctx_t *ctx, u32 fh, u64 byte_offset, u64 len, u64 i,
+                                          const T &v) {
+    const WfsGpuCache *c = cache_of(ctx);
+    const u32 group = calling_lanes();
+    const u64 pos = byte_offset + i * (u64)sizeof(T);
+    const bool ok = i < len;
+    bool through = ok && c == 0;
+    if (vote_any(group, c != 0)) {
+        const u64 ps = 1ull << c->page_shift;
+        const u64 in_off = pos & (ps - 1);
+        const bool fast = ok && in_off + sizeof(T) <= ps;
+        through = ok && !fast;
+        const u64 deadline = now_ns() + ctx->timeout_ns;
+        u32 leader, f;
+        long long res;
+        RoundStats rs;
+        acquire_round(ctx, c, group, fast, fh, pos >> c->page_shift, deadline, leader, f, res, rs);
+        if (fast && res == 0) {
+            unsigned char *p = frame_data(c, f) + in_off;
+            if ((reinterpret_cast<u64>(p) & (alignof(T) - 1)) == 0) {
+                *reinterpret_cast<T *>(p) = v;
+            } else {
+                memcpy(p, &v, sizeof(T));
+            }
+            /* An element past the loaded bytes (the file's end) makes the page longer. */
+            volatile WfsGpuPageMeta *m = frame_meta(c, f);
+            if (in_off + sizeof(T) > m->len)
+                atomicMax(const_cast<unsigned int *>(&m->len), (unsigned int)(in_off + sizeof(T)));
+        }
+        __syncwarp(group);
+        if (fast && res == 0 && lane_id() == leader) {
+            /* The lanes' stores (ordered by the warp sync) before DIRTY. */
+            __threadfence();
+            const u32 old = atomicOr(frame_state(c, f), WFS_PG_DIRTY);
+            if (!(old & WFS_PG_DIRTY)) atomicAdd(&state(ctx)->dirty, 1u);
+            unpin(c, f);
+        }
+        add_round_stats(c, group, rs);
+        if (fast && res == WFS_BYPASS_RESULT) through = true;
+        else if (fast && res != 0) atomicAdd(reinterpret_cast<unsigned long long *>(&state(ctx)->errors), 1ull);
+    }
+    /* Written through (acknowledged by the daemon), then into any cached copy of the page. */
+    const u32 tw = vote(group, through);
+    if (tw != 0) {
+        T tmp = v;
+        long long r = 0;
+        if (through) r = io(ctx, tw, WFS_OP_WRITE, fh, pos, sizeof(T), &tmp);
+        if (through && r == (long long)sizeof(T) && c != 0)
+            patch_cache(ctx, c, fh, pos, sizeof(T), reinterpret_cast<const unsigned char *>(&tmp));
+        if (through && r != (long long)sizeof(T))
+            atomicAdd(reinterpret_cast<unsigned long long *>(&state(ctx)->errors), 1ull);
+    }
+    if (!ok) atomicAdd(reinterpret_cast<unsigned long long *>(&state(ctx)->errors), 1ull);
+}
 
 /* Pins the page holding element i for each calling lane (lanes on one page share one lookup and
  * one pin, held by their leader): `p` points at element i in the GPU page cache and `count` is
@@ -1572,9 +1765,16 @@ __device__ __forceinline__ long long wfs_write_block(const wfs_ctx_t *ctx, unsig
     });
 }
 
-/** Makes the file's acknowledged writes durable (host fdatasync); 0 or a negative errno. */
+/** Makes the file's acknowledged writes durable (host fdatasync), after writing back the GPU
+ *  page cache's dirty pages (wfs_array::set; of every file); 0 or a negative errno (-EIO: a
+ *  dirty page could not be written back). */
 __device__ __forceinline__ long long wfs_fsync(const wfs_ctx_t *ctx, unsigned fh) {
-    return wfs_detail::io(ctx, wfs_detail::calling_lanes(), WFS_OP_FSYNC, fh, 0, 0, 0);
+    const unsigned group = wfs_detail::calling_lanes();
+    /* Dirty GPU cache pages (wfs_array::set) reach the file first: all of them, of every file
+     * (one device load when there are none; else a scan of the frames by the calling lanes). */
+    const long long wb = wfs_detail::write_back_all(ctx, wfs_detail::cache_of(ctx), group, 0, __popc(group));
+    const long long r = wfs_detail::io(ctx, group, WFS_OP_FSYNC, fh, 0, 0, 0);
+    return wb < 0 ? wb : r;
 }
 
 /** The file's size in bytes, or a negative errno. */
@@ -1648,6 +1848,18 @@ template <typename T> struct wfs_array {
         wfs_span<T> s;
         wfs_detail::array_pin<T>(ctx, fh, byte_offset, len, i, s.p, s.count, s.frame, s.leader);
         return s;
+    }
+
+    /**
+     * Writes element `i` (any lane pattern; lanes on one page share one lookup). The value
+     * goes into the GPU page cache, which writes the page back to the file when it evicts it,
+     * on wfs_fsync and on GpuIo::flush or shutdown: like a store to memory, it is not an
+     * acknowledged write until then (wfs_write is). Needs `fh` registered writable; an
+     * element across a page boundary, or with no frame free, is written through at once.
+     * Out of range or failed: counted (wfs_errors).
+     */
+    __device__ __forceinline__ void set(unsigned long long i, const T &v) const {
+        wfs_detail::array_set<T>(ctx, fh, byte_offset, len, i, v);
     }
 
     /** Elements in one whole GPU cache page (page bytes / sizeof(T)); 0 without a GPU cache.

@@ -188,7 +188,7 @@ typedef struct WfsGpuControl {
 typedef struct WfsGpuState {
     WFS_ALIGNAS(64) uint64_t claim; /**< Demand-ring positions claimed so far. */
     uint64_t tail_max;              /**< Highest claimed end published to the ring's tail. */
-    uint32_t hint;                  /**< Unused (0); group search starts at (SM, warp slot). */
+    uint32_t dirty;                 /**< GPU cache frames dirty, not yet taken for write-back. */
     uint32_t async_hint;            /**< Rotating start of the search for a free async record. */
     uint64_t pad0[5];               /**< Padding to 64 bytes. */
     uint64_t pclaim;                /**< Prefetch-ring positions claimed so far. */
@@ -243,6 +243,8 @@ typedef struct WfsGpuCacheStats {
     uint64_t bypassed;             /**< Lane accesses read around the cache. */
     uint64_t write_patches;        /**< Cached pages updated by a write-through wfs_write. */
     uint64_t load_errors;          /**< Page loads that failed. */
+    uint64_t writebacks;           /**< Dirty pages written back to their file. */
+    uint64_t writeback_errors;     /**< Write-backs that failed (changes dropped). */
 } WfsGpuCacheStats;
 
 #ifdef __cplusplus
@@ -299,7 +301,7 @@ typedef struct WfsGpuCacheStats {
     X("sizeof(WfsGpuState)", sizeof(WfsGpuState))                            \
     X("WfsGpuState.claim", offsetof(WfsGpuState, claim))                     \
     X("WfsGpuState.tail_max", offsetof(WfsGpuState, tail_max))               \
-    X("WfsGpuState.hint", offsetof(WfsGpuState, hint))                          \
+    X("WfsGpuState.dirty", offsetof(WfsGpuState, dirty))                        \
     X("WfsGpuState.pclaim", offsetof(WfsGpuState, pclaim))                      \
     X("WfsGpuState.clock", offsetof(WfsGpuState, clock))                        \
     X("WfsGpuState.fresh", offsetof(WfsGpuState, fresh))                        \
@@ -330,7 +332,8 @@ typedef struct WfsGpuCacheStats {
     X("WfsGpuPageMeta.err", offsetof(WfsGpuPageMeta, err))                      \
     X("sizeof(WfsGpuCacheStats)", sizeof(WfsGpuCacheStats))                     \
     X("WfsGpuCacheStats.misses", offsetof(WfsGpuCacheStats, misses))            \
-    X("WfsGpuCacheStats.load_errors", offsetof(WfsGpuCacheStats, load_errors))
+    X("WfsGpuCacheStats.load_errors", offsetof(WfsGpuCacheStats, load_errors))  \
+    X("WfsGpuCacheStats.writeback_errors", offsetof(WfsGpuCacheStats, writeback_errors))
 
 /* ---- the layout, checked at compile time where the language allows ---- */
 
@@ -352,7 +355,7 @@ WFS_STATIC_ASSERT(sizeof(WfsGpuControl) == 64, "WfsGpuControl must be 64 bytes")
 WFS_STATIC_ASSERT(sizeof(WfsGpuState) == 256, "WfsGpuState must be 256 bytes");
 WFS_STATIC_ASSERT(sizeof(WfsGpuCache) == 128, "WfsGpuCache must be 128 bytes");
 WFS_STATIC_ASSERT(sizeof(WfsGpuPageMeta) == 32, "WfsGpuPageMeta must be 32 bytes");
-WFS_STATIC_ASSERT(sizeof(WfsGpuCacheStats) == 64, "WfsGpuCacheStats must be 64 bytes");
-WFS_STATIC_ASSERT_OFFSET(offsetof(WfsGpuState, hint) == 16, "WfsGpuState.hint must be at 16");
+WFS_STATIC_ASSERT(sizeof(WfsGpuCacheStats) == 128, "WfsGpuCacheStats must be 128 bytes");
+WFS_STATIC_ASSERT_OFFSET(offsetof(WfsGpuState, dirty) == 16, "WfsGpuState.dirty must be at 16");
 
 #endif /* WARPFS_ABI_H */

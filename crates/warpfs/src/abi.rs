@@ -186,9 +186,9 @@ pub struct WfsGpuState {
     pub claim: u64,
     /// Highest claimed end published to the ring header's `tail` (device-memory `atomicMax`).
     pub tail_max: u64,
-    /// Unused (0): kept for the layout. The search for a free request group starts at the
-    /// warp's (SM, warp slot) place.
-    pub hint: u32,
+    /// GPU page-cache frames marked dirty by `wfs_array::set` and not yet taken for write-back
+    /// (device atomics); `wfs_fsync` and `GpuIo::flush` skip their scan of the frames at 0.
+    pub dirty: u32,
     /// Rotating start of the search for a free async record.
     pub async_hint: u32,
     /// Padding to 64 bytes.
@@ -292,6 +292,11 @@ pub struct WfsGpuCacheStats {
     pub write_patches: u64,
     /// Page loads that failed (the error went to every waiter).
     pub load_errors: u64,
+    /// Dirty pages (`wfs_array::set`) written back to their file: on eviction, `wfs_fsync`,
+    /// `GpuIo::flush` and shutdown.
+    pub writebacks: u64,
+    /// Write-backs that failed (the page's changes are dropped; counted in `wfs_errors` too).
+    pub writeback_errors: u64,
 }
 
 /// Sizes and field offsets of every wire record, in the order `include/warpfs_abi.h`'s
@@ -360,7 +365,7 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
         ("sizeof(WfsGpuState)", size_of::<WfsGpuState>()),
         ("WfsGpuState.claim", offset_of!(WfsGpuState, claim)),
         ("WfsGpuState.tail_max", offset_of!(WfsGpuState, tail_max)),
-        ("WfsGpuState.hint", offset_of!(WfsGpuState, hint)),
+        ("WfsGpuState.dirty", offset_of!(WfsGpuState, dirty)),
         ("WfsGpuState.pclaim", offset_of!(WfsGpuState, pclaim)),
         ("WfsGpuState.clock", offset_of!(WfsGpuState, clock)),
         ("WfsGpuState.fresh", offset_of!(WfsGpuState, fresh)),
@@ -415,6 +420,10 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
         (
             "WfsGpuCacheStats.load_errors",
             offset_of!(WfsGpuCacheStats, load_errors),
+        ),
+        (
+            "WfsGpuCacheStats.writeback_errors",
+            offset_of!(WfsGpuCacheStats, writeback_errors),
         ),
     ]
 }

@@ -169,6 +169,8 @@ struct PageMeta {
     readahead: bool,
     /// Reserved by a readahead lookup (becomes `readahead` on a successful load).
     loading_readahead: bool,
+    /// A write-through's file write of this page is in flight ([`HostCache::begin_write`]).
+    writing: bool,
     /// Bytes of file data from the page start.
     valid_len: usize,
     /// Owner key; `None` when free.
@@ -188,6 +190,7 @@ impl PageMeta {
             queued: false,
             readahead: false,
             loading_readahead: false,
+            writing: false,
             valid_len: 0,
             key: None,
             file: None,
@@ -883,6 +886,25 @@ impl HostCache {
         }
         bump(&self.counters().loads, 1);
         bump(&self.counters().bytes_loaded, len as u64);
+    }
+
+    /// Marks pinned page `idx` as having a write-through in flight: its bytes are changed
+    /// (`write_into`) and then written to the file. `false` if another write of it is in
+    /// flight: the caller waits its turn (retries later), because two such writes on different
+    /// workers could leave the page and the file in different orders (page = the first's
+    /// bytes, file = the second's). One page lock.
+    pub fn begin_write(&self, idx: PageIdx) -> bool {
+        let mut m = self.slot(idx);
+        if m.writing {
+            return false;
+        }
+        m.writing = true;
+        true
+    }
+
+    /// Ends [`HostCache::begin_write`] once the file write completed. One page lock.
+    pub fn end_write(&self, idx: PageIdx) {
+        self.slot(idx).writing = false;
     }
 
     /// Copies `data` into pinned page `idx` at `at`, extending its valid length if the data

@@ -1302,8 +1302,33 @@ impl Worker {
         // SAFETY: src..src+len is a bounds-checked part of the data region; the requester does
         // not touch its buffer while the request is pending.
         let data = unsafe { std::slice::from_raw_parts(src, len as usize) };
+        let job = &self.jobs[j];
         let all_hit = job.pages.iter().all(|(_, _, h)| *h == Held::Hit);
         let write_back = self.shared.cfg.write_back && all_hit;
+        if !write_back {
+            // Write-through: one file write per cached page at a time, so the page and the
+            // file end in the same order of writes (see `HostCache::begin_write`).
+            let hits: Vec<PageIdx> = job
+                .pages
+                .iter()
+                .filter(|(_, _, h)| *h == Held::Hit)
+                .map(|&(_, idx, _)| idx)
+                .collect();
+            if let Some(k) = hits.iter().position(|&idx| !cache.begin_write(idx)) {
+                for &idx in &hits[..k] {
+                    cache.end_write(idx);
+                }
+                for (_, idx, held) in std::mem::take(&mut self.jobs[j].pages) {
+                    match held {
+                        Held::Hit => cache.release(idx),
+                        Held::Reserved => cache.finish_load(idx, -(libc::ECANCELED as i64)),
+                        Held::Load(l) => self.unref_load(l),
+                    }
+                }
+                return Outcome::Defer;
+            }
+        }
+        let job = &self.jobs[j];
         for &(p, idx, held) in &job.pages {
             if held != Held::Hit {
                 continue;
@@ -1453,7 +1478,10 @@ impl Worker {
                 let uncached = pages.is_empty();
                 for (_, idx, held) in pages {
                     match held {
-                        Held::Hit => cache.release(idx),
+                        Held::Hit => {
+                            cache.end_write(idx);
+                            cache.release(idx);
+                        }
                         Held::Reserved => cache.finish_load(idx, -(libc::ECANCELED as i64)),
                         Held::Load(_) => {}
                     }

@@ -168,6 +168,40 @@ extern "C" __global__ void array_pin_read(const wfs_ctx_t *ctx, unsigned fh,
     a.unpin(s);
 }
 
+/* Element writes through the GPU page cache: thread t sets `per` elements, element
+ * i = (t * per + k) * stride + shift, to ~word(i) ^ salt (the file's pattern is word(i)); then
+ * reads each back through the cache (read-your-writes: bad counts mismatches); with `fsync`,
+ * wfs_fsync at the end (result in fs[t]). */
+extern "C" __global__ void array_set_u64(const wfs_ctx_t *ctx, unsigned fh, unsigned long long len,
+                                         unsigned per, unsigned long long stride,
+                                         unsigned long long shift, unsigned long long salt,
+                                         int fsync, unsigned long long *bad, long long *fs,
+                                         unsigned n) {
+    unsigned t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n) return;
+    wfs_array<unsigned long long> a = wfs_array_make<unsigned long long>(ctx, fh, 0, len);
+    for (unsigned k = 0; k < per; ++k) {
+        const unsigned long long i = ((unsigned long long)t * per + k) * stride + shift;
+        const unsigned long long w = i * 0x9E3779B97F4A7C15ull;
+        a.set(i, ~(w ^ (w >> 29)) ^ salt);
+    }
+    for (unsigned k = 0; k < per; ++k) {
+        const unsigned long long i = ((unsigned long long)t * per + k) * stride + shift;
+        const unsigned long long w = i * 0x9E3779B97F4A7C15ull;
+        const unsigned long long got = a[i];
+        if (got != (~(w ^ (w >> 29)) ^ salt)) {
+            /* bad[0]: mismatches; bad[1..]: (element, value read, read again) of the first few. */
+            const unsigned long long k2 = atomicAdd(bad, 1ull);
+            if (k2 < 8) {
+                bad[1 + 3 * k2] = i;
+                bad[2 + 3 * k2] = got;
+                bad[3 + 3 * k2] = a[i];
+            }
+        }
+    }
+    if (fsync) fs[t] = wfs_fsync(ctx, fh);
+}
+
 /* Out-of-range element reads: T() and counted; then the counter. */
 extern "C" __global__ void array_out_of_range(const wfs_ctx_t *ctx, unsigned fh,
                                               unsigned long long len, unsigned long long *out,
@@ -224,6 +258,7 @@ extern "C" __global__ void api_use(const wfs_ctx_t *ctx, unsigned fh, unsigned c
     wfs_array<unsigned long long> a = wfs_array_make<unsigned long long>(ctx, fh, 0, 1000);
     r += (long long)a[threadIdx.x * 37];
     r += a.copy(3, 10, (unsigned long long *)buf);
+    a.set(threadIdx.x, (unsigned long long)r);
     const wfs_span<unsigned long long> sp = a.pin(threadIdx.x);
     if (sp.count) r += (long long)sp.p[0] + (long long)a.page_elems();
     a.unpin(sp);
@@ -242,6 +277,7 @@ fn kernel_sources() -> Vec<(&'static str, &'static str)> {
     vec![
         ("api_use", API_USE),
         ("tests/cuda_gpu_io.rs KERNELS", KERNELS),
+        ("gpu_io::WRITE_BACK_KERNEL", gpu_io::WRITE_BACK_KERNEL),
         (
             "gpu_bench_kernels::BENCH_KERNELS",
             warpfs::backend::cuda::gpu_bench_kernels::BENCH_KERNELS,
@@ -1403,6 +1439,164 @@ fn array_pins_read_in_place_every_element_checked() {
     let st = gpu.cache_stats().unwrap();
     println!("array pins: {st:?}");
     assert!(st.hits > 0 && st.misses > 0, "{st:?}");
+}
+
+/// The value `array_set_u64` stores at element `i`.
+fn set_value(i: u64, salt: u64) -> u64 {
+    let w = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    !(w ^ (w >> 29)) ^ salt
+}
+
+/// `wfs_array::set`: dirty GPU cache pages reach the file on eviction (a cache of 16 pages
+/// for 256 written), on `wfs_fsync`, on `GpuIo::flush` and at shutdown; every set is read back
+/// through the cache in the kernel, and every byte of the file is checked after each step.
+#[test]
+fn array_sets_are_written_back_on_eviction_fsync_flush_and_shutdown() {
+    if !gpu() {
+        return;
+    }
+    let size: u64 = 1 << 20;
+    let path = pattern_file("array-set.bin", size as usize);
+    let len = size / 8;
+    let mut want = std::fs::read(&path).unwrap();
+    let rt = Runtime::new(RuntimeConfig {
+        workers: env_usize("WARPFS_TEST_WB_WORKERS").unwrap_or(2),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let f = rt.open(&path, OpenOptions::read_write()).unwrap();
+    let check_file = |want: &[u8], what: &str| {
+        let got = std::fs::read(&path).unwrap();
+        assert_eq!(got.len(), want.len(), "{what}: file size");
+        if let Some(at) = got.iter().zip(want).position(|(a, b)| a != b) {
+            panic!("{what}: byte {at} differs (element {})", at / 8);
+        }
+    };
+    {
+        let gpu = GpuIo::new(
+            &rt,
+            GpuIoConfig {
+                gpu_cache_bytes: 16 * 4096,
+                gpu_page_bytes: 4096,
+                ..small_cfg()
+            },
+        )
+        .unwrap();
+        let module = compile_kernels(&gpu);
+        // (file image to update, threads, per, stride, shift, salt, fsync)
+        let run = |want: &mut Vec<u8>,
+                   threads: usize,
+                   per: u32,
+                   stride: u64,
+                   shift: u64,
+                   salt: u64,
+                   fsync: bool| {
+            let mut bad = gpu.alloc(25 * 8).unwrap();
+            bad.fill(0).unwrap();
+            let fs = results_buffer(&gpu, threads);
+            launch(
+                &gpu,
+                &module,
+                "array_set_u64",
+                threads.div_ceil(128) as u32,
+                128,
+                &[
+                    KernelArg::U64(gpu.context_ptr()),
+                    KernelArg::U32(f.raw()),
+                    KernelArg::U64(len),
+                    KernelArg::U32(per),
+                    KernelArg::U64(stride),
+                    KernelArg::U64(shift),
+                    KernelArg::U64(salt),
+                    KernelArg::I32(fsync as i32),
+                    KernelArg::U64(bad.ptr()),
+                    KernelArg::U64(fs.ptr()),
+                    KernelArg::U32(threads as u32),
+                ],
+            );
+            let b = u64s_back(&bad, 25);
+            if b[0] != 0 {
+                let now = std::fs::read(&path).unwrap();
+                let what: Vec<String> = (0..(b[0] as usize).min(8))
+                    .map(|k| {
+                        let (i, got, again) = (b[1 + 3 * k], b[2 + 3 * k], b[3 + 3 * k]);
+                        let before = u64::from_le_bytes(want[i as usize * 8..][..8].try_into().unwrap());
+                        let after = u64::from_le_bytes(now[i as usize * 8..][..8].try_into().unwrap());
+                        format!(
+                            "element {i} (page {}): read {got:#x}, again {again:#x}, file before {before:#x}, file after {after:#x}, set {:#x}",
+                            i / 512,
+                            set_value(i, salt)
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "{} elements read back differ (salt {salt:#x}): {what:#?}; {:?}; dirty {:?}",
+                    b[0],
+                    gpu.cache_stats().unwrap(),
+                    gpu.dirty_pages()
+                );
+            }
+            if fsync {
+                let r = i64s_back(&fs, threads);
+                let mut odd: Vec<i64> = r.iter().copied().filter(|&x| x != 0).collect();
+                odd.dedup();
+                assert!(
+                    odd.is_empty(),
+                    "wfs_fsync failed: {} of {threads} threads, results {:?}; {:?}",
+                    r.iter().filter(|&&x| x != 0).count(),
+                    &odd[..odd.len().min(8)],
+                    gpu.cache_stats().unwrap()
+                );
+            }
+            for t in 0..threads as u64 {
+                for k in 0..per as u64 {
+                    let i = (t * per as u64 + k) * stride + shift;
+                    want[i as usize * 8..][..8].copy_from_slice(&set_value(i, salt).to_le_bytes());
+                }
+            }
+        };
+        // 32 elements in each of the 256 pages, 16 frames: dirty pages evicted, then fsync.
+        let t0 = Instant::now();
+        run(&mut want, 2048, 4, 16, 3, 0x1111, true);
+        println!("sets + fsync: {:?}", t0.elapsed());
+        let st = gpu.cache_stats().unwrap();
+        println!("after eviction + fsync: {st:?}");
+        assert!(
+            st.writebacks > 0 && st.evictions > 0,
+            "dirty pages written back: {st:?}"
+        );
+        assert_eq!(st.writeback_errors, 0, "{st:?}");
+        assert_eq!(st.api_errors, 0, "{st:?}");
+        assert_eq!(gpu.dirty_pages().unwrap(), 0);
+        println!(
+            "after fsync: dirty {} states {:08x?}",
+            gpu.dirty_pages().unwrap(),
+            gpu.frame_states().unwrap()
+        );
+        check_file(&want, "after wfs_fsync");
+        // One page's worth of sets, no fsync: dirty until flush.
+        run(&mut want, 64, 1, 8, 5, 0x2222, false);
+        println!(
+            "after phase 2: dirty {} states {:08x?} {:?}",
+            gpu.dirty_pages().unwrap(),
+            gpu.frame_states().unwrap(),
+            gpu.cache_stats().unwrap()
+        );
+        assert!(gpu.dirty_pages().unwrap() > 0, "sets left pages dirty");
+        gpu.flush().unwrap();
+        assert_eq!(
+            gpu.dirty_pages().unwrap(),
+            0,
+            "flush wrote every dirty page back"
+        );
+        check_file(&want, "after GpuIo::flush");
+        // Sets, then the channel shuts down (drop): written back on the way out.
+        // (7 pages: they stay in the cache, dirty, until the drop.)
+        run(&mut want, 64, 1, 50, 7, 0x3333, false);
+        assert!(gpu.dirty_pages().unwrap() > 0);
+    }
+    rt.flush().unwrap();
+    check_file(&want, "after shutdown");
 }
 
 #[test]

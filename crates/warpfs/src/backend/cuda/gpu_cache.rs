@@ -44,6 +44,11 @@ pub struct GpuCacheStats {
     pub write_patches: u64,
     /// Page loads that failed.
     pub load_errors: u64,
+    /// Dirty pages (`wfs_array::set`) written back to their file (eviction, `wfs_fsync`,
+    /// flush, shutdown).
+    pub writebacks: u64,
+    /// Write-backs that failed (those changes are dropped; `wfs_errors` counts them too).
+    pub writeback_errors: u64,
     /// Errors counted by the device API (`wfs_errors`).
     pub api_errors: u64,
 }
@@ -60,6 +65,8 @@ impl std::ops::Sub for GpuCacheStats {
             bypassed: self.bypassed.wrapping_sub(o.bypassed),
             write_patches: self.write_patches.wrapping_sub(o.write_patches),
             load_errors: self.load_errors.wrapping_sub(o.load_errors),
+            writebacks: self.writebacks.wrapping_sub(o.writebacks),
+            writeback_errors: self.writeback_errors.wrapping_sub(o.writeback_errors),
             api_errors: self.api_errors.wrapping_sub(o.api_errors),
         }
     }
@@ -169,6 +176,17 @@ impl GpuCacheMemory {
         self.page_bytes
     }
 
+    /// The frames' state words (pin count in the low 20 bits, then the flags of warpfs.cuh),
+    /// for diagnostics. Waits for running kernels (a synchronous copy).
+    pub fn frame_states(&self) -> Result<Vec<u32>> {
+        let mut raw = vec![0u8; self.frames as usize * 4];
+        self.state.copy_to_host(0, &mut raw)?;
+        Ok(raw
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect())
+    }
+
     /// Empties the cache (every page forgotten, statistics kept). Only while no kernel of the
     /// context runs (the caller synchronises first). Costs four memsets.
     pub fn reset(&mut self) -> Result<()> {
@@ -195,6 +213,8 @@ impl GpuCacheMemory {
             s.bypassed += w(5);
             s.write_patches += w(6);
             s.load_errors += w(7);
+            s.writebacks += w(8);
+            s.writeback_errors += w(9);
         }
         Ok(s)
     }

@@ -160,7 +160,24 @@ pub struct GpuIo<'rt> {
     dev_ctx: DeviceBuffer,
     serving: AtomicBool,
     closed: bool,
+    /// The write-back kernel ([`WRITE_BACK_KERNEL`]), compiled the first time a flush finds
+    /// dirty pages.
+    write_back: std::sync::Mutex<Option<GpuModule>>,
 }
+
+/// Writes back every dirty page of the GPU page cache through the daemon (one launch of
+/// `WRITE_BACK_THREADS` threads; each warp scans its share of the frames). Public for the
+/// NVRTC compile test.
+pub const WRITE_BACK_KERNEL: &str = r#"
+#include <warpfs.cuh>
+extern "C" __global__ void wfs_write_back_all(const wfs_ctx_t *ctx) {
+    const unsigned long long warp = (blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x) / 32;
+    wfs_detail::write_back_all(ctx, wfs_detail::cache_of(ctx), 0xFFFFFFFFu, warp * 32,
+                               (unsigned long long)gridDim.x * blockDim.x);
+}
+"#;
+/// Threads of the write-back launch (whole warps).
+const WRITE_BACK_THREADS: u32 = 1024;
 
 /// Who serves a [`GpuIo`]'s channel.
 enum Service<'rt> {
@@ -354,6 +371,7 @@ impl<'rt> GpuIo<'rt> {
             dev_ctx,
             serving: AtomicBool::new(true),
             closed: false,
+            write_back: std::sync::Mutex::new(None),
         })
     }
 
@@ -480,6 +498,24 @@ impl<'rt> GpuIo<'rt> {
             return Ok(());
         }
         self.closed = true;
+        // Dirty GPU cache pages reach the file while the daemon still serves the channel,
+        // once the kernels have ended (not waiting longer than the device calls' timeout).
+        if self.cache.is_some() && self.serving.load(Ordering::Acquire) {
+            match self.wait_kernels(self.cfg.timeout) {
+                Ok(true) => {
+                    if let Err(e) = self.write_back_dirty() {
+                        tracing::error!(error = %e, "GPU page cache write-back at shutdown failed");
+                    }
+                }
+                Ok(false) => tracing::error!(
+                    timeout = ?self.cfg.timeout,
+                    "kernels still running at shutdown: dirty GPU cache pages not written back"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "GPU page cache write-back at shutdown skipped")
+                }
+            }
+        }
         self.closing_word().store(1, Ordering::SeqCst);
         // Detaching also answers what waits in the ring (even if service was paused).
         self.serving.store(false, Ordering::Release);
@@ -524,10 +560,11 @@ impl<'rt> GpuIo<'rt> {
     }
 
     /// Forgets every page of the GPU page cache (after the files changed behind the GPU's
-    /// back, or for a cold measurement). Waits for the context's kernels first. Costs four
-    /// memsets.
+    /// back, or for a cold measurement). Waits for the context's kernels first and writes back
+    /// dirty pages (`wfs_array::set`) before forgetting them. Costs four memsets.
     pub fn invalidate_cache(&mut self) -> Result<()> {
         self.ctx.synchronize()?;
+        self.write_back_dirty()?;
         match &mut self.cache {
             Some(c) => c.reset(),
             None => Ok(()),
@@ -535,15 +572,78 @@ impl<'rt> GpuIo<'rt> {
     }
 
     /// Makes every write the GPU made durable on the host side: waits for the context's
-    /// kernels, then flushes the runtime. The GPU page cache is write-through (a `wfs_write` is
-    /// acknowledged only once the daemon has the bytes), so it holds no dirty page; this
-    /// flushes what the runtime's host tier holds.
+    /// kernels, writes back the GPU page cache's dirty pages (`wfs_array::set`; one kernel
+    /// launch through the daemon, compiled the first time there are any), then flushes the
+    /// runtime (its host tier, `fdatasync`). `wfs_write`s are write-through: acknowledged
+    /// once the daemon has the bytes. Also run at shutdown.
     pub fn flush(&self) -> Result<()> {
         self.ctx.synchronize()?;
+        self.write_back_dirty()?;
         match &self.service {
             Service::Local { rt, .. } => rt.flush(),
             Service::Remote(lease) => lease.command(Command::Flush),
         }
+    }
+
+    /// The GPU page cache's frame state words (pins in the low 20 bits, then flags), for
+    /// diagnostics; empty without a cache. Waits for running kernels.
+    pub fn frame_states(&self) -> Result<Vec<u32>> {
+        self.cache
+            .as_ref()
+            .map_or(Ok(Vec::new()), |c| c.frame_states())
+    }
+
+    /// Frames of the GPU page cache marked dirty and not yet taken for write-back (the
+    /// device's count; read while no kernel runs, it is exact).
+    pub fn dirty_pages(&self) -> Result<u32> {
+        if self.cache.is_none() {
+            return Ok(0);
+        }
+        let mut raw = [0u8; 4];
+        self.state
+            .copy_to_host(core::mem::offset_of!(WfsGpuState, dirty), &mut raw)?;
+        Ok(u32::from_le_bytes(raw))
+    }
+
+    /// Writes back the dirty pages of the GPU page cache (the context's kernels have ended:
+    /// callers synchronise first). Nothing to do, and no compile, when there are none.
+    fn write_back_dirty(&self) -> Result<()> {
+        if self.dirty_pages()? == 0 {
+            return Ok(());
+        }
+        let failed_before = self.cache_stats()?.writeback_errors;
+        let mut m = self.write_back.lock().unwrap_or_else(|e| e.into_inner());
+        if m.is_none() {
+            *m = Some(self.compile(WRITE_BACK_KERNEL, &[])?);
+        }
+        let module = m.as_ref().expect("compiled above");
+        let k = module.kernel("wfs_write_back_all")?;
+        // SAFETY: wfs_write_back_all(const wfs_ctx_t*) takes this channel's live context
+        // pointer; it touches only the cache and the channel through the device API.
+        unsafe {
+            k.launch(
+                (WRITE_BACK_THREADS / 256, 1, 1),
+                (256, 1, 1),
+                0,
+                &[KernelArg::U64(self.context_ptr())],
+            )?
+        };
+        self.ctx.synchronize()?;
+        let left = self.dirty_pages()?;
+        if left != 0 {
+            tracing::warn!(
+                left,
+                "GPU page cache: dirty pages left after the write-back"
+            );
+        }
+        let failed = self.cache_stats()?.writeback_errors - failed_before;
+        if failed != 0 {
+            return Err(Error::Io(std::io::Error::other(format!(
+                "{failed} dirty GPU cache pages could not be written back (their changes are \
+                 dropped): register the files that wfs_array::set writes to as writable"
+            ))));
+        }
+        Ok(())
     }
 
     /// Refuses (with an error saying what to change) a launch of `grid` blocks of `block`

@@ -1391,8 +1391,8 @@ __device__ __forceinline__ T array_get(const wfs_ctx_t *ctx, u32 fh, u64 byte_of
 /* Element write for wfs_array::set: one page lookup per distinct page of the warp (a miss loads
  * the page first, so the rest of it stays right); the lanes store their elements into the
  * frame, and the page is marked DIRTY once their stores are done. Elements the cache cannot
- * place (across a page boundary, no frame, no cache) are written through to the daemon
- * instead. Errors are counted (wfs_errors). */
+ * place (across a page boundary, no cache, no frame free by the deadline) are written through
+ * to the daemon instead. Errors are counted (wfs_errors). */
 template <typename T>
 __device__ __forceinline__ void array_set(const wfs_ctx_t *ctx, u32 fh, u64 byte_offset, u64 len, u64 i,
                                           const T &v) {
@@ -1407,33 +1407,51 @@ __device__ __forceinline__ void array_set(const wfs_ctx_t *ctx, u32 fh, u64 byte
         const bool fast = ok && in_off + sizeof(T) <= ps;
         through = ok && !fast;
         const u64 deadline = now_ns() + ctx->timeout_ns;
-        u32 leader, f;
-        long long res;
-        RoundStats rs;
-        acquire_round(ctx, c, group, fast, fh, pos >> c->page_shift, deadline, leader, f, res, rs);
-        if (fast && res == 0) {
-            unsigned char *p = frame_data(c, f) + in_off;
-            if ((reinterpret_cast<u64>(p) & (alignof(T) - 1)) == 0) {
-                *reinterpret_cast<T *>(p) = v;
-            } else {
-                memcpy(p, &v, sizeof(T));
+        /* A set that finds no frame free waits for one (the claims that failed took dirty
+         * frames to write back, so frames come free) rather than writing through at once: a
+         * write-through lands in the file ahead of an older copy of its page that another
+         * warp loaded meanwhile and may write back later, and the patch of that copy can miss
+         * it if the copy is evicted in between (seen on the H100 as lost sets). Only after
+         * the deadline does a set fall back to writing through. */
+        bool pending = fast;
+        u32 ns = 64;
+        while (vote_any(group, pending)) {
+            u32 leader, f;
+            long long res;
+            RoundStats rs;
+            acquire_round(ctx, c, group, pending, fh, pos >> c->page_shift, deadline, leader, f, res, rs);
+            if (pending && res == 0) {
+                unsigned char *p = frame_data(c, f) + in_off;
+                if ((reinterpret_cast<u64>(p) & (alignof(T) - 1)) == 0) {
+                    *reinterpret_cast<T *>(p) = v;
+                } else {
+                    memcpy(p, &v, sizeof(T));
+                }
+                /* An element past the loaded bytes (the file's end) makes the page longer. */
+                volatile WfsGpuPageMeta *m = frame_meta(c, f);
+                if (in_off + sizeof(T) > m->len)
+                    atomicMax(const_cast<unsigned int *>(&m->len), (unsigned int)(in_off + sizeof(T)));
             }
-            /* An element past the loaded bytes (the file's end) makes the page longer. */
-            volatile WfsGpuPageMeta *m = frame_meta(c, f);
-            if (in_off + sizeof(T) > m->len)
-                atomicMax(const_cast<unsigned int *>(&m->len), (unsigned int)(in_off + sizeof(T)));
+            __syncwarp(group);
+            if (pending && res == 0 && lane_id() == leader) {
+                /* The lanes' stores (ordered by the warp sync) before DIRTY. */
+                __threadfence();
+                const u32 old = atomicOr(frame_state(c, f), WFS_PG_DIRTY);
+                if (!(old & WFS_PG_DIRTY)) atomicAdd(&state(ctx)->dirty, 1u);
+                unpin(c, f);
+            }
+            add_round_stats(c, group, rs);
+            const bool again = pending && res == WFS_BYPASS_RESULT;
+            if (pending && res != 0 && !again)
+                atomicAdd(reinterpret_cast<unsigned long long *>(&state(ctx)->errors), 1ull);
+            pending = again;
+            if (!vote_any(group, pending)) break;
+            if (vote_any(group, now_ns() > deadline || closing(ctx))) {
+                through = through || pending;
+                break;
+            }
+            backoff(ns);
         }
-        __syncwarp(group);
-        if (fast && res == 0 && lane_id() == leader) {
-            /* The lanes' stores (ordered by the warp sync) before DIRTY. */
-            __threadfence();
-            const u32 old = atomicOr(frame_state(c, f), WFS_PG_DIRTY);
-            if (!(old & WFS_PG_DIRTY)) atomicAdd(&state(ctx)->dirty, 1u);
-            unpin(c, f);
-        }
-        add_round_stats(c, group, rs);
-        if (fast && res == WFS_BYPASS_RESULT) through = true;
-        else if (fast && res != 0) atomicAdd(reinterpret_cast<unsigned long long *>(&state(ctx)->errors), 1ull);
     }
     /* Written through (acknowledged by the daemon), then into any cached copy of the page. */
     const u32 tw = vote(group, through);
@@ -1854,9 +1872,10 @@ template <typename T> struct wfs_array {
      * Writes element `i` (any lane pattern; lanes on one page share one lookup). The value
      * goes into the GPU page cache, which writes the page back to the file when it evicts it,
      * on wfs_fsync and on GpuIo::flush or shutdown: like a store to memory, it is not an
-     * acknowledged write until then (wfs_write is). Needs `fh` registered writable; an
-     * element across a page boundary, or with no frame free, is written through at once.
-     * Out of range or failed: counted (wfs_errors).
+     * acknowledged write until then (wfs_write is). Needs `fh` registered writable. With
+     * no frame free it waits for one (up to the device calls' timeout, then writes through);
+     * an element across a page boundary is written through at once. Out of range or failed:
+     * counted (wfs_errors).
      */
     __device__ __forceinline__ void set(unsigned long long i, const T &v) const {
         wfs_detail::array_set<T>(ctx, fh, byte_offset, len, i, v);

@@ -63,9 +63,15 @@
 //! - Warp coalescing: `__match_any_sync` on (fh, page) elects one leader per page; the loaders
 //!   of a warp post their loads together (one request per page). Cross-warp: a thread finding
 //!   a page LOADING pins it and polls its state word; only the loader waits on the daemon.
-//! - Writes are write-through (no dirty pages): `wfs_write` goes to the daemon, then copies
-//!   the bytes into any cached page of the range (waiting for a page being loaded). So
-//!   `wfs_fsync` is only the FSYNC request and [`GpuIo::flush`] flushes the host side.
+//! - `wfs_write` is write-through: it goes to the daemon, then copies the bytes into any cached
+//!   page of the range (waiting for a page being loaded) and marks that page dirty.
+//! - `wfs_array::set` is write-back: lanes store into the frame (a miss loads the page first;
+//!   with no frame free the set waits for one, writing through only after the deadline) and
+//!   the page is marked DIRTY. CLOCK never evicts a dirty frame: the claimer takes one (clears
+//!   DIRTY, sets WB, pins it, in one acquire CAS; one write-back in flight per frame) and writes
+//!   it back after dropping its insert lock. `wfs_fsync` writes back every dirty frame (of every
+//!   file) before its FSYNC; [`GpuIo::flush`], `invalidate_cache` and shutdown launch
+//!   [`WRITE_BACK_KERNEL`] when the device's dirty count is non-zero.
 //! - Async: `wfs_read_async` takes a record of the async pool (device-memory busy word),
 //!   posts one request, returns `(index << 32) | position`; `wfs_wait` polls it and copies.
 //! - Prefetch: `wfs_prefetch` posts into the prefetch ring (own claim counter), naming the
@@ -73,7 +79,11 @@
 //!
 //! # Not done yet (issue 4)
 //!
-//! - Write-back of dirty pages (writes are write-through).
+//! - A `wfs_write` racing dirty `wfs_array::set` elements of the same page from other warps:
+//!   the write-through can land ahead of an older copy of the page that a warp loaded
+//!   meanwhile; the patch (and a later write-back) fixes it unless that copy is written back
+//!   and evicted before the patch looks. Sets alone never take this path (they wait for a
+//!   frame); elements across a page boundary still write through.
 //! - A GPU miss that hits the host tier is served without file I/O, but through the lane
 //!   buffer (the daemon copies the host page there). Not done: answering with the host page's
 //!   location (the completion `aux`, as host agents already get), so the GPU copies it directly.

@@ -443,6 +443,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<WfsGpuState>(), 256);
         assert_eq!(core::mem::size_of::<WfsGpuCache>(), 128);
         assert_eq!(core::mem::size_of::<WfsGpuPageMeta>(), 32);
-        assert_eq!(core::mem::size_of::<WfsGpuCacheStats>(), 64);
+        assert_eq!(core::mem::size_of::<WfsGpuCacheStats>(), 128);
     }
 }

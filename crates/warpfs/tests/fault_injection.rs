@@ -407,3 +407,55 @@ fn random_hard_faults_map_one_to_one_to_failed_requests() {
         );
     }
 }
+
+/// A write-through of a cached page overtaking an earlier one that the engine holds back: the
+/// second waits for the first (one file write per cached page in flight), so the cached page
+/// and the file end alike, in the order the writes were made. (Without that, the cache took
+/// the second's bytes last and the file the first's: the next read served bytes the file did
+/// not have — on the H100 this lost the GPU page cache's writes.)
+#[test]
+fn a_write_behind_a_held_back_write_of_its_page_lands_after_it() {
+    for engine in ENGINES {
+        let path = file(&format!("overtake-{engine:?}"), 4);
+        let plan = FaultPlan::new(
+            vec![FaultRule::new(Fault::Delay(Duration::from_millis(300)))
+                .kind(IoKind::Write)
+                .nth(0)],
+            1,
+        );
+        let rt = runtime(engine, &plan);
+        let f = rt.open(&path, OpenOptions::read_write()).unwrap();
+        let mut agent = rt.agent().unwrap();
+        // Page 1 cached first, so both writes find it in the host tier.
+        let mut buf = vec![0u8; UNIT as usize];
+        assert_eq!(agent.read(&f, UNIT, &mut buf).unwrap(), UNIT as usize);
+        assert_eq!(buf, pattern(UNIT, UNIT as usize, 0));
+        let whole = vec![0xABu8; UNIT as usize];
+        let word = [0xCDu8; 8];
+        std::thread::scope(|s| {
+            let first = s.spawn(|| {
+                let mut a = rt.agent().unwrap();
+                assert_eq!(a.write(&f, UNIT, &whole).unwrap(), UNIT as usize);
+            });
+            // The whole-page write is held in the engine for 300 ms; this one comes 50 ms in.
+            std::thread::sleep(Duration::from_millis(50));
+            let mut a = rt.agent().unwrap();
+            assert_eq!(a.write(&f, UNIT + 80, &word).unwrap(), 8);
+            first.join().unwrap();
+        });
+        assert_eq!(plan.stats().injected, 1, "{:?}", plan.stats());
+        let mut want = whole.clone();
+        want[80..88].copy_from_slice(&word);
+        buf.fill(0x5A);
+        assert_eq!(agent.read(&f, UNIT, &mut buf).unwrap(), UNIT as usize);
+        assert!(
+            buf == want,
+            "{engine:?}: the cached page is not the writes in order"
+        );
+        let disk = std::fs::read(&path).unwrap();
+        assert!(
+            disk[UNIT as usize..2 * UNIT as usize] == want[..],
+            "{engine:?}: the file is not the writes in order"
+        );
+    }
+}

@@ -1450,6 +1450,8 @@ fn set_value(i: u64, salt: u64) -> u64 {
 /// `wfs_array::set`: dirty GPU cache pages reach the file on eviction (a cache of 16 pages
 /// for 256 written), on `wfs_fsync`, on `GpuIo::flush` and at shutdown; every set is read back
 /// through the cache in the kernel, and every byte of the file is checked after each step.
+/// `WARPFS_TEST_WB_WORKERS` sets the daemon's workers (default 2; the lost updates this test found
+/// needed two or more). A failure lists each wrong element with the file's bytes before and after.
 #[test]
 fn array_sets_are_written_back_on_eviction_fsync_flush_and_shutdown() {
     if !gpu() {

@@ -1108,13 +1108,7 @@ impl Worker {
             }
         }
         if let Some(f) = fail {
-            for (_, idx, held) in pages {
-                match held {
-                    Held::Hit => cache.release(idx),
-                    Held::Reserved => cache.finish_load(idx, -(libc::ECANCELED as i64)),
-                    Held::Load(l) => self.unref_load(l),
-                }
-            }
+            self.release_held(pages);
             return Err(f);
         }
         // Wait for the loads still in flight.
@@ -1302,33 +1296,22 @@ impl Worker {
         // SAFETY: src..src+len is a bounds-checked part of the data region; the requester does
         // not touch its buffer while the request is pending.
         let data = unsafe { std::slice::from_raw_parts(src, len as usize) };
-        let job = &self.jobs[j];
         let all_hit = job.pages.iter().all(|(_, _, h)| *h == Held::Hit);
         let write_back = self.shared.cfg.write_back && all_hit;
         if !write_back {
             // Write-through: one file write per cached page at a time, so the page and the
             // file end in the same order of writes (see `HostCache::begin_write`).
-            let hits: Vec<PageIdx> = job
-                .pages
-                .iter()
-                .filter(|(_, _, h)| *h == Held::Hit)
-                .map(|&(_, idx, _)| idx)
-                .collect();
-            if let Some(k) = hits.iter().position(|&idx| !cache.begin_write(idx)) {
-                for &idx in &hits[..k] {
+            let hit = |&&(_, _, h): &&(u64, PageIdx, Held)| h == Held::Hit;
+            let mut hits = job.pages.iter().filter(hit);
+            if let Some(k) = hits.position(|&(_, idx, _)| !cache.begin_write(idx)) {
+                for &(_, idx, _) in job.pages.iter().filter(hit).take(k) {
                     cache.end_write(idx);
                 }
-                for (_, idx, held) in std::mem::take(&mut self.jobs[j].pages) {
-                    match held {
-                        Held::Hit => cache.release(idx),
-                        Held::Reserved => cache.finish_load(idx, -(libc::ECANCELED as i64)),
-                        Held::Load(l) => self.unref_load(l),
-                    }
-                }
+                let pages = std::mem::take(&mut self.jobs[j].pages);
+                self.release_held(pages);
                 return Outcome::Defer;
             }
         }
-        let job = &self.jobs[j];
         for &(p, idx, held) in &job.pages {
             if held != Held::Hit {
                 continue;
@@ -1594,14 +1577,20 @@ impl Worker {
             Some(e) if total == 0 => e,
             _ => total as i64,
         };
-        for (_, idx, held) in std::mem::take(&mut self.jobs[j].pages) {
+        let pages = std::mem::take(&mut self.jobs[j].pages);
+        self.release_held(pages);
+        self.finish_job(j, r);
+    }
+
+    /// Gives back the pages a job held: hits unpinned, reservations cancelled, loads unref'd.
+    fn release_held(&mut self, pages: Vec<(u64, PageIdx, Held)>) {
+        for (_, idx, held) in pages {
             match held {
-                Held::Hit => cache.release(idx),
-                Held::Reserved => cache.finish_load(idx, -(libc::ECANCELED as i64)),
+                Held::Hit => self.cache.release(idx),
+                Held::Reserved => self.cache.finish_load(idx, -(libc::ECANCELED as i64)),
                 Held::Load(l) => self.unref_load(l),
             }
         }
-        self.finish_job(j, r);
     }
 }
 

@@ -408,7 +408,7 @@ fn random_hard_faults_map_one_to_one_to_failed_requests() {
     }
 }
 
-/// A write-through of a cached page overtaking an earlier one that the engine holds back: the
+/// A write-through of a cached page behind an earlier one that the engine holds back: the
 /// second waits for the first (one file write per cached page in flight), so the cached page
 /// and the file end alike, in the order the writes were made. (Without that, the cache took
 /// the second's bytes last and the file the first's: the next read served bytes the file did
@@ -418,7 +418,7 @@ fn a_write_behind_a_held_back_write_of_its_page_lands_after_it() {
     for engine in ENGINES {
         let path = file(&format!("overtake-{engine:?}"), 4);
         let plan = FaultPlan::new(
-            vec![FaultRule::new(Fault::Delay(Duration::from_millis(300)))
+            vec![FaultRule::new(Fault::Delay(Duration::from_millis(500)))
                 .kind(IoKind::Write)
                 .nth(0)],
             1,
@@ -437,8 +437,15 @@ fn a_write_behind_a_held_back_write_of_its_page_lands_after_it() {
                 let mut a = rt.agent().unwrap();
                 assert_eq!(a.write(&f, UNIT, &whole).unwrap(), UNIT as usize);
             });
-            // The whole-page write is held in the engine for 300 ms; this one comes 50 ms in.
-            std::thread::sleep(Duration::from_millis(50));
+            // This one comes while the whole-page write is held in the engine (500 ms).
+            let t0 = std::time::Instant::now();
+            while plan.stats().injected == 0 {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "the first write never reached the engine"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let mut a = rt.agent().unwrap();
             assert_eq!(a.write(&f, UNIT + 80, &word).unwrap(), 8);
             first.join().unwrap();

@@ -363,6 +363,18 @@ __device__ unsigned int wfs_trace_claims;
 #define WFS_TRACE_MARK(i) ((void)0)
 #endif
 
+/* Where `n` bytes at file offset `off` lie in host tier page `aux - 1` (a read's answer by
+ * reference), or 0 when the tier is not mapped or the page and range are not inside it. */
+__device__ __forceinline__ const unsigned char *tier_page(const wfs_ctx_t *ctx, u64 aux, u64 off, u64 n) {
+    const u32 shift = ctx->tier_page_shift;
+    if (ctx->tier == 0 || shift < 9 || shift > 30 || aux == 0) return 0;
+    const u64 ps = 1ull << shift;
+    const u64 page = aux - 1;
+    const u64 in_page = off & (ps - 1);
+    if (page >= (ctx->tier_bytes >> shift) || in_page + n > ps) return 0;
+    return reinterpret_cast<const unsigned char *>(ctx->tier + (page << shift) + in_page);
+}
+
 /*
  * One call of the device API by the lanes of `group` (the calling lane among them). All
  * group-wide decisions are taken from ballots or the leader's broadcast, so every lane runs the
@@ -471,6 +483,11 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
         if (lane == leader) st_relaxed_sys_u64(&reinterpret_cast<WfsRingHeader *>(ctx->ring)->tail, tail);
         WFS_TRACE_MARK(4);
 
+        /* A read the daemon answered from the host tier by reference (aux = tier page + 1,
+         * the tier mapped into this device): the lanes copy from that page, not the lane
+         * buffer, and the record is marked FREE (with a release) only after the copy — the
+         * daemon unpins the page once it sees FREE or a new request on the record. */
+        u64 aux = 0;
         if (posted) {
             u32 ns = 64;
             u32 spins = 0;
@@ -482,7 +499,9 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
                 ld_acquire_sys_comp(comp, head, res);
                 if ((u32)head == WFS_COMP_DONE) {
                     r = (long long)res;
-                    st_relaxed_sys_u32(&comp->state, WFS_COMP_FREE);
+                    /* aux only where the tier is mapped (another PCIe round trip). */
+                    if (ctx->tier != 0) aux = ld_relaxed_sys_u64(&comp->aux);
+                    if (aux == 0) st_relaxed_sys_u32(&comp->state, WFS_COMP_FREE);
                     break;
                 }
                 if ((++spins & 7) == 0 && closing(ctx)) {
@@ -502,6 +521,11 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
         if (vote_any(group, r == -WFS_ETIMEDOUT || r == -WFS_ESHUTDOWN)) retired = true;
 
         if (op == WFS_OP_READ) {
+            const unsigned char *src_lane = host_buf;
+            if (aux != 0 && r > 0) {
+                src_lane = tier_page(ctx, aux, offset + (u64)total, (u64)r);
+                if (src_lane == 0) r = -WFS_EIO; /* a reference outside the mapped tier */
+            }
             /* Each lane's acquire of DONE precedes every lane's loads of its buffer. */
             __syncwarp(group);
             if (coop) {
@@ -510,13 +534,19 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
                     const u32 k = __ffs(m) - 1;
                     const u64 n = __shfl_sync(group, (u64)r, k);
                     const u64 dst = __shfl_sync(group, reinterpret_cast<u64>(user + total), k);
-                    const u64 src = __shfl_sync(group, reinterpret_cast<u64>(host_buf), k);
+                    const u64 src = __shfl_sync(group, reinterpret_cast<u64>(src_lane), k);
                     coop_copy(reinterpret_cast<unsigned char *>(dst),
                               reinterpret_cast<const unsigned char *>(src), n, rank, cnt, true);
                 }
             } else if (want && r > 0) {
-                coop_copy(user + total, host_buf, (u64)r, 0, 1, true);
+                coop_copy(user + total, src_lane, (u64)r, 0, 1, true);
             }
+        }
+        if (vote_any(group, aux != 0)) {
+            /* Every lane's loads of the referenced pages precede the owners' FREE stores (the
+             * warp sync orders them; a release is cumulative). */
+            __syncwarp(group);
+            if (aux != 0) st_release_sys_u32(&comp->state, WFS_COMP_FREE);
         }
         WFS_TRACE_MARK(6);
 #ifdef WFS_TRACE

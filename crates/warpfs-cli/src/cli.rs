@@ -190,6 +190,11 @@ pub struct BenchArgs {
     /// Write-back cache (dirty pages written on eviction/fsync) instead of write-through.
     #[arg(long)]
     pub write_back: bool,
+    /// cuda: map the host cache tier into the GPU, so GPU reads that hit it are copied by the
+    /// GPU straight from the tier page instead of by the daemon into lane buffers (slower on
+    /// the H100 machine: bench/RESULTS.md).
+    #[arg(long)]
+    pub tier_refs: bool,
     /// Print the results as JSON on stdout (no progress bars).
     #[arg(long)]
     pub json: bool,

@@ -6,7 +6,7 @@
 //! ring header (192 B) · `capacity` request slots (64 B each) · completion records (32 B each).
 
 /// Version of this wire format; bumped on any layout change.
-pub const WFS_ABI_VERSION: u32 = 1;
+pub const WFS_ABI_VERSION: u32 = 2;
 /// Magic number at the start of a ring header ("WFSR").
 pub const WFS_RING_MAGIC: u32 = 0x5753_4652;
 
@@ -158,10 +158,14 @@ pub struct WfsGpuContext {
     pub async_count: u32,
     /// A completion record never armed: prefetch hints name it, so nobody waits for them.
     pub sink: u32,
-    /// Reserved; 0.
-    pub reserved32: u32,
-    /// Reserved; 0.
-    pub reserved: u64,
+    /// log2 of the host cache tier's page size (0 when `tier` is 0).
+    pub tier_page_shift: u32,
+    /// Device address of the host cache tier's arena (mapped pinned host memory), 0 when the
+    /// tier is not mapped: a read answered with `aux = page + 1` then copies from page `page`
+    /// of it instead of the lane buffer.
+    pub tier: u64,
+    /// Bytes of the tier arena mapped at `tier`.
+    pub tier_bytes: u64,
 }
 
 /// Host-written words that GPU requesters read (mapped host memory, one cache line).
@@ -388,6 +392,15 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
             offset_of!(WfsGpuContext, async_count),
         ),
         ("WfsGpuContext.sink", offset_of!(WfsGpuContext, sink)),
+        (
+            "WfsGpuContext.tier_page_shift",
+            offset_of!(WfsGpuContext, tier_page_shift),
+        ),
+        ("WfsGpuContext.tier", offset_of!(WfsGpuContext, tier)),
+        (
+            "WfsGpuContext.tier_bytes",
+            offset_of!(WfsGpuContext, tier_bytes),
+        ),
         ("sizeof(WfsGpuCache)", size_of::<WfsGpuCache>()),
         (
             "WfsGpuCache.page_shift",
@@ -438,7 +451,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<WfsSlot>(), 64);
         assert_eq!(core::mem::size_of::<WfsCompletion>(), 32);
         assert_eq!(core::mem::size_of::<WfsRingHeader>(), 192);
-        assert_eq!(core::mem::size_of::<WfsGpuContext>(), 128);
+        assert_eq!(core::mem::size_of::<WfsGpuContext>(), 136);
         assert_eq!(core::mem::size_of::<WfsGpuControl>(), 64);
         assert_eq!(core::mem::size_of::<WfsGpuState>(), 256);
         assert_eq!(core::mem::size_of::<WfsGpuCache>(), 128);

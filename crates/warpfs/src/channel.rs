@@ -5,11 +5,11 @@
 //! pinned memory): demand ring · prefetch ring · completion records · data region. Requests
 //! name a completion index and a byte offset into the data region; the daemon checks both.
 
+use crate::cache_refs::{CacheRefs, RefMode};
 use crate::completion::Completions;
 use crate::error::{Error, Result};
 use crate::region::{range_in, HostMemory, SharedMemory};
 use crate::ring::Ring;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Geometry of a channel.
@@ -91,9 +91,10 @@ pub struct Channel {
     region: Arc<dyn SharedMemory>,
     layout: ChannelLayout,
     data_len: usize,
-    /// Per completion record: its requester takes cache-page references (host memory, never
-    /// shared with a device; see [`Channel::set_cache_refs`]).
-    cache_refs: Box<[AtomicBool]>,
+    /// Per completion record: whether its answers may reference host-cache pages, and the
+    /// references the daemon holds for device requesters (host memory, never shared with a
+    /// device; see [`Channel::set_cache_refs`]).
+    pub refs: CacheRefs,
 }
 
 impl std::fmt::Debug for Channel {
@@ -130,9 +131,7 @@ impl Channel {
             region,
             layout,
             data_len: cfg.data_bytes,
-            cache_refs: (0..cfg.completions)
-                .map(|_| AtomicBool::new(false))
-                .collect(),
+            refs: CacheRefs::new(cfg.completions),
         })
     }
 
@@ -162,21 +161,18 @@ impl Channel {
     /// `aux = page index + 1` and the page left pinned, instead of being copied into the data
     /// region; the requester copies the bytes from the cache page itself and releases the pin
     /// (`HostCache::release`). Only requesters in the daemon's address space can (host
-    /// agents); every other record gets its bytes in the data region and `aux = 0`. Indices
-    /// out of range are ignored.
+    /// agents); devices that map the host cache use [`RefMode::Daemon`] through
+    /// [`CacheRefs::set_mode`]. Every other record gets its bytes in the data region and
+    /// `aux = 0`. Indices out of range are ignored.
     pub fn set_cache_refs(&self, records: std::ops::Range<u32>, on: bool) {
-        for i in records {
-            if let Some(f) = self.cache_refs.get(i as usize) {
-                f.store(on, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Whether record `idx`'s requester accepts cache-page references.
-    pub fn takes_cache_refs(&self, idx: u32) -> bool {
-        self.cache_refs
-            .get(idx as usize)
-            .is_some_and(|f| f.load(Ordering::Relaxed))
+        self.refs.set_mode(
+            records,
+            if on {
+                RefMode::Requester
+            } else {
+                RefMode::Copy
+            },
+        );
     }
 
     /// Pointer to `[off, off+len)` of the data region, or `None` if it is not inside.

@@ -155,6 +155,14 @@ impl Completions {
         ))
     }
 
+    /// Whether record `idx` is FREE: its requester consumed the last answer (a device stores
+    /// FREE with Release after it is done with the answer's bytes; this load acquires it).
+    /// False if out of range.
+    pub fn consumed(&self, idx: u32) -> bool {
+        self.cell(idx)
+            .is_some_and(|c| c.state.load(Ordering::Acquire) == WFS_COMP_FREE)
+    }
+
     /// Requester: marks record `idx` pending for `ticket`. Call before publishing the request
     /// (the ring's Release publish orders this store before the daemon's read). A record
     /// still pending from an earlier arming (e.g. a request never published) is taken back

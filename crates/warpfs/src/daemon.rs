@@ -15,6 +15,7 @@
 
 use crate::abi::{self, WfsRequest};
 use crate::cache::{HostCache, KeyHasher, Lookup, PageIdx, Writeback};
+use crate::cache_refs::{Hold, RefMode};
 use crate::channel::Channel;
 use crate::engine::{self, EngineConfig, EngineFactory, IoDone, IoEngine, IoKind, IoOp};
 use crate::files::{FileEntry, FileTable};
@@ -100,6 +101,7 @@ struct Counters {
     ios: AtomicU64,
     prefetches: AtomicU64,
     bypass_bytes: AtomicU64,
+    cache_refs: AtomicU64,
 }
 
 struct Shared {
@@ -260,10 +262,13 @@ impl Daemon {
         self.doorbell().ring();
     }
 
-    /// Stops serving `channel` (requests left in it are failed with `ESHUTDOWN`).
+    /// Stops serving `channel` (requests left in it are failed with `ESHUTDOWN`) and releases
+    /// the cache pages its device requesters' answers still referenced (its requesters must
+    /// be gone: a kernel still reading one of those pages could read another page's bytes).
     pub fn detach(&self, channel: &Arc<Channel>) {
         self.update_channels(|v| v.retain(|(c, _)| !Arc::ptr_eq(c, channel)));
         fail_pending(&self.shared, channel);
+        channel.refs.close(|p| self.shared.cache.release(p));
     }
 
     /// Changes the channel list under its lock; workers pick the new list up.
@@ -307,6 +312,7 @@ impl Daemon {
             ios: sum(|c| &c.ios),
             prefetches: sum(|c| &c.prefetches),
             bypass_bytes_read: sum(|c| &c.bypass_bytes),
+            cache_refs: sum(|c| &c.cache_refs),
         }
     }
 
@@ -648,6 +654,8 @@ struct Worker {
     small_reads: u64,
     /// What the last run took from a ring (kept for its allocation).
     popped: Vec<crate::ring::Popped>,
+    /// When this worker last swept the channels' held cache-page references.
+    last_sweep: Instant,
 }
 
 enum Outcome {
@@ -690,6 +698,7 @@ impl Worker {
             popped: Vec::new(),
             prefetch: Vec::new(),
             small_reads: 0,
+            last_sweep: Instant::now(),
         }
     }
 
@@ -768,6 +777,11 @@ impl Worker {
     /// Backs off once nothing came for [`SPIN_AFTER_WORK`]: a few spins, a few yields, then
     /// sleep (worker 0 in short slices that grow, the others until woken).
     fn idle(&mut self, rounds: u32) {
+        if rounds >= 64 {
+            // Idle: release the cache pages device requesters are done with (at most once a
+            // millisecond; worker 0 wakes every `idle_poll` at the latest).
+            self.sweep_refs(false);
+        }
         if rounds < 64 {
             std::hint::spin_loop();
             return;
@@ -888,6 +902,12 @@ impl Worker {
             // Nobody can be told; count it and move on.
             s.counters[self.id].errors.fetch_add(1, Ordering::Relaxed);
             return;
+        }
+        // A device requester posts on a record again only after it consumed the last answer
+        // (its post is a release after its copy): the cache page that answer referenced is
+        // free to go.
+        if let Some(page) = ch.refs.take(req.completion) {
+            self.cache.release(page);
         }
         if req.flags != 0 || req.reserved != 0 {
             return fail(libc::EINVAL);
@@ -1510,31 +1530,103 @@ impl Worker {
 
     /// Copies a cached read's bytes into the data region, completes it and drops its pins.
     /// A one-page hit for a requester that takes cache-page references is completed with a
-    /// reference instead (no copy; the requester releases the pin).
+    /// reference instead (`aux = page index + 1`, no copy): a host agent releases the pin
+    /// itself; a device's pin is held in the channel's [`CacheRefs`](crate::cache_refs) until
+    /// the record is reused or seen consumed, up to [`Worker::ref_cap`] at once (beyond it,
+    /// and after a sweep found none to release, the bytes are copied).
     fn finish_read(&mut self, j: usize) {
         let cache = Rc::clone(&self.cache);
         let ps = cache.page_size() as u64;
         let job = &self.jobs[j];
         if let [(p, idx, Held::Hit)] = job.pages[..] {
-            if job.ch.takes_cache_refs(job.req.completion) {
+            let mode = job.ch.refs.mode(job.req.completion);
+            let by_ref = match mode {
+                RefMode::Copy => false,
+                RefMode::Requester => true,
+                RefMode::Daemon => {
+                    if job.ch.refs.held() >= self.ref_cap() {
+                        self.sweep_refs(true);
+                    }
+                    self.jobs[j].ch.refs.held() < self.ref_cap()
+                }
+            };
+            if by_ref {
+                let job = &self.jobs[j];
                 let valid = cache.valid_len(idx) as u64;
                 let (off, len) = (job.req.offset, job.req.len);
                 let n = (p * ps + valid).saturating_sub(off).min(len);
-                if let Some(job) = self.jobs.remove(j) {
-                    // aux = page index + 1; the pin taken by the lookup now belongs to the
-                    // requester. If the record refuses the completion, nobody will release it.
-                    if job
-                        .ch
-                        .completions
-                        .complete_aux(job.req.completion, job.req.ticket, n as i64, idx as u64 + 1)
-                        .is_err()
-                    {
+                let (rec, ticket) = (job.req.completion, job.req.ticket);
+                let ch = job.ch.clone();
+                let mut result = n as i64;
+                if mode == RefMode::Daemon {
+                    let (hold, stale) = ch.refs.hold(rec, idx);
+                    if let Some(stale) = stale {
+                        cache.release(stale);
+                    }
+                    match hold {
+                        Hold::Held => {}
+                        // Closing: answer as a copy would have (the pin is still ours).
+                        Hold::Refused => return self.finish_read_copy(j),
+                        // `close` released the pin already: the page may be gone.
+                        Hold::Released => result = -(libc::ESHUTDOWN as i64),
+                    }
+                }
+                if result >= 0 {
+                    self.shared.counters[self.id]
+                        .cache_refs
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                // The pin taken by the lookup now belongs to the requester (or the channel's
+                // table), so the job goes without releasing it. If the record refuses the
+                // completion, nobody will consume the reference: take it back.
+                self.jobs.remove(j);
+                let aux = if result >= 0 { idx as u64 + 1 } else { 0 };
+                if ch
+                    .completions
+                    .complete_aux(rec, ticket, result, aux)
+                    .is_err()
+                {
+                    let mine = match mode {
+                        RefMode::Daemon => ch.refs.take(rec) == Some(idx),
+                        _ => true,
+                    };
+                    if mine {
                         cache.release(idx);
                     }
                 }
                 return;
             }
         }
+        self.finish_read_copy(j)
+    }
+
+    /// Most cache-page references the daemon holds for one channel's device requesters: a
+    /// quarter of the cache, so loads always find pages to evict.
+    fn ref_cap(&self) -> u64 {
+        (self.cache.pages() / 4) as u64
+    }
+
+    /// Releases the held references of device records seen consumed, on every channel (at
+    /// most once a millisecond per worker unless `now`).
+    fn sweep_refs(&mut self, now: bool) {
+        if !now && self.last_sweep.elapsed() < Duration::from_millis(1) {
+            return;
+        }
+        self.last_sweep = Instant::now();
+        let cache = Rc::clone(&self.cache);
+        for ch in &self.channels {
+            if ch.refs.held() > 0 {
+                ch.refs
+                    .sweep(|i| ch.completions.consumed(i), |p| cache.release(p));
+            }
+        }
+    }
+
+    /// [`Worker::finish_read`] by copying the bytes into the data region.
+    fn finish_read_copy(&mut self, j: usize) {
+        let cache = Rc::clone(&self.cache);
+        let ps = cache.page_size() as u64;
+        let job = &self.jobs[j];
         let (off, len) = (job.req.offset, job.req.len);
         let dst = job.ch.data_range(job.req.buf, len);
         let mut total = 0u64;

@@ -12,6 +12,7 @@ pub mod abi;
 pub mod backend;
 pub mod bulk;
 pub mod cache;
+pub mod cache_refs;
 pub mod channel;
 pub mod completion;
 pub mod daemon;

@@ -94,6 +94,9 @@ pub struct DaemonStats {
     /// direct-I/O files, small reads the OS page cache served at once). With the tier's
     /// `bytes_loaded`, every byte the daemon read from files.
     pub bypass_bytes_read: u64,
+    /// Reads answered with a reference to a host cache page instead of a copy of its bytes
+    /// (host agents, and GPUs with the tier mapped: they copy from the page themselves).
+    pub cache_refs: u64,
 }
 
 /// Everything a runtime counts.
@@ -266,6 +269,56 @@ impl Runtime {
         self.lanes.agent()
     }
 
+    /// Loads `[offset, offset + len)` of `file` into the host cache tier (pinned pages; the
+    /// tier keeps what fits, evicting as usual), reading through the daemon with `threads`
+    /// host agents at once; `progress` is told the bytes read as they come. Returns bytes
+    /// read (short at end of file). Costs one read of the range (the OS page cache's speed
+    /// when warm). Use it to put a file that GPU kernels will read at random into the tier
+    /// first (a GPU miss that hits the tier is served without file I/O).
+    pub fn load_into_cache(
+        &self,
+        file: &FileHandle,
+        offset: u64,
+        len: u64,
+        threads: usize,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64> {
+        let end = offset.saturating_add(len).min(self.size(file)?);
+        if end <= offset {
+            return Ok(0);
+        }
+        const SLICE: u64 = 4 << 20;
+        let next = std::sync::atomic::AtomicU64::new(offset);
+        let total = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads.max(1))
+                .map(|_| {
+                    s.spawn(|| -> Result<()> {
+                        let mut agent = self.agent()?;
+                        let mut buf = vec![0u8; SLICE as usize];
+                        loop {
+                            let at = next.fetch_add(SLICE, std::sync::atomic::Ordering::Relaxed);
+                            if at >= end {
+                                return Ok(());
+                            }
+                            let n = (end - at).min(SLICE) as usize;
+                            let got = agent.read(file, at, &mut buf[..n])?;
+                            total.fetch_add(got as u64, std::sync::atomic::Ordering::Relaxed);
+                            progress(got as u64);
+                            if got < n {
+                                return Ok(());
+                            }
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .try_for_each(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        })?;
+        Ok(total.into_inner())
+    }
+
     /// File size in bytes (one `fstat`).
     pub fn size(&self, file: &FileHandle) -> Result<u64> {
         Ok(self.entry(file)?.size()?)
@@ -350,6 +403,12 @@ impl Runtime {
     /// Stops serving `channel`; requests still in its rings complete with `ESHUTDOWN`.
     pub fn detach_channel(&self, channel: &Arc<Channel>) {
         self.daemon.detach(channel);
+    }
+
+    /// The host cache tier (a device backend maps its arena so GPUs read tier pages directly).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn host_cache(&self) -> &Arc<HostCache> {
+        &self.cache
     }
 
     /// Wakes the daemon after writing raw requests into [`Runtime::host_channel`].

@@ -1646,6 +1646,172 @@ fn prefetch_hints_are_posted_without_waiting() {
     );
 }
 
+/// Runs `read_many` for (`offs`, `lens`) into a poisoned buffer (`stride` bytes a thread) and
+/// checks every result and byte against the file's pattern (`size` bytes).
+fn read_many_checked(
+    gpu: &GpuIo<'_>,
+    module: &warpfs::backend::cuda::gpu_io::GpuModule,
+    (fh, size): (u32, u64),
+    (offs, lens): (&[u64], &[u64]),
+    stride: u64,
+    what: &str,
+) {
+    let n = offs.len();
+    let d_offs = upload(gpu, &u64s(offs));
+    let d_lens = upload(gpu, &u64s(lens));
+    let mut out = gpu.alloc(n * stride as usize).unwrap();
+    out.fill(POISON).unwrap();
+    let res = results_buffer(gpu, n);
+    launch(
+        gpu,
+        module,
+        "read_many",
+        (n as u32).div_ceil(128),
+        128,
+        &[
+            KernelArg::U64(gpu.context_ptr()),
+            KernelArg::U32(fh),
+            KernelArg::U64(d_offs.ptr()),
+            KernelArg::U64(d_lens.ptr()),
+            KernelArg::U64(out.ptr()),
+            KernelArg::U64(stride),
+            KernelArg::U64(res.ptr()),
+            KernelArg::U32(n as u32),
+        ],
+    );
+    let results = i64s_back(&res, n);
+    let mut host = vec![0u8; out.len()];
+    out.copy_to_host(0, &mut host).unwrap();
+    for i in 0..n {
+        let want = lens[i].min(size.saturating_sub(offs[i]));
+        assert_eq!(
+            results[i], want as i64,
+            "{what}, thread {i}: read of {} at {}",
+            lens[i], offs[i]
+        );
+        let b = &host[i * stride as usize..(i + 1) * stride as usize];
+        if let Some(at) = pattern::first_mismatch(&b[..want as usize], offs[i]) {
+            panic!(
+                "{what}, thread {i}: byte {at} of the read at {} differs from the file",
+                offs[i]
+            );
+        }
+        assert!(
+            b[want as usize..].iter().all(|&x| x == POISON),
+            "{what}, thread {i}: bytes beyond the {want} read were written"
+        );
+    }
+}
+
+#[test]
+fn tier_hits_are_copied_by_the_gpu_from_the_mapped_tier_and_released() {
+    if !gpu() {
+        return;
+    }
+    let size: u64 = 8 << 20;
+    let path = pattern_file("tier.bin", size as usize);
+    let rt = runtime(4);
+    let f = rt.open(&path, OpenOptions::read_only()).unwrap();
+    // No GPU cache: every wfs_read is a daemon request. The tier mapped into the device.
+    let cfg = GpuIoConfig {
+        gpu_cache_bytes: 0,
+        map_host_tier: true,
+        ..small_cfg()
+    };
+    let pages = size / 4096;
+    // Every page whole, then a part of each page (unaligned), then reads across two pages
+    // (answered by copy), in a shuffled order.
+    let mut reqs: Vec<(u64, u64)> = (0..pages).map(|p| (p * 4096, 4096)).collect();
+    reqs.extend((0..pages).map(|p| (p * 4096 + 100 + p % 7, 3000)));
+    reqs.extend((1..pages).step_by(3).map(|p| (p * 4096 - 1000, 3000)));
+    reqs.push((size - 100, 4096)); // short at end of file
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    for i in (1..reqs.len()).rev() {
+        reqs.swap(i, rng.random_range(0..=i));
+    }
+    let one_page = reqs
+        .iter()
+        .filter(|(o, l)| o / 4096 == (o + l - 1) / 4096)
+        .count() as u64;
+    let (offs, lens): (Vec<u64>, Vec<u64>) = reqs.into_iter().unzip();
+    {
+        let gpu = GpuIo::new(&rt, cfg.clone()).unwrap();
+        let module = compile_kernels(&gpu);
+        // First pass: loads the host tier (first reads of a page are copied).
+        read_many_checked(
+            &gpu,
+            &module,
+            (f.raw(), size),
+            (&offs, &lens),
+            4096,
+            "first pass",
+        );
+        // Second pass: every page is in the tier, so every one-page read is answered with a
+        // reference and copied by the GPU straight from the mapped tier page.
+        let before = rt.stats();
+        read_many_checked(
+            &gpu,
+            &module,
+            (f.raw(), size),
+            (&offs, &lens),
+            4096,
+            "tier pass",
+        );
+        let after = rt.stats();
+        let refs = after.daemon.cache_refs - before.daemon.cache_refs;
+        println!(
+            "tier pass: {} reads, {one_page} of one page, {refs} answered by reference; tier hits {} misses {}",
+            offs.len(),
+            after.cache.hits - before.cache.hits,
+            after.cache.misses - before.cache.misses
+        );
+        assert_eq!(
+            after.cache.misses - before.cache.misses,
+            0,
+            "the file fits the tier"
+        );
+        assert!(
+            refs >= one_page && refs <= offs.len() as u64,
+            "every one-page tier hit answered by reference"
+        );
+        // The daemon releases what the GPU consumed once it idles (sweep), or at detach.
+        let ch = gpu.channel().unwrap().clone();
+        let t = Instant::now();
+        while ch.refs.held() > 0 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            ch.refs.held(),
+            0,
+            "references left held after the kernels ended"
+        );
+    }
+    // The same reads with the tier not mapped: copied by the daemon, same bytes.
+    let gpu = GpuIo::new(
+        &rt,
+        GpuIoConfig {
+            map_host_tier: false,
+            ..cfg
+        },
+    )
+    .unwrap();
+    let module = compile_kernels(&gpu);
+    let before = rt.stats().daemon.cache_refs;
+    read_many_checked(
+        &gpu,
+        &module,
+        (f.raw(), size),
+        (&offs, &lens),
+        4096,
+        "tier not mapped",
+    );
+    assert_eq!(
+        rt.stats().daemon.cache_refs,
+        before,
+        "no references without the mapping"
+    );
+}
+
 /// Host baseline: `threads` threads, random 4 KiB `pread`s for about `secs` seconds.
 fn host_pread_iops(path: &PathBuf, size: u64, threads: usize, secs: f64) -> f64 {
     use std::os::unix::fs::FileExt;

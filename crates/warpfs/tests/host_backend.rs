@@ -619,3 +619,44 @@ fn whole_page_read_modify_write_cycles_keep_every_change() {
         }
     }
 }
+
+#[test]
+fn load_into_cache_puts_a_file_in_the_tier_and_later_reads_hit_it() {
+    for engine in ENGINES {
+        // 3 MiB + 123 bytes: a short last page; a tier of 64 pages of 64 KiB holds it all.
+        let len = (3 << 20) + 123;
+        let path = pattern_file(&format!("load-{engine:?}"), len);
+        let rt = runtime(engine, 65536, 64, false);
+        let f = rt.open(&path, OpenOptions::read_only()).unwrap();
+        let seen = std::sync::atomic::AtomicU64::new(0);
+        let got = rt
+            .load_into_cache(&f, 0, u64::MAX, 3, &|n| {
+                seen.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            })
+            .unwrap();
+        assert_eq!(got, len, "bytes loaded");
+        assert_eq!(seen.into_inner(), len, "progress told every byte");
+        let before = rt.stats().cache;
+        assert!(before.loads >= len.div_ceil(65536), "{before:?}");
+        // Random reads now hit the tier only, and return the file's bytes.
+        let mut agent = rt.agent().unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for _ in 0..500 {
+            let off = rng.random_range(0..len);
+            let n = rng.random_range(1..=20_000usize);
+            let mut buf = vec![POISON; n];
+            let want = (len - off).min(n as u64) as usize;
+            assert_eq!(agent.read(&f, off, &mut buf).unwrap(), want);
+            assert_eq!(buf[..want], pattern(off, want)[..], "read at {off}");
+            assert!(buf[want..].iter().all(|&b| b == POISON));
+        }
+        let after = rt.stats().cache;
+        assert_eq!(after.misses, before.misses, "a loaded file misses nothing");
+        assert_eq!(after.loads, before.loads, "no file reads after loading");
+        // A range past the end loads nothing.
+        assert_eq!(
+            rt.load_into_cache(&f, len + 10, 100, 2, &|_| {}).unwrap(),
+            0
+        );
+    }
+}

@@ -33,7 +33,7 @@ use warpfs::backend::cuda::gpu_bench_kernels::{
 };
 use warpfs::backend::cuda::gpu_cache::GpuCacheStats;
 use warpfs::backend::cuda::gpu_io::{GpuIo, GpuIoConfig};
-use warpfs::{OpenOptions, Runtime};
+use warpfs::{FileHandle, OpenOptions, Runtime};
 
 /// Longest a kernel may run before the bench gives up on it.
 const KERNEL_DEADLINE: Duration = Duration::from_secs(60);
@@ -173,7 +173,8 @@ struct Dev<'rt> {
     sms: u32,
 }
 
-fn open_devs<'rt>(rt: &'rt Runtime, devices: &[usize]) -> Result<Vec<Dev<'rt>>> {
+/// Opens a channel per device; `tier_refs`: map the host tier ([`GpuIoConfig::map_host_tier`]).
+fn open_devs<'rt>(rt: &'rt Runtime, devices: &[usize], tier_refs: bool) -> Result<Vec<Dev<'rt>>> {
     devices
         .iter()
         .map(|&d| {
@@ -181,6 +182,7 @@ fn open_devs<'rt>(rt: &'rt Runtime, devices: &[usize]) -> Result<Vec<Dev<'rt>>> 
                 rt,
                 GpuIoConfig {
                     device: d,
+                    map_host_tier: tier_refs,
                     ..GpuIoConfig::default()
                 },
             )
@@ -200,11 +202,46 @@ fn open_devs<'rt>(rt: &'rt Runtime, devices: &[usize]) -> Result<Vec<Dev<'rt>>> 
 }
 
 fn runtime(args: &BenchArgs, file: &TestFile) -> Result<(Runtime, u32)> {
-    let rt =
-        Runtime::new(args.gpu_runtime_config()).ctx(|| "starting the warpfs runtime".into())?;
-    let fh = rt.open(file.open_path(), OpenOptions::read_only())?;
+    let (rt, fh) = runtime_with(args.gpu_runtime_config(), file)?;
     // The handle stays registered until the runtime is dropped.
     Ok((rt, fh.raw()))
+}
+
+fn runtime_with(cfg: warpfs::RuntimeConfig, file: &TestFile) -> Result<(Runtime, FileHandle)> {
+    let rt = Runtime::new(cfg).ctx(|| "starting the warpfs runtime".into())?;
+    let fh = rt.open(file.open_path(), OpenOptions::read_only())?;
+    Ok((rt, fh))
+}
+
+/// The warm random-read phase's runtime: unless `--cache` sets the host tier, a tier that
+/// holds the whole file (its size plus 64 MiB) when that is at most a quarter of the available
+/// memory, loaded with the file before the sides run — so a GPU miss is a host-tier hit, served
+/// without file I/O (and, with the tier mapped, copied by the GPU straight from it). Returns the
+/// runtime, the handle and the tier's size when it holds the file.
+fn warm_runtime(
+    args: &BenchArgs,
+    file: &TestFile,
+    progress: &Progress,
+) -> Result<(Runtime, FileHandle, Option<u64>)> {
+    let mut cfg = args.gpu_runtime_config();
+    let want = file.size.div_ceil(64 << 20) * (64 << 20) + (64 << 20);
+    let fits = system::mem_available().is_some_and(|m| want <= m / 4);
+    let hold = args.cache.is_none() && fits && want > cfg.cache.capacity as u64;
+    if hold {
+        cfg.cache.capacity = want as usize;
+    }
+    let (rt, fh) = runtime_with(cfg, file)?;
+    let holds = if hold || args.cache.is_some_and(|c| c >= want) {
+        let bar = progress.bytes(file.size, "loading the host tier");
+        let threads = system::cores().clamp(1, 16);
+        rt.load_into_cache(&fh, 0, file.size, threads, &|n| bar.inc(n))
+            .ctx(|| "loading the file into the host cache tier".into())?;
+        bar.finish_and_clear();
+        Some(rt.config().cache.capacity as u64)
+    } else {
+        None
+    };
+    Ok((rt, fh, holds))
 }
 
 /// Closes every channel (waiting device calls return `-ESHUTDOWN`), says which kernel hung,
@@ -533,8 +570,11 @@ fn rand_warm(
 ) -> Result<()> {
     let secs = args.seconds;
     let threads = args.threads.unwrap_or_else(system::cores).max(1);
-    let (rt, fh) = runtime(args, file)?;
-    let mut devs = open_devs(&rt, devices)?;
+    let (rt, fh, tier_holds) = warm_runtime(args, file, progress)?;
+    let fh = fh.raw();
+    let stats0 = rt.stats();
+    let tier0 = stats0.cache;
+    let mut devs = open_devs(&rt, devices, args.tier_refs)?;
     let pages = file.size / 4096;
     let n = devs.len();
     let cache_bytes = devs[0].gpu.config().gpu_cache_bytes;
@@ -593,6 +633,12 @@ fn rand_warm(
         }
     }
     bar.finish_and_clear();
+    let stats1 = rt.stats();
+    let tier1 = stats1.cache;
+    let by_ref = stats1.daemon.cache_refs - stats0.daemon.cache_refs;
+    let (tier_hits, tier_misses) = (tier1.hits - tier0.hits, tier1.misses - tier0.misses);
+    let tier_bytes = rt.config().cache.capacity as u64;
+    let tier_refs = args.tier_refs;
     let bad: u64 = host_bad + rows.iter().map(|r| r.1.bad).sum::<u64>();
     rep.bad += bad;
     let sms = devs[0].sms;
@@ -601,6 +647,8 @@ fn rand_warm(
         "phase": "gpu-rand-read", "cache": "warm", "block_bytes": 4096, "file_bytes": file.size,
         "launch": {"sms": sms, "blocks_per_sm": BLOCKS_PER_SM, "threads_per_block": BLOCK},
         "baseline": {"name": base_name, "iops": host, "threads": threads, "bad_reads": host_bad},
+        "host_tier": {"bytes": tier_bytes, "holds_file": tier_holds.is_some(), "hits": tier_hits,
+                      "misses": tier_misses, "tier_mapped": tier_refs, "answers_by_reference": by_ref},
         "sides": rows.iter().map(|(nm, r, one, gc)| side_json(nm, r, host, *one, gc)).collect::<Vec<_>>(),
     }));
     let t = &mut rep.text;
@@ -643,6 +691,23 @@ fn rand_warm(
         }
     }
     t.push_str("    daemon % = CPU of the daemon's threads in % of one core; scaling = aggregate / (N × one GPU)\n");
+    t.push_str(&format!(
+        "    host tier {}{}: {} hits / {} misses in the warpfs sides, {} answered by reference; tier hits {}\n",
+        fmt_bytes(tier_bytes),
+        if tier_holds.is_some() {
+            " (holds the file; loaded before the sides)"
+        } else {
+            ""
+        },
+        tier_hits,
+        tier_misses,
+        by_ref,
+        if tier_refs {
+            "copied by the GPU straight from the mapped tier page (--tier-refs)"
+        } else {
+            "copied by the daemon into lane buffers"
+        }
+    ));
     drop(devs);
     Ok(())
 }
@@ -663,7 +728,7 @@ fn rand_cold(
         return Ok(());
     }
     let (rt, fh) = runtime(args, file)?;
-    let mut devs = open_devs(&rt, &[device])?;
+    let mut devs = open_devs(&rt, &[device], args.tier_refs)?;
     let bar = progress.timed((secs * 3000.0) as u64, "gpu-rand-read (cold)");
     let pages = file.size / 4096;
     // Two arrangements of the same 64 requesters, each on a freshly dropped page cache: whole
@@ -741,7 +806,7 @@ fn array(
 ) -> Result<()> {
     let secs = args.seconds;
     let (rt, fh) = runtime(args, file)?;
-    let mut devs = open_devs(&rt, devices)?;
+    let mut devs = open_devs(&rt, devices, args.tier_refs)?;
     let n = devs.len();
     let len = file.size / 8;
     let cache_bytes = devs[0].gpu.config().gpu_cache_bytes as u64;
@@ -861,7 +926,7 @@ fn latency(
     rep: &mut GpuReport,
 ) -> Result<()> {
     let (rt, fh) = runtime(args, file)?;
-    let mut devs = open_devs(&rt, &[device])?;
+    let mut devs = open_devs(&rt, &[device], args.tier_refs)?;
     let bar = progress.timed(3000, "latency");
     // Idle daemon: channel attached, no kernel running.
     std::thread::sleep(Duration::from_millis(300));

@@ -42,6 +42,21 @@
 //!    coalesced accesses, cache-bypassing loads of host memory, eight in flight per lane);
 //!    requests larger than `lane_bytes` loop.
 //!
+//! # Three tiers
+//!
+//! A GPU miss (of the GPU page cache, or any `wfs_read_direct`) goes to the daemon, which
+//! serves it from the runtime's pinned host cache tier when the page is there (no file I/O)
+//! and from the I/O engine otherwise. A tier hit is copied by the daemon into the lane buffer,
+//! where the GPU reads it. With [`GpuIoConfig::map_host_tier`] the tier is mapped into the
+//! device instead and a one-page hit is answered by reference (`aux` = tier page + 1; the
+//! daemon holds the page's pin in the channel's [`crate::cache_refs::CacheRefs`] until the
+//! record is reused or the GPU marks it FREE after its copy): no daemon copy, but on the H100
+//! machine random 4 KiB reads ran at about half the rate (the GPU's reads of tier pages in
+//! host DRAM take longer than of lane buffers the daemon just wrote, which sit in the CPU's
+//! cache), so it is off by default. `warpfs bench --backend cuda` sizes the tier to hold the
+//! file when memory allows and loads it first ([`Runtime::load_into_cache`]); `--tier-refs`
+//! turns the mapping on.
+//!
 //! The ring has at least as many slots as there are records, so a lane waits in step 3 only
 //! for the instant between the daemon's head CAS and its hand-back store. A request group whose
 //! request timed out is retired (busy word 2), never reused: the daemon may still write its
@@ -84,9 +99,6 @@
 //!   meanwhile; the patch (and a later write-back) fixes it unless that copy is written back
 //!   and evicted before the patch looks. Sets alone never take this path (they wait for a
 //!   frame); elements across a page boundary still write through.
-//! - A GPU miss that hits the host tier is served without file I/O, but through the lane
-//!   buffer (the daemon copies the host page there). Not done: answering with the host page's
-//!   location (the completion `aux`, as host agents already get), so the GPU copies it directly.
 //! - A lane that times out waiting for its ring slot leaves its claimed position unpublished,
 //!   and the daemon's `Ring::try_pop` stops there: every claimed position must be published
 //!   (e.g. as a no-op record) or skipped by the daemon after a deadline.
@@ -98,8 +110,9 @@
 
 use super::driver::{check, Context, CudaError, DeviceBuffer};
 use super::gpu_cache::{self, GpuCacheMemory, GpuCacheStats};
-use super::mapped::{MappedHostMemory, RegisteredHostMemory};
+use super::mapped::{MappedHostMemory, RegisteredHostMemory, SharedHostMapping};
 use crate::abi::{self, WfsGpuContext, WfsGpuControl, WfsGpuState};
+use crate::cache_refs::RefMode;
 use crate::channel::{Channel, ChannelConfig};
 use crate::error::{Error, Result};
 use crate::region::SharedMemory;
@@ -137,6 +150,16 @@ pub struct GpuIoConfig {
     /// Completion records (each with a `lane_bytes` buffer) for `wfs_read_async`: tickets
     /// outstanding at once.
     pub async_slots: usize,
+    /// Map the runtime's host cache tier into the device ([`GpuIo::new`] only), so a read
+    /// that hits the tier is answered with the page's place and the GPU copies it straight
+    /// from pinned host memory over PCIe, instead of the daemon copying it into the lane
+    /// buffer first. Costs registering the tier arena with the device once per process
+    /// (about 1 ms per 100 MiB); kernels of this channel can then read every tier page of the
+    /// runtime (all files it registered). Off by default: on the H100 machine random 4 KiB
+    /// reads were about half as fast this way (the GPU's reads of tier pages in DRAM take
+    /// longer than of lane buffers the daemon just wrote, which the CPU's cache still holds;
+    /// bench/RESULTS.md, 2026-11-26).
+    pub map_host_tier: bool,
 }
 
 impl Default for GpuIoConfig {
@@ -149,6 +172,7 @@ impl Default for GpuIoConfig {
             gpu_cache_bytes: 1 << 30,
             gpu_page_bytes: 4096,
             async_slots: 4096,
+            map_host_tier: false,
         }
     }
 }
@@ -173,6 +197,9 @@ pub struct GpuIo<'rt> {
     /// The write-back kernel ([`WRITE_BACK_KERNEL`]), compiled the first time a flush finds
     /// dirty pages.
     write_back: std::sync::Mutex<Option<GpuModule>>,
+    /// The host cache tier mapped into the device ([`GpuIoConfig::map_host_tier`]); dropped
+    /// after the channel is detached (its held tier references released).
+    tier: Option<SharedHostMapping>,
 }
 
 /// Writes back every dirty page of the GPU page cache through the daemon (one launch of
@@ -274,11 +301,35 @@ impl<'rt> GpuIo<'rt> {
             geo.channel,
             region.clone() as Arc<dyn SharedMemory>,
         )?);
+        let tier = if cfg.map_host_tier {
+            let cache = rt.host_cache();
+            let (ptr, len) = cache.arena();
+            let len = len & !4095; // whole pages (the arena starts page aligned)
+                                   // SAFETY: the arena lives as long as the runtime's cache, which outlives this
+                                   // GpuIo (it borrows `rt` for 'rt) and so the mapping it holds.
+            match unsafe { SharedHostMapping::new(&ctx, ptr, len) } {
+                Ok(m) => Some((m, cache.page_size())),
+                Err(e) => {
+                    tracing::warn!(error = %e, "host cache tier not mapped into the device: tier hits are copied by the daemon");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let service = Service::Local {
             rt,
             channel: channel.clone(),
         };
-        let io = Self::assemble(service, ctx, cfg, &geo, region, control_off)?;
+        let mut io = Self::assemble(service, ctx, cfg, &geo, region, control_off, tier.as_ref())?;
+        if let Some((m, _)) = tier {
+            // The request groups' records take tier references (the async pool copies from
+            // its lane buffers in wfs_wait).
+            channel
+                .refs
+                .set_mode(0..geo.group_records as u32, RefMode::Daemon);
+            io.tier = Some(m);
+        }
         // Only a complete GpuIo is served (its drop detaches the channel again).
         rt.attach_channel(channel);
         Ok(io)
@@ -305,11 +356,19 @@ impl<'rt> GpuIo<'rt> {
             &ctx,
             lease.region().clone() as Arc<dyn SharedMemory>,
         )?);
-        GpuIo::assemble(Service::Remote(lease), ctx, cfg, &geo, region, control_off)
+        GpuIo::assemble(
+            Service::Remote(lease),
+            ctx,
+            cfg,
+            &geo,
+            region,
+            control_off,
+            None,
+        )
     }
 
     /// Device-side state, GPU page cache and context record for a channel laid out per `geo`
-    /// in `region` (already served).
+    /// in `region` (already served), with the host tier mapped at `tier` (mapping, page size).
     fn assemble(
         service: Service<'rt>,
         ctx: Arc<Context>,
@@ -317,6 +376,7 @@ impl<'rt> GpuIo<'rt> {
         geo: &Geometry,
         region: Arc<dyn SharedMemory>,
         control_off: usize,
+        tier: Option<&(SharedHostMapping, usize)>,
     ) -> Result<Self> {
         let layout = geo.channel.layout()?;
         let (ch_cfg, group_records, records) = (geo.channel, geo.group_records, geo.records);
@@ -356,8 +416,9 @@ impl<'rt> GpuIo<'rt> {
             async_first: group_records as u32,
             async_count: cfg.async_slots as u32,
             sink: (records - 1) as u32,
-            reserved32: 0,
-            reserved: 0,
+            tier_page_shift: tier.map_or(0, |t| t.1.trailing_zeros()),
+            tier: tier.map_or(0, |t| t.0.device_ptr()),
+            tier_bytes: tier.map_or(0, |t| t.0.len() as u64),
         };
         let mut dev_ctx = DeviceBuffer::new(&ctx, core::mem::size_of::<WfsGpuContext>())?;
         // SAFETY: WfsGpuContext is a plain #[repr(C)] record of integers; viewing it as bytes
@@ -382,6 +443,7 @@ impl<'rt> GpuIo<'rt> {
             serving: AtomicBool::new(true),
             closed: false,
             write_back: std::sync::Mutex::new(None),
+            tier: None,
         })
     }
 
@@ -527,14 +589,17 @@ impl<'rt> GpuIo<'rt> {
             }
         }
         self.closing_word().store(1, Ordering::SeqCst);
-        // Detaching also answers what waits in the ring (even if service was paused).
         self.serving.store(false, Ordering::Release);
+        // Waiting device calls see `closing` and return; once the kernels have ended, detaching
+        // answers what is left in the ring and releases the host tier pages the channel's
+        // answers still referenced (no kernel copies from them any more).
+        let ended = self.ctx.synchronize();
         match &self.service {
             Service::Local { rt, channel } => rt.detach_channel(channel),
             // The server detaches once the connection closes.
             Service::Remote(lease) => lease.close(),
         }
-        Ok(self.ctx.synchronize()?)
+        Ok(ended?)
     }
 
     /// Compiles CUDA C++ `src` with NVRTC for this device, with `warpfs.cuh` on the include

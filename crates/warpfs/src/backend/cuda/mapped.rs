@@ -182,3 +182,120 @@ impl Drop for RegisteredHostMemory {
         }
     }
 }
+
+/// A host range allocated elsewhere (the host cache tier's arena) mapped into every device
+/// that asks: registered with `cuMemHostRegister(PORTABLE | DEVICEMAP)` by the first holder in
+/// the process, unregistered when the last one drops (a range can be registered once per
+/// process, however many devices' channels map it). Memory that is already pinned and mapped
+/// by its allocation (`cuMemHostAlloc`, e.g. [`MappedHostMemory`]) is only looked up.
+/// Registration pins and maps every page: about a millisecond per 100 MiB, paid once.
+#[derive(Debug)]
+pub struct SharedHostMapping {
+    ptr: usize,
+    len: usize,
+    device_ptr: u64,
+    ctx: Arc<Context>,
+}
+
+/// One mapped range of this process.
+struct Mapping {
+    ptr: usize,
+    len: usize,
+    holders: usize,
+    /// Registered by a holder (unregistered with the last); false: pinned by its allocation.
+    registered: bool,
+}
+
+static SHARED_MAPPINGS: std::sync::Mutex<Vec<Mapping>> = std::sync::Mutex::new(Vec::new());
+
+impl SharedHostMapping {
+    /// Maps `[ptr, ptr + len)` (page aligned) into `ctx`'s device, registering it if no other
+    /// holder in the process has and its allocation did not.
+    ///
+    /// # Safety
+    /// The range must stay mapped (not unmapped or remapped) while the returned value lives.
+    pub unsafe fn new(ctx: &Arc<Context>, ptr: *mut u8, len: usize) -> CudaResult<Self> {
+        ctx.bind()?;
+        let p = ptr.cast::<c_void>();
+        let mut reg = SHARED_MAPPINGS.lock().unwrap_or_else(|e| e.into_inner());
+        let known = reg
+            .iter()
+            .position(|m| m.ptr == ptr as usize && m.len == len);
+        let mut registered_now = false;
+        if known.is_none() {
+            let flags = sys::CU_MEMHOSTREGISTER_PORTABLE | sys::CU_MEMHOSTREGISTER_DEVICEMAP;
+            // SAFETY: the caller keeps [p, p+len) mapped while this value lives, and it is
+            // unregistered once, by the last holder.
+            let code = unsafe { sys::cuMemHostRegister_v2(p, len, flags) };
+            if code == sys::CUresult::CUDA_SUCCESS {
+                registered_now = true;
+            } else if device_pointer_of(p, || {}).is_err() {
+                // Not mapped by its allocation either (that is refused as already registered).
+                check(code, "cuMemHostRegister")?;
+            }
+        }
+        let device_ptr = match device_pointer_of(p, || {}) {
+            Ok(d) => d,
+            Err(e) => {
+                if registered_now {
+                    // SAFETY: registered just above, by this call, and by nobody else.
+                    unsafe { sys::cuMemHostUnregister(p) };
+                }
+                return Err(e);
+            }
+        };
+        match known {
+            Some(i) => reg[i].holders += 1,
+            None => reg.push(Mapping {
+                ptr: ptr as usize,
+                len,
+                holders: 1,
+                registered: registered_now,
+            }),
+        }
+        Ok(Self {
+            ptr: ptr as usize,
+            len,
+            device_ptr,
+            ctx: ctx.clone(),
+        })
+    }
+
+    /// The device address of the range's first byte.
+    pub fn device_ptr(&self) -> u64 {
+        self.device_ptr
+    }
+
+    /// Bytes mapped.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the range is empty (never: registration refuses empty ranges).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for SharedHostMapping {
+    fn drop(&mut self) {
+        let mut reg = SHARED_MAPPINGS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = reg
+            .iter()
+            .position(|m| m.ptr == self.ptr && m.len == self.len)
+        {
+            reg[i].holders -= 1;
+            if reg[i].holders == 0 {
+                let m = reg.swap_remove(i);
+                if m.registered {
+                    let _ = self.ctx.bind();
+                    // SAFETY: the last holder of the registration made in `new`; every kernel
+                    // that read through it has ended (its channel was detached).
+                    unsafe {
+                        sys::cuMemHostUnregister(self.ptr as *mut c_void);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -98,7 +98,14 @@
 //!   the write-through can land ahead of an older copy of the page that a warp loaded
 //!   meanwhile; the patch (and a later write-back) fixes it unless that copy is written back
 //!   and evicted before the patch looks. Sets alone never take this path (they wait for a
-//!   frame); elements across a page boundary still write through.
+//!   frame); elements across a page boundary still write through. Reproduced by the ignored
+//!   test `writes_and_sets_sharing_pages_all_reach_the_file` (747–894 of 32768 elements lost
+//!   per round on the H100). Tried (session 9, not kept): write-allocate — each writing lane
+//!   holds its page in the cache, flagged so no write-back of it starts, across the
+//!   write-through — cut that to 15–30, the rest from lanes that found no frame and fell back;
+//!   closing it needs all-or-nothing holds per warp (no lane may wait on a flag another lane
+//!   of its warp holds) or byte-precise write-backs (a dirty mask per frame, so a write-back
+//!   writes only the bytes sets changed).
 //! - A lane that times out waiting for its ring slot leaves its claimed position unpublished,
 //!   and the daemon's `Ring::try_pop` stops there: every claimed position must be published
 //!   (e.g. as a no-op record) or skipped by the daemon after a deadline.

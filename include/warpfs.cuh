@@ -601,6 +601,7 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
 #define WFS_PG_ERROR 0x01000000u
 #define WFS_PG_DIRTY 0x02000000u /* changed by wfs_array::set, not yet written back */
 #define WFS_PG_WB 0x04000000u    /* a write-back of the page is in flight (one at a time) */
+#define WFS_PG_WRITING 0x08000000u /* a wfs_write of the page is in flight: no write-back starts */
 #define WFS_PG_FLAGS 0xFFF00000u
 #define WFS_NO_FRAME 0xFFFFFFFFu
 #define WFS_TABLE_GROUP 16u /* buckets per page-table group (WfsGpuCache.probe) */
@@ -713,7 +714,7 @@ __device__ __noinline__ void free_frame(const WfsGpuCache *c, u32 f) {
  * (write_back_frames), which clears WB and unpins it. A set() after the CAS marks it dirty
  * again, so no change is lost. */
 __device__ __forceinline__ bool take_dirty(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 f, u32 st) {
-    if ((st & (WFS_PG_DIRTY | WFS_PG_VALID | WFS_PG_BUSY | WFS_PG_LOADING | WFS_PG_WB)) !=
+    if ((st & (WFS_PG_DIRTY | WFS_PG_VALID | WFS_PG_BUSY | WFS_PG_LOADING | WFS_PG_WB | WFS_PG_WRITING)) !=
         (WFS_PG_DIRTY | WFS_PG_VALID))
         return false;
     /* Acquire: the setters' stores (released by their DIRTY mark and unpin) are seen by the
@@ -1351,6 +1352,134 @@ __device__ __noinline__ void patch_cache(const wfs_ctx_t *ctx, const WfsGpuCache
     }
 }
 
+/*
+ * One page's worth of wfs_write with the GPU page cache on (cached_write cuts ranges at page
+ * boundaries); the calling lanes, each its own piece. A write-through
+ * must not race a write-back of the same page: a dirty frame written back after the write-through
+ * but staged before the write's bytes were in it puts the old bytes of the write's range back in
+ * the file (and if the frame is evicted before the patch, the write is lost). So a lane whose
+ * range lies in one page first holds that page in the cache (acquire_round: coalesced per page,
+ * loaded if absent — write-allocate), and the page's leader flags it WRITING once no write-back
+ * of it is in flight and no other write holds it; take_dirty skips WRITING frames and
+ * write_back_all waits for them. All or nothing per warp: if a leader cannot flag its page, the
+ * warp lets go of everything and tries again after a backoff, so no lane ever waits on a flag
+ * while a lane of its warp holds one. Then the group writes through as before, each lane copies
+ * its acknowledged bytes into its frame, and the leaders drop the flags and pins: every later
+ * write-back of the page carries the new bytes. Pages that fail to load, and warps still
+ * without their flags or frames at the deadline, take the unguarded path: write-through, then
+ * patch_cache. (A lane that found no frame free makes the warp try again, like a flag it could
+ * not take.)
+ */
+__device__ __noinline__ long long cached_write_page(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 group, u32 fh,
+                                                   u64 offset, u64 len, const void *src) {
+    const u32 lane = lane_id();
+    const u32 shift = c->page_shift;
+    const u64 page = offset >> shift;
+    const u64 deadline = now_ns() + ctx->timeout_ns;
+    const unsigned char *bytes = reinterpret_cast<const unsigned char *>(src);
+    bool want = len != 0 && src != 0 && ((offset + len - 1) >> shift) == page;
+#ifdef WFS_EXP_UNGUARDED_WRITES
+    want = false; /* diagnostics: no hold, to see the race the mixed write/set test catches */
+#endif
+    bool got = false;     /* this lane's bytes go into frame f once written */
+    bool flagged = false; /* this lane is the leader that flagged frame f WRITING */
+    u32 leader = lane;
+    u32 f = WFS_NO_FRAME;
+    u32 ns = 64;
+    for (u32 round = 0; vote_any(group, want); ++round) {
+        long long res = 0;
+        RoundStats rs = {0, 0, 0, 0};
+        acquire_round(ctx, c, group, want, fh, page, deadline, leader, f, res, rs);
+        got = want && res == 0 && f != WFS_NO_FRAME;
+        const bool is_leader = got && leader == lane;
+        if (is_leader) {
+            u32 *st = frame_state(c, f);
+            u32 old = ld_relaxed_gpu_u32(st);
+            while (!(old & (WFS_PG_WB | WFS_PG_WRITING))) {
+                const u32 prev = atomicCAS(st, old, old | WFS_PG_WRITING);
+                if (prev == old) {
+                    flagged = true;
+                    break;
+                }
+                old = prev;
+            }
+        }
+        /* A page this lane could not get for a reason that will not pass (a load error, the
+         * deadline): unguarded. No frame free (bypass): the warp tries again. */
+        if (want && !got && res != WFS_BYPASS_RESULT) want = false;
+        const bool all = !vote_any(group, (is_leader && !flagged) || (want && !got));
+        if (all) {
+            add_round_stats(c, group, rs);
+            break;
+        }
+        /* Let go of everything, then try again (or give up at the deadline). */
+        if (flagged) state_update(frame_state(c, f), WFS_PG_WRITING, 0, 0);
+        if (is_leader) unpin(c, f);
+        flagged = false;
+        got = false;
+        add_round_stats(c, group, rs);
+        if (vote_any(group, now_ns() > deadline || ((round & 7) == 7 && closing(ctx)))) break;
+        __nanosleep(ns);
+        ns = ns < 2048 ? ns * 2 : 4096;
+    }
+    const long long r = io(ctx, group, WFS_OP_WRITE, fh, offset, len, const_cast<void *>(src));
+    if (got && r > 0) {
+        const u64 in_off = offset & ((1ull << shift) - 1);
+        coop_copy(frame_data(c, f) + in_off, bytes, (u64)r, 0, 1, false);
+        volatile WfsGpuPageMeta *m = frame_meta(c, f);
+        atomicMax(const_cast<unsigned int *>(&m->len), (unsigned int)(in_off + (u64)r));
+        stat_add(&stats_stripe(c)->write_patches, 1);
+    }
+    /* Every lane's copy into a frame before its leader drops the flag (the warp sync orders
+     * them; the fence makes them visible before the flag goes). */
+    __syncwarp(group);
+    if (flagged) {
+        __threadfence();
+        state_update(frame_state(c, f), WFS_PG_WRITING, 0, 0xFFFFFFFFu); /* flag off, unpinned */
+    }
+    if (!got && r > 0) patch_cache(ctx, c, fh, offset, (u64)r, bytes);
+    return r;
+}
+
+/* Largest wfs_write range written page by page under cached_write_page's guard; larger ones
+ * (bulk writes, where allocating every page in the GPU cache first would read it from the file)
+ * are written through unguarded. */
+#define WFS_GUARDED_WRITE_MAX (64ull << 10)
+
+/* wfs_write with the GPU page cache on: each lane's range is cut at page boundaries and the
+ * pieces go through cached_write_page a round at a time (all lanes together); bytes written or
+ * a negative errno, as io() reports them. */
+__device__ __noinline__ long long cached_write(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 group, u32 fh,
+                                              u64 offset, u64 len, const void *src) {
+    if (!vote_all(group, len <= WFS_GUARDED_WRITE_MAX)) {
+        const long long r = io(ctx, group, WFS_OP_WRITE, fh, offset, len, const_cast<void *>(src));
+        if (r > 0) patch_cache(ctx, c, fh, offset, (u64)r, reinterpret_cast<const unsigned char *>(src));
+        return r;
+    }
+    const u64 ps = 1ull << c->page_shift;
+    const unsigned char *bytes = reinterpret_cast<const unsigned char *>(src);
+    long long err = (len != 0 && src == 0) ? -WFS_EFAULT : 0;
+    bool done = len == 0 || src == 0;
+    u64 total = 0;
+    while (vote_any(group, !done)) {
+        const u64 pos = offset + total;
+        const u64 room = ps - (pos & (ps - 1));
+        const u64 n = done ? 0 : (len - total < room ? len - total : room);
+        const long long r = cached_write_page(ctx, c, group, fh, pos, n, done ? 0 : bytes + total);
+        if (!done) {
+            if (r < 0) {
+                err = r;
+                done = true;
+            } else {
+                total += (u64)r;
+                if ((u64)r < n || total >= len) done = true;
+            }
+        }
+    }
+    if (total == 0 && err < 0) return err;
+    return (long long)total;
+}
+
 __device__ __forceinline__ void count_error(const wfs_ctx_t *ctx) {
     atomicAdd(reinterpret_cast<unsigned long long *>(&state(ctx)->errors), 1ull);
 }
@@ -1483,14 +1612,13 @@ __device__ __forceinline__ void array_set(const wfs_ctx_t *ctx, u32 fh, u64 byte
             backoff(ns);
         }
     }
-    /* Written through (acknowledged by the daemon), then into any cached copy of the page. */
+    /* Written through (acknowledged by the daemon), the page held meanwhile (cached_write). */
     const u32 tw = vote(group, through);
     if (tw != 0) {
         T tmp = v;
         long long r = 0;
-        if (through) r = io(ctx, tw, WFS_OP_WRITE, fh, pos, sizeof(T), &tmp);
-        if (through && r == (long long)sizeof(T) && c != 0)
-            patch_cache(ctx, c, fh, pos, sizeof(T), reinterpret_cast<const unsigned char *>(&tmp));
+        if (through) r = c != 0 ? cached_write(ctx, c, tw, fh, pos, sizeof(T), &tmp)
+                                : io(ctx, tw, WFS_OP_WRITE, fh, pos, sizeof(T), &tmp);
         if (through && r != (long long)sizeof(T))
             atomicAdd(reinterpret_cast<unsigned long long *>(&state(ctx)->errors), 1ull);
     }
@@ -1684,12 +1812,9 @@ __device__ __forceinline__ long long wfs_read_direct(const wfs_ctx_t *ctx, unsig
 __device__ __forceinline__ long long wfs_write(const wfs_ctx_t *ctx, unsigned fh,
                                                unsigned long long offset, unsigned long long len,
                                                const void *src) {
-    const long long r = wfs_detail::io(ctx, wfs_detail::calling_lanes(), WFS_OP_WRITE, fh, offset, len, const_cast<void *>(src));
     const WfsGpuCache *c = wfs_detail::cache_of(ctx);
-    if (c != 0 && r > 0)
-        wfs_detail::patch_cache(ctx, c, fh, offset, (unsigned long long)r,
-                                reinterpret_cast<const unsigned char *>(src));
-    return r;
+    if (c != 0) return wfs_detail::cached_write(ctx, c, wfs_detail::calling_lanes(), fh, offset, len, src);
+    return wfs_detail::io(ctx, wfs_detail::calling_lanes(), WFS_OP_WRITE, fh, offset, len, const_cast<void *>(src));
 }
 
 /* Warp variants: every active lane of the warp calls with the same arguments; one request
@@ -1729,12 +1854,10 @@ __device__ __forceinline__ long long wfs_write_warp(const wfs_ctx_t *ctx, unsign
     const unsigned group = wfs_detail::calling_lanes();
     const unsigned leader = __ffs(group) - 1;
     const bool me = wfs_detail::lane_id() == leader;
-    const long long r = wfs_detail::io(ctx, group, WFS_OP_WRITE, fh, offset, me ? len : 0,
-                                       me ? const_cast<void *>(src) : 0);
     const WfsGpuCache *c = wfs_detail::cache_of(ctx);
-    if (c != 0 && me && r > 0)
-        wfs_detail::patch_cache(ctx, c, fh, offset, (unsigned long long)r,
-                                reinterpret_cast<const unsigned char *>(src));
+    const long long r = c != 0 ? wfs_detail::cached_write(ctx, c, group, fh, offset, me ? len : 0, me ? src : 0)
+                               : wfs_detail::io(ctx, group, WFS_OP_WRITE, fh, offset, me ? len : 0,
+                                                me ? const_cast<void *>(src) : 0);
     return __shfl_sync(group, r, leader);
 }
 

@@ -1672,13 +1672,11 @@ fn prefetch_hints_are_posted_without_waiting() {
 /// `wfs_write` (write-through) and `wfs_array::set` (write-back) on the same pages from different
 /// warps, through a GPU cache of 16 pages for the 64 pages written: a dirty frame written back
 /// while a write-through of its page is in flight must not put the page's old bytes back over
-/// the write. Every element of the file is checked after `GpuIo::flush`, three rounds.
-///
-/// Ignored: it reproduces the lost-update race that `gpu_io.rs` lists under "Not done yet" (on
-/// the H100, 2026-11-26: 747–894 of the 32768 elements wrong in the first round, every run).
-/// Run it with `--ignored` when working on that race.
+/// the write (`cached_write` holds the page, flagged WRITING, across the write-through). Every
+/// element of the file is checked after `GpuIo::flush`, three rounds. Without the hold
+/// (`WARPFS_NVRTC_OPTIONS=-DWFS_EXP_UNGUARDED_WRITES`) it fails on the H100: 747–981 of the 32768
+/// elements wrong in the first round, every run (2026-11-26).
 #[test]
-#[ignore = "reproduces the wfs_write / wfs_array::set lost-update race (gpu_io.rs, Not done yet)"]
 fn writes_and_sets_sharing_pages_all_reach_the_file() {
     if !gpu() {
         return;

@@ -78,8 +78,16 @@
 //! - Warp coalescing: `__match_any_sync` on (fh, page) elects one leader per page; the loaders
 //!   of a warp post their loads together (one request per page). Cross-warp: a thread finding
 //!   a page LOADING pins it and polls its state word; only the loader waits on the daemon.
-//! - `wfs_write` is write-through: it goes to the daemon, then copies the bytes into any cached
-//!   page of the range (waiting for a page being loaded) and marks that page dirty.
+//! - `wfs_write` is write-through and write-allocate (`cached_write` in warpfs.cuh): a range of
+//!   up to 64 KiB is written a page at a time; for each page the warp's writers first hold it
+//!   in the cache (coalesced per page, loaded if absent) and its leader flags it WRITING once
+//!   no write-back of it is in flight — all or nothing per warp, else everything is let go and
+//!   tried again — so no write-back of the page can start while the write-through is in flight;
+//!   then the bytes go to the daemon, are copied into the held frame, and the flag and pins go.
+//!   A dirty frame's later write-back carries the written bytes, so a write-through never
+//!   races a write-back of stale bytes (`writes_and_sets_sharing_pages_all_reach_the_file`).
+//!   Larger ranges, and pages that cannot be held by the deadline, are written through and
+//!   then patched into any cached copy (marked dirty), which leaves that race open for them.
 //! - `wfs_array::set` is write-back: lanes store into the frame (a miss loads the page first;
 //!   with no frame free the set waits for one, writing through only after the deadline) and
 //!   the page is marked DIRTY. CLOCK never evicts a dirty frame: the claimer takes one (clears
@@ -94,18 +102,9 @@
 //!
 //! # Not done yet (issue 4)
 //!
-//! - A `wfs_write` racing dirty `wfs_array::set` elements of the same page from other warps:
-//!   the write-through can land ahead of an older copy of the page that a warp loaded
-//!   meanwhile; the patch (and a later write-back) fixes it unless that copy is written back
-//!   and evicted before the patch looks. Sets alone never take this path (they wait for a
-//!   frame); elements across a page boundary still write through. Reproduced by the ignored
-//!   test `writes_and_sets_sharing_pages_all_reach_the_file` (747–894 of 32768 elements lost
-//!   per round on the H100). Tried (session 9, not kept): write-allocate — each writing lane
-//!   holds its page in the cache, flagged so no write-back of it starts, across the
-//!   write-through — cut that to 15–30, the rest from lanes that found no frame and fell back;
-//!   closing it needs all-or-nothing holds per warp (no lane may wait on a flag another lane
-//!   of its warp holds) or byte-precise write-backs (a dirty mask per frame, so a write-back
-//!   writes only the bytes sets changed).
+//! - `wfs_write` ranges over 64 KiB (and pages that cannot be held by the deadline) are
+//!   written through unguarded: a dirty frame of their pages written back while the
+//!   write-through is in flight can still put old bytes over it (see `wfs_write` above).
 //! - A lane that times out waiting for its ring slot leaves its claimed position unpublished,
 //!   and the daemon's `Ring::try_pop` stops there: every claimed position must be published
 //!   (e.g. as a no-op record) or skipped by the daemon after a deadline.

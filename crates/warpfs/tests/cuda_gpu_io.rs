@@ -536,61 +536,25 @@ fn kernels_read_random_ranges_every_byte_checked() {
     offs[3] = 12345;
     lens[3] = 0;
 
-    let d_offs = upload(&gpu, &u64s(&offs));
-    let d_lens = upload(&gpu, &u64s(&lens));
-    let mut out = gpu.alloc(n * stride as usize).unwrap();
-    out.fill(POISON).unwrap();
-    let res = results_buffer(&gpu, n);
-    let k = module.kernel("read_many").unwrap();
     let t = Instant::now();
-    println!("  launch read_many");
-    // SAFETY: arguments match read_many's signature; buffers hold n entries / n × stride bytes.
-    unsafe {
-        k.launch(
-            ((n as u32).div_ceil(128), 1, 1),
-            (128, 1, 1),
-            0,
-            &[
-                KernelArg::U64(gpu.context_ptr()),
-                KernelArg::U32(f.raw()),
-                KernelArg::U64(d_offs.ptr()),
-                KernelArg::U64(d_lens.ptr()),
-                KernelArg::U64(out.ptr()),
-                KernelArg::U64(stride),
-                KernelArg::U64(res.ptr()),
-                KernelArg::U32(n as u32),
-            ],
-        )
-        .unwrap()
-    };
-    finish(&gpu, "read_many");
-    println!("read_many: {n} reads in {:?}", t.elapsed());
-
-    let results = i64s_back(&res, n);
-    let mut host = vec![0u8; out.len()];
-    out.copy_to_host(0, &mut host).unwrap();
-    let mut checked = 0u64;
-    for i in 0..n {
-        let want = lens[i].min(size.saturating_sub(offs[i]));
-        assert_eq!(
-            results[i], want as i64,
-            "thread {i}: read of {} at {} returned {}, expected {want}",
-            lens[i], offs[i], results[i]
-        );
-        let b = &host[i * stride as usize..(i + 1) * stride as usize];
-        if let Some(at) = pattern::first_mismatch(&b[..want as usize], offs[i]) {
-            panic!(
-                "thread {i}: byte {at} of the read at {} differs from the file",
-                offs[i]
-            );
-        }
-        assert!(
-            b[want as usize..].iter().all(|&x| x == POISON),
-            "thread {i}: bytes beyond the {want} read were written"
-        );
-        checked += want;
-    }
-    println!("checked {checked} bytes; daemon {:?}", rt.stats().daemon);
+    read_many_checked(
+        &gpu,
+        &module,
+        (f.raw(), size),
+        (&offs, &lens),
+        stride,
+        "read_many",
+    );
+    let checked: u64 = offs
+        .iter()
+        .zip(&lens)
+        .map(|(&o, &l)| l.min(size.saturating_sub(o)))
+        .sum();
+    println!(
+        "read_many: {n} reads in {:?}; checked {checked} bytes; daemon {:?}",
+        t.elapsed(),
+        rt.stats().daemon
+    );
 }
 
 #[test]

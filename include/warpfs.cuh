@@ -542,7 +542,7 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
                 coop_copy(user + total, src_lane, (u64)r, 0, 1, true);
             }
         }
-        if (vote_any(group, aux != 0)) {
+        if (ctx->tier != 0 && vote_any(group, aux != 0)) {
             /* Every lane's loads of the referenced pages precede the owners' FREE stores (the
              * warp sync orders them; a release is cumulative). */
             __syncwarp(group);

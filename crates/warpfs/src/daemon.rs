@@ -780,7 +780,7 @@ impl Worker {
         if rounds >= 64 {
             // Idle: release the cache pages device requesters are done with (at most once a
             // millisecond; worker 0 wakes every `idle_poll` at the latest).
-            self.sweep_refs(false);
+            self.sweep_refs();
         }
         if rounds < 64 {
             std::hint::spin_loop();
@@ -1545,7 +1545,7 @@ impl Worker {
                 RefMode::Requester => true,
                 RefMode::Daemon => {
                     if job.ch.refs.held() >= self.ref_cap() {
-                        self.sweep_refs(true);
+                        self.sweep_refs();
                     }
                     self.jobs[j].ch.refs.held() < self.ref_cap()
                 }
@@ -1606,10 +1606,13 @@ impl Worker {
         (self.cache.pages() / 4) as u64
     }
 
-    /// Releases the held references of device records seen consumed, on every channel (at
-    /// most once a millisecond per worker unless `now`).
-    fn sweep_refs(&mut self, now: bool) {
-        if !now && self.last_sweep.elapsed() < Duration::from_millis(1) {
+    /// Releases the held references of device records seen consumed, on every channel (a scan
+    /// of their records, at most once a millisecond per worker).
+    fn sweep_refs(&mut self) {
+        // Idle workers call this every round: no clock read unless something is held.
+        if self.channels.iter().all(|ch| ch.refs.held() == 0)
+            || self.last_sweep.elapsed() < Duration::from_millis(1)
+        {
             return;
         }
         self.last_sweep = Instant::now();

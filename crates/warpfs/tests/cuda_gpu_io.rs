@@ -540,6 +540,7 @@ fn kernels_read_random_ranges_every_byte_checked() {
     read_many_checked(
         &gpu,
         &module,
+        "read_many",
         (f.raw(), size),
         (&offs, &lens),
         stride,
@@ -1142,49 +1143,15 @@ fn async_reads_every_byte_checked() {
     lens[0] = 4096;
     offs[1] = size + 1; // past the end
     lens[1] = 100;
-    let d_offs = upload(&gpu, &u64s(&offs));
-    let d_lens = upload(&gpu, &u64s(&lens));
-    let mut out = gpu.alloc(n * stride as usize).unwrap();
-    out.fill(POISON).unwrap();
-    let res = results_buffer(&gpu, n);
-    launch(
+    read_many_checked(
         &gpu,
         &module,
         "async_many",
-        (n / 128) as u32,
-        128,
-        &[
-            KernelArg::U64(gpu.context_ptr()),
-            KernelArg::U32(f.raw()),
-            KernelArg::U64(d_offs.ptr()),
-            KernelArg::U64(d_lens.ptr()),
-            KernelArg::U64(out.ptr()),
-            KernelArg::U64(stride),
-            KernelArg::U64(res.ptr()),
-            KernelArg::U32(n as u32),
-        ],
+        (f.raw(), size),
+        (&offs, &lens),
+        stride,
+        "async",
     );
-    let r = i64s_back(&res, n);
-    let mut host = vec![0u8; out.len()];
-    out.copy_to_host(0, &mut host).unwrap();
-    for i in 0..n {
-        let want = lens[i].min(size.saturating_sub(offs[i]));
-        assert_eq!(
-            r[i], want as i64,
-            "async read {i} at {} len {}",
-            offs[i], lens[i]
-        );
-        let b = &host[i * stride as usize..][..stride as usize];
-        assert_eq!(
-            pattern::first_mismatch(&b[..want as usize], offs[i]),
-            None,
-            "async {i}"
-        );
-        assert!(
-            b[want as usize..].iter().all(|&x| x == POISON),
-            "async {i} wrote past"
-        );
-    }
 }
 
 #[test]
@@ -1711,11 +1678,13 @@ fn writes_and_sets_sharing_pages_all_reach_the_file() {
     println!("mixed writes and sets: {:?}", gpu.cache_stats().unwrap());
 }
 
-/// Runs `read_many` for (`offs`, `lens`) into a poisoned buffer (`stride` bytes a thread) and
-/// checks every result and byte against the file's pattern (`size` bytes).
+/// Runs `kernel` (`read_many` or `async_many`: same arguments) for (`offs`, `lens`) into a
+/// poisoned buffer (`stride` bytes a thread) and checks every result and byte against the
+/// file's pattern (`size` bytes).
 fn read_many_checked(
     gpu: &GpuIo<'_>,
     module: &warpfs::backend::cuda::gpu_io::GpuModule,
+    kernel: &str,
     (fh, size): (u32, u64),
     (offs, lens): (&[u64], &[u64]),
     stride: u64,
@@ -1730,7 +1699,7 @@ fn read_many_checked(
     launch(
         gpu,
         module,
-        "read_many",
+        kernel,
         (n as u32).div_ceil(128),
         128,
         &[
@@ -1806,6 +1775,7 @@ fn tier_hits_are_copied_by_the_gpu_from_the_mapped_tier_and_released() {
         read_many_checked(
             &gpu,
             &module,
+            "read_many",
             (f.raw(), size),
             (&offs, &lens),
             4096,
@@ -1817,6 +1787,7 @@ fn tier_hits_are_copied_by_the_gpu_from_the_mapped_tier_and_released() {
         read_many_checked(
             &gpu,
             &module,
+            "read_many",
             (f.raw(), size),
             (&offs, &lens),
             4096,
@@ -1865,6 +1836,7 @@ fn tier_hits_are_copied_by_the_gpu_from_the_mapped_tier_and_released() {
     read_many_checked(
         &gpu,
         &module,
+        "read_many",
         (f.raw(), size),
         (&offs, &lens),
         4096,

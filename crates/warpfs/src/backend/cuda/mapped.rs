@@ -186,9 +186,8 @@ impl Drop for RegisteredHostMemory {
 /// A host range allocated elsewhere (the host cache tier's arena) mapped into every device
 /// that asks: registered with `cuMemHostRegister(PORTABLE | DEVICEMAP)` by the first holder in
 /// the process, unregistered when the last one drops (a range can be registered once per
-/// process, however many devices' channels map it). Memory that is already pinned and mapped
-/// by its allocation (`cuMemHostAlloc`, e.g. [`MappedHostMemory`]) is only looked up.
-/// Registration pins and maps every page: about a millisecond per 100 MiB, paid once.
+/// process, however many devices' channels map it). Registration pins and maps every page:
+/// about a millisecond per 100 MiB, paid once.
 #[derive(Debug)]
 pub struct SharedHostMapping {
     ptr: usize,
@@ -197,20 +196,13 @@ pub struct SharedHostMapping {
     ctx: Arc<Context>,
 }
 
-/// One mapped range of this process.
-struct Mapping {
-    ptr: usize,
-    len: usize,
-    holders: usize,
-    /// Registered by a holder (unregistered with the last); false: pinned by its allocation.
-    registered: bool,
-}
-
-static SHARED_MAPPINGS: std::sync::Mutex<Vec<Mapping>> = std::sync::Mutex::new(Vec::new());
+/// Registered ranges of this process: (start, length, holders).
+static SHARED_MAPPINGS: std::sync::Mutex<Vec<(usize, usize, usize)>> =
+    std::sync::Mutex::new(Vec::new());
 
 impl SharedHostMapping {
     /// Maps `[ptr, ptr + len)` (page aligned) into `ctx`'s device, registering it if no other
-    /// holder in the process has and its allocation did not.
+    /// holder in the process has.
     ///
     /// # Safety
     /// The range must stay mapped (not unmapped or remapped) while the returned value lives.
@@ -220,38 +212,25 @@ impl SharedHostMapping {
         let mut reg = SHARED_MAPPINGS.lock().unwrap_or_else(|e| e.into_inner());
         let known = reg
             .iter()
-            .position(|m| m.ptr == ptr as usize && m.len == len);
-        let mut registered_now = false;
+            .position(|&(a, l, _)| a == ptr as usize && l == len);
         if known.is_none() {
             let flags = sys::CU_MEMHOSTREGISTER_PORTABLE | sys::CU_MEMHOSTREGISTER_DEVICEMAP;
             // SAFETY: the caller keeps [p, p+len) mapped while this value lives, and it is
             // unregistered once, by the last holder.
-            let code = unsafe { sys::cuMemHostRegister_v2(p, len, flags) };
-            if code == sys::CUresult::CUDA_SUCCESS {
-                registered_now = true;
-            } else if device_pointer_of(p, || {}).is_err() {
-                // Not mapped by its allocation either (that is refused as already registered).
-                check(code, "cuMemHostRegister")?;
-            }
+            check(
+                unsafe { sys::cuMemHostRegister_v2(p, len, flags) },
+                "cuMemHostRegister",
+            )?;
         }
-        let device_ptr = match device_pointer_of(p, || {}) {
-            Ok(d) => d,
-            Err(e) => {
-                if registered_now {
-                    // SAFETY: registered just above, by this call, and by nobody else.
-                    unsafe { sys::cuMemHostUnregister(p) };
-                }
-                return Err(e);
+        let device_ptr = device_pointer_of(p, || {
+            if known.is_none() {
+                // SAFETY: registered just above, by this call, and by nobody else.
+                unsafe { sys::cuMemHostUnregister(p) };
             }
-        };
+        })?;
         match known {
-            Some(i) => reg[i].holders += 1,
-            None => reg.push(Mapping {
-                ptr: ptr as usize,
-                len,
-                holders: 1,
-                registered: registered_now,
-            }),
+            Some(i) => reg[i].2 += 1,
+            None => reg.push((ptr as usize, len, 1)),
         }
         Ok(Self {
             ptr: ptr as usize,
@@ -282,18 +261,16 @@ impl Drop for SharedHostMapping {
         let mut reg = SHARED_MAPPINGS.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(i) = reg
             .iter()
-            .position(|m| m.ptr == self.ptr && m.len == self.len)
+            .position(|&(a, l, _)| a == self.ptr && l == self.len)
         {
-            reg[i].holders -= 1;
-            if reg[i].holders == 0 {
-                let m = reg.swap_remove(i);
-                if m.registered {
-                    let _ = self.ctx.bind();
-                    // SAFETY: the last holder of the registration made in `new`; every kernel
-                    // that read through it has ended (its channel was detached).
-                    unsafe {
-                        sys::cuMemHostUnregister(self.ptr as *mut c_void);
-                    }
+            reg[i].2 -= 1;
+            if reg[i].2 == 0 {
+                reg.swap_remove(i);
+                let _ = self.ctx.bind();
+                // SAFETY: the last holder of the registration made in `new`; every kernel that
+                // read through it has ended (its channel was detached).
+                unsafe {
+                    sys::cuMemHostUnregister(self.ptr as *mut c_void);
                 }
             }
         }

@@ -167,6 +167,14 @@ __device__ __forceinline__ u32 atom_cas_acquire_gpu(u32 *p, u32 expect, u32 v) {
 __device__ __forceinline__ void st_release_gpu_u32(u32 *p, u32 v) {
     asm volatile("st.release.gpu.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
+__device__ __forceinline__ void st_release_gpu_u64(u64 *p, u64 v) {
+    asm volatile("st.release.gpu.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+__device__ __forceinline__ u64 ld_acquire_gpu_u64(const void *p) {
+    u64 v;
+    asm volatile("ld.acquire.gpu.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+    return v;
+}
 /* Mapped host memory, fetched again (never from a stale cache line). */
 __device__ __forceinline__ uint4 ld_cv_v4(const void *p) {
     uint4 v;
@@ -325,6 +333,35 @@ __device__ __forceinline__ long long wait_slot(const wfs_ctx_t *ctx, WfsSlot *sl
     return 0;
 }
 
+/* The demand ring's hand-back mirror word of position `pos` (device memory; 0 if none). */
+__device__ __forceinline__ u64 *handed_word(const wfs_ctx_t *ctx, u64 pos) {
+    return ctx->handed == 0 ? 0 : reinterpret_cast<u64 *>(ctx->handed) + (pos & ctx->ring_mask);
+}
+
+/* wait_slot for the demand ring, asking the hand-back mirror first: the lane that saw the
+ * previous lap's request DONE stored `pos` there (the daemon hands a slot back before it
+ * completes the request it held), so the slot is free without a PCIe read of its sequence
+ * word. Any other value (first use after a timeout, a shutdown, an async request) falls back to
+ * that read. The acquire pairs with note_handed's release, which follows that lane's acquire of
+ * DONE, which follows the daemon's hand-back: this lane's writes to the slot come after the
+ * daemon's reads of the previous request. */
+__device__ __forceinline__ long long claim_slot(const wfs_ctx_t *ctx, WfsSlot *slot, u64 pos, u64 deadline) {
+#ifndef WFS_EXP_NO_HANDED
+    const u64 *h = handed_word(ctx, pos);
+    if (h != 0 && ld_acquire_gpu_u64(h) == pos) return 0;
+#endif
+    return wait_slot(ctx, slot, pos, deadline);
+}
+
+/* After this lane acquired DONE for its request at `pos`: the slot's next lap may be written
+ * (see claim_slot). One release store to device memory. */
+__device__ __forceinline__ void note_handed(const wfs_ctx_t *ctx, u64 pos) {
+#ifndef WFS_EXP_NO_HANDED
+    u64 *h = handed_word(ctx, pos);
+    if (h != 0) st_release_gpu_u64(h, pos + ctx->ring_mask + 1);
+#endif
+}
+
 /* Posts a request at ring position `pos` of a slot handed back (wait_slot): arms completion
  * record `rec`, fills the request and publishes it. One system-scope release per request: the
  * arming (state and ticket in one 64-bit store, state in the low word, so a stale completer of
@@ -460,19 +497,22 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
          * that is not there would stall the ring for good. */
         long long r = 0;
         bool posted = false;
+        u64 pos = 0;
         u64 tail_seen = 0; /* this lane's view of the device maximum after its claim */
         if (want) {
-            const u64 pos = atomicAdd(&state(ctx)->claim, 1ull);
+            pos = atomicAdd(&state(ctx)->claim, 1ull);
+            /* The maximum is needed only for the tail, after the post: its atomic overlaps the
+             * slot check. */
             const u64 seen = atomicMax(&state(ctx)->tail_max, pos + 1);
-            tail_seen = seen > pos + 1 ? seen : pos + 1;
             WfsSlot *slot = slots + (pos & ctx->ring_mask);
             WFS_TRACE_MARK(1);
-            r = wait_slot(ctx, slot, pos, deadline);
+            r = claim_slot(ctx, slot, pos, deadline);
             WFS_TRACE_MARK(2);
             if (r == 0) {
                 post_request(slot, comp, pos, op, fh, rec, offset + (u64)total, chunk, buf);
                 posted = true;
             }
+            tail_seen = seen > pos + 1 ? seen : pos + 1;
             WFS_TRACE_MARK(3);
         }
         __syncwarp(group);
@@ -488,6 +528,7 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
          * buffer, and the record is marked FREE (with a release) only after the copy — the
          * daemon unpins the page once it sees FREE or a new request on the record. */
         u64 aux = 0;
+        bool answered = false; /* this lane acquired DONE: its slot was handed back */
         if (posted) {
             u32 ns = 64;
             u32 spins = 0;
@@ -499,6 +540,7 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
                 ld_acquire_sys_comp(comp, head, res);
                 if ((u32)head == WFS_COMP_DONE) {
                     r = (long long)res;
+                    answered = true;
                     /* aux only where the tier is mapped (another PCIe round trip). */
                     if (ctx->tier != 0) aux = ld_relaxed_sys_u64(&comp->aux);
                     if (aux == 0) st_relaxed_sys_u32(&comp->state, WFS_COMP_FREE);
@@ -548,6 +590,8 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
             __syncwarp(group);
             if (aux != 0) st_release_sys_u32(&comp->state, WFS_COMP_FREE);
         }
+        /* Last in the round, so its release finds little in flight. */
+        if (answered) note_handed(ctx, pos);
         WFS_TRACE_MARK(6);
 #ifdef WFS_TRACE
         if (posted && lane == leader && (atomicAdd(&wfs_trace_calls, 1u) & WFS_TRACE_EVERY) == 0)
@@ -1706,7 +1750,7 @@ __device__ __noinline__ long long read_async(const wfs_ctx_t *ctx, u32 fh, u64 o
     WfsCompletion *comp = reinterpret_cast<WfsCompletion *>(ctx->completions) + rec;
     const u64 pos = atomicAdd(reinterpret_cast<unsigned long long *>(&state(ctx)->claim), 1ull);
     WfsSlot *slot = reinterpret_cast<WfsSlot *>(ctx->slots) + (pos & ctx->ring_mask);
-    if (wait_slot(ctx, slot, pos, deadline) != 0) {
+    if (claim_slot(ctx, slot, pos, deadline) != 0) {
         atomicExch(&busy[idx], 2u); /* retired: the position may still be served */
         return -WFS_ETIMEDOUT;
     }

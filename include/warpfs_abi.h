@@ -66,7 +66,7 @@ extern "C" {
 /* ---- constants ---- */
 
 /** Version of this wire format; bumped on any layout change. */
-#define WFS_ABI_VERSION 2u
+#define WFS_ABI_VERSION 3u
 /** Magic number at the start of a ring header ("WFSR"). */
 #define WFS_RING_MAGIC 0x57534652u
 
@@ -146,7 +146,7 @@ typedef struct WfsRingHeader {
 #define WFS_GPU_CTX_MAGIC 0x57534647u
 
 /**
- * What a CUDA kernel is handed (by device pointer) to reach one GPU channel (136 bytes):
+ * What a CUDA kernel is handed (by device pointer) to reach one GPU channel (144 bytes):
  * device addresses of the channel's parts and their geometry. Written once by the runtime;
  * kernels only read it (include/warpfs.cuh).
  */
@@ -172,6 +172,8 @@ typedef struct WfsGpuContext {
     uint32_t tier_page_shift; /**< log2 of the host cache tier's page size (0: no tier). */
     uint64_t tier;           /**< Device address of the host tier arena (mapped); 0: not mapped. */
     uint64_t tier_bytes;     /**< Bytes of the tier arena mapped at `tier`. */
+    uint64_t handed;         /**< Device address of the demand ring's hand-back mirror (device
+                                  memory): per slot, the position it may next be written for. */
 } WfsGpuContext;
 
 /** Host-written words that GPU requesters read (mapped host memory, one cache line). */
@@ -316,6 +318,7 @@ typedef struct WfsGpuCacheStats {
     X("WfsGpuContext.tier_page_shift", offsetof(WfsGpuContext, tier_page_shift)) \
     X("WfsGpuContext.tier", offsetof(WfsGpuContext, tier))                      \
     X("WfsGpuContext.tier_bytes", offsetof(WfsGpuContext, tier_bytes))          \
+    X("WfsGpuContext.handed", offsetof(WfsGpuContext, handed))                  \
     X("sizeof(WfsGpuCache)", sizeof(WfsGpuCache))                               \
     X("WfsGpuCache.page_shift", offsetof(WfsGpuCache, page_shift))              \
     X("WfsGpuCache.frames", offsetof(WfsGpuCache, frames))                      \
@@ -351,7 +354,7 @@ WFS_STATIC_ASSERT_OFFSET(offsetof(WfsCompletion, result) == 8, "WfsCompletion.re
 WFS_STATIC_ASSERT(sizeof(WfsRingHeader) == 192, "WfsRingHeader must be 192 bytes");
 WFS_STATIC_ASSERT_OFFSET(offsetof(WfsRingHeader, head) == 64, "WfsRingHeader.head must be at 64");
 WFS_STATIC_ASSERT_OFFSET(offsetof(WfsRingHeader, tail) == 128, "WfsRingHeader.tail must be at 128");
-WFS_STATIC_ASSERT(sizeof(WfsGpuContext) == 136, "WfsGpuContext must be 136 bytes");
+WFS_STATIC_ASSERT(sizeof(WfsGpuContext) == 144, "WfsGpuContext must be 144 bytes");
 WFS_STATIC_ASSERT_OFFSET(offsetof(WfsGpuContext, ring) == 16, "WfsGpuContext.ring must be at 16");
 WFS_STATIC_ASSERT_OFFSET(offsetof(WfsGpuContext, state) == 64, "WfsGpuContext.state must be at 64");
 WFS_STATIC_ASSERT_OFFSET(offsetof(WfsGpuContext, timeout_ns) == 72, "WfsGpuContext.timeout_ns must be at 72");

@@ -6,7 +6,7 @@
 //! ring header (192 B) · `capacity` request slots (64 B each) · completion records (32 B each).
 
 /// Version of this wire format; bumped on any layout change.
-pub const WFS_ABI_VERSION: u32 = 2;
+pub const WFS_ABI_VERSION: u32 = 3;
 /// Magic number at the start of a ring header ("WFSR").
 pub const WFS_RING_MAGIC: u32 = 0x5753_4652;
 
@@ -166,6 +166,12 @@ pub struct WfsGpuContext {
     pub tier: u64,
     /// Bytes of the tier arena mapped at `tier`.
     pub tier_bytes: u64,
+    /// Device address of the demand ring's hand-back mirror (device memory): one 64-bit word
+    /// per slot, the position the slot may next be written for. A lane that sees its request
+    /// DONE stores `position + slots` there (the daemon handed the slot back before it
+    /// completed the request), so the next lap's requester finds its slot free without a
+    /// PCIe read of the slot's sequence word; on a mismatch it reads that word as before.
+    pub handed: u64,
 }
 
 /// Host-written words that GPU requesters read (mapped host memory, one cache line).
@@ -401,6 +407,7 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
             "WfsGpuContext.tier_bytes",
             offset_of!(WfsGpuContext, tier_bytes),
         ),
+        ("WfsGpuContext.handed", offset_of!(WfsGpuContext, handed)),
         ("sizeof(WfsGpuCache)", size_of::<WfsGpuCache>()),
         (
             "WfsGpuCache.page_shift",
@@ -451,7 +458,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<WfsSlot>(), 64);
         assert_eq!(core::mem::size_of::<WfsCompletion>(), 32);
         assert_eq!(core::mem::size_of::<WfsRingHeader>(), 192);
-        assert_eq!(core::mem::size_of::<WfsGpuContext>(), 136);
+        assert_eq!(core::mem::size_of::<WfsGpuContext>(), 144);
         assert_eq!(core::mem::size_of::<WfsGpuControl>(), 64);
         assert_eq!(core::mem::size_of::<WfsGpuState>(), 256);
         assert_eq!(core::mem::size_of::<WfsGpuCache>(), 128);

@@ -423,6 +423,13 @@ impl Ring {
         }
     }
 
+    /// Whether the slot at the head holds a published request (racy; a hint for a spinning
+    /// consumer). Costs two loads.
+    pub fn head_published(&self) -> bool {
+        let head = self.header().head.load(Ordering::Relaxed);
+        self.slot(head).seq.load(Ordering::Relaxed) == head.wrapping_add(1)
+    }
+
     /// A racy picture of the ring for diagnostics (a stalled channel, a watchdog report):
     /// head, tail and the sequence words of the slots at the head and just after it. Costs a
     /// few loads.

@@ -14,6 +14,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use warpfs::abi::{self, WfsRequest};
 use warpfs::region::{HostMemory, SharedMemory};
 use warpfs::ring::{Popped, Ring};
@@ -190,4 +191,156 @@ fn device_claimed_positions_are_consumed_exactly_once() {
 fn small_ring_forces_producers_to_wait_for_hand_back() {
     // Far more requests in flight than slots: producers wait on the consumer only.
     run(64, 8, 1_000, 3);
+}
+
+/// Lanes with their own completion record, the whole GPU round trip: claim a position, find the
+/// slot free through the hand-back mirror (`WfsGpuContext::handed`, device memory) or else its
+/// sequence word, post, wait for DONE, then store `pos + capacity` in the mirror (release), as
+/// `claim_slot` / `note_handed` in warpfs.cuh do. Consumers pop with the daemon's real
+/// [`Ring::try_pop_many`] (it hands each slot back before the request is completed) and check
+/// every request they read whole: a lane that wrote into a slot still being read would show as
+/// a torn request, a lost one or a stalled ring (a bounded wait that panics). Returns how many
+/// claims the mirror found free.
+fn run_with_mirror(capacity: usize, lanes: u64, rounds: u64, consumers: usize) -> u64 {
+    let mem: Arc<dyn SharedMemory> = Arc::new(HostMemory::new(Ring::bytes_for(capacity)));
+    let ring = Arc::new(Ring::in_region(mem.clone(), 0, capacity).expect("ring"));
+    let raw = Arc::new(RawRing {
+        base: mem.as_ptr(),
+        mask: capacity as u64 - 1,
+    });
+    let claim = Arc::new(AtomicU64::new(0));
+    let mirror: Arc<Vec<AtomicU64>> = Arc::new((0..capacity as u64).map(AtomicU64::new).collect());
+    // Per record: the ticket (position + 1) of its last completed request.
+    let done_ticket: Arc<Vec<AtomicU64>> =
+        Arc::new((0..lanes).map(|_| AtomicU64::new(0)).collect());
+    let mirror_hits = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let id_of = |rec: u64, round: u64| rec * 1_000_000 + round;
+    let cons: Vec<_> = (0..consumers)
+        .map(|c| {
+            let (ring, done_ticket, stop) = (ring.clone(), done_ticket.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let mut batch = Vec::new();
+                loop {
+                    batch.clear();
+                    let n = ring.try_pop_many(1 + c * 3, |p| match p {
+                        Popped::Request(q) => batch.push(q),
+                        Popped::Corrupt(q) => panic!("corrupt slot under correct use: {q:?}"),
+                    });
+                    if n == 0 {
+                        if stop.load(Ordering::Acquire) {
+                            return got;
+                        }
+                        std::thread::yield_now();
+                        continue;
+                    }
+                    for q in &batch {
+                        // A request is whole: its fields are functions of one (record, round).
+                        let (rec, round) = (q.completion as u64, q.offset % 1_000_000);
+                        assert_eq!(q.offset, id_of(rec, round), "torn request {q:?}");
+                        assert_eq!(q.len, 4096 + round, "torn request {q:?}");
+                        assert_eq!(q.buf, rec * 7 + round, "torn request {q:?}");
+                        got.push(q.offset);
+                        if c == 0 && round % 97 == 0 {
+                            // A slow worker: others pop (and complete) past it meanwhile.
+                            std::thread::sleep(std::time::Duration::from_micros(50));
+                        }
+                        done_ticket[rec as usize].store(q.ticket as u64 + 1, Ordering::Release);
+                    }
+                }
+            })
+        })
+        .collect();
+    let prods: Vec<_> = (0..lanes)
+        .map(|rec| {
+            let (raw, claim, mirror, done_ticket, hits) = (
+                raw.clone(),
+                claim.clone(),
+                mirror.clone(),
+                done_ticket.clone(),
+                mirror_hits.clone(),
+            );
+            std::thread::spawn(move || {
+                for round in 0..rounds {
+                    let pos = claim.fetch_add(1, Ordering::Relaxed);
+                    let m = &mirror[(pos & raw.mask) as usize];
+                    if m.load(Ordering::Acquire) == pos {
+                        hits.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        let t = Instant::now();
+                        while raw.seq(pos).load(Ordering::Acquire) != pos {
+                            assert!(
+                                t.elapsed() < STALL,
+                                "slot of position {pos} never handed back"
+                            );
+                            std::thread::yield_now();
+                        }
+                    }
+                    let req = WfsRequest {
+                        op: abi::WFS_OP_READ,
+                        completion: rec as u32,
+                        ticket: pos as u32,
+                        offset: id_of(rec, round),
+                        len: 4096 + round,
+                        buf: rec * 7 + round,
+                        ..Default::default()
+                    };
+                    // SAFETY: the slot is ours (mirror or sequence word) until the release
+                    // store below publishes it.
+                    unsafe { ring_write(&raw, pos, req) };
+                    raw.seq(pos).store(pos + 1, Ordering::Release);
+                    let t = Instant::now();
+                    while done_ticket[rec as usize].load(Ordering::Acquire)
+                        != (pos as u32) as u64 + 1
+                    {
+                        assert!(
+                            t.elapsed() < STALL,
+                            "request at position {pos} never completed"
+                        );
+                        std::thread::yield_now();
+                    }
+                    m.store(pos + raw.mask + 1, Ordering::Release);
+                }
+            })
+        })
+        .collect();
+    for p in prods {
+        p.join().unwrap();
+    }
+    stop.store(true, Ordering::Release);
+    let mut seen = HashSet::new();
+    for c in cons {
+        for id in c.join().unwrap() {
+            assert!(seen.insert(id), "request {id} consumed twice");
+        }
+    }
+    assert_eq!(seen.len() as u64, lanes * rounds, "requests lost");
+    mirror_hits.load(Ordering::Relaxed)
+}
+
+/// Longest a model lane waits for the ring before the test fails as stalled.
+const STALL: Duration = Duration::from_secs(20);
+
+/// Writes `req` into the slot of `pos`.
+///
+/// # Safety
+/// The caller owns the slot (its sequence word or the mirror said so) and has not published it.
+unsafe fn ring_write(raw: &RawRing, pos: u64, req: WfsRequest) {
+    // SAFETY: per the caller's contract.
+    unsafe { raw.req(pos).write_volatile(req) };
+}
+
+#[test]
+fn hand_back_mirror_never_lets_a_lane_write_a_slot_still_being_read() {
+    // Fewer lanes than slots, as on the GPU (records ≤ slots): the mirror answers most claims.
+    let (claims, hits) = (48 * 2_000, run_with_mirror(64, 48, 2_000, 3));
+    assert!(
+        hits > claims / 2,
+        "the mirror found {hits} of {claims} slots free"
+    );
+    // More lanes than slots: a lane often claims a slot whose previous request is still in the
+    // ring, so a mirror word stored before DONE (a broken protocol) would let it overwrite one.
+    run_with_mirror(32, 48, 2_000, 3);
+    run_with_mirror(16, 100, 300, 2);
 }

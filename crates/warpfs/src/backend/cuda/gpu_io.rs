@@ -26,7 +26,12 @@
 //!    [`WfsGpuState::claim`] (this replaces the host ring's CAS on `tail`), so a claimed position
 //!    is always armed and published by the lane that holds it.
 //! 3. Each lane waits until its slot's sequence word equals its position (the daemon handed it
-//!    back — the Vyukov protocol of [`crate::ring`]), arms its record (state PENDING and ticket =
+//!    back — the Vyukov protocol of [`crate::ring`]) — unless the ring's hand-back mirror in
+//!    device memory ([`WfsGpuContext::handed`]) already says so: the lane that saw the previous
+//!    lap's request DONE stored `position + slots` there with a release (the daemon hands a slot
+//!    back before it completes the request it held), so the usual claim costs a device-memory
+//!    load instead of a PCIe round trip, and any other value falls back to the sequence word
+//!    (`tests/gpu_ring_protocol.rs` models it). It then arms its record (state PENDING and ticket =
 //!    low 32 bits of its position in one 64-bit store, so a stale completer that claims the
 //!    new PENDING sees the new ticket), writes the request and publishes `pos + 1` with a
 //!    system-scope release store: one system-scope release per request. The daemon pops with
@@ -196,6 +201,9 @@ pub struct GpuIo<'rt> {
     region: Arc<dyn SharedMemory>,
     control_off: usize,
     state: DeviceBuffer,
+    /// The demand ring's hand-back mirror ([`WfsGpuContext::handed`]); held only to stay
+    /// allocated while kernels reach it through the context.
+    _handed: DeviceBuffer,
     cache: Option<GpuCacheMemory>,
     dev_ctx: DeviceBuffer,
     serving: AtomicBool,
@@ -391,6 +399,12 @@ impl<'rt> GpuIo<'rt> {
         let state_len = busy_end.div_ceil(16) * 16 + 16 * cfg.async_slots;
         let mut state = DeviceBuffer::new(&ctx, state_len)?;
         state.fill(0)?;
+        // The demand ring's hand-back mirror: slot i may first be written for position i (the
+        // ring's initial sequence words), as the bytes of the words 0, 1, 2, ...
+        let slots = ch_cfg.ring_capacity;
+        let mut handed = DeviceBuffer::new(&ctx, 8 * slots)?;
+        let first_lap: Vec<u8> = (0..slots as u64).flat_map(u64::to_ne_bytes).collect();
+        handed.copy_from_host(0, &first_lap)?;
         let cache = if cfg.gpu_cache_bytes == 0 {
             None
         } else {
@@ -425,6 +439,7 @@ impl<'rt> GpuIo<'rt> {
             tier_page_shift: tier.map_or(0, |t| t.1.trailing_zeros()),
             tier: tier.map_or(0, |t| t.0.device_ptr()),
             tier_bytes: tier.map_or(0, |t| t.0.len() as u64),
+            handed: handed.ptr(),
         };
         let mut dev_ctx = DeviceBuffer::new(&ctx, core::mem::size_of::<WfsGpuContext>())?;
         // SAFETY: WfsGpuContext is a plain #[repr(C)] record of integers; viewing it as bytes
@@ -444,6 +459,7 @@ impl<'rt> GpuIo<'rt> {
             region,
             control_off,
             state,
+            _handed: handed,
             cache,
             dev_ctx,
             serving: AtomicBool::new(true),

@@ -167,9 +167,14 @@ __device__ __forceinline__ u32 atom_cas_acquire_gpu(u32 *p, u32 expect, u32 v) {
 __device__ __forceinline__ void st_release_gpu_u32(u32 *p, u32 v) {
     asm volatile("st.release.gpu.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
-__device__ __forceinline__ void st_release_gpu_u64(u64 *p, u64 v) {
-    asm volatile("st.release.gpu.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+__device__ __forceinline__ void st_relaxed_gpu_u64(u64 *p, u64 v) {
+    asm volatile("st.relaxed.gpu.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
+__device__ __forceinline__ void st_relaxed_gpu_u32(u32 *p, u32 v) {
+    asm volatile("st.relaxed.gpu.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+/* With a relaxed store after it, a release at GPU scope (one fence for several stores). */
+__device__ __forceinline__ void fence_acq_rel_gpu() { asm volatile("fence.acq_rel.gpu;" ::: "memory"); }
 __device__ __forceinline__ u64 ld_acquire_gpu_u64(const void *p) {
     u64 v;
     asm volatile("ld.acquire.gpu.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
@@ -342,7 +347,8 @@ __device__ __forceinline__ u64 *handed_word(const wfs_ctx_t *ctx, u64 pos) {
  * previous lap's request DONE stored `pos` there (the daemon hands a slot back before it
  * completes the request it held), so the slot is free without a PCIe read of its sequence
  * word. Any other value (first use after a timeout, a shutdown, an async request) falls back to
- * that read. The acquire pairs with note_handed's release, which follows that lane's acquire of
+ * that read. The acquire pairs with the release pattern (fence, then note_handed's store) that follows
+ * that lane's acquire of
  * DONE, which follows the daemon's hand-back: this lane's writes to the slot come after the
  * daemon's reads of the previous request. */
 __device__ __forceinline__ long long claim_slot(const wfs_ctx_t *ctx, WfsSlot *slot, u64 pos, u64 deadline) {
@@ -353,12 +359,13 @@ __device__ __forceinline__ long long claim_slot(const wfs_ctx_t *ctx, WfsSlot *s
     return wait_slot(ctx, slot, pos, deadline);
 }
 
-/* After this lane acquired DONE for its request at `pos`: the slot's next lap may be written
- * (see claim_slot). One release store to device memory. */
+/* After this lane acquired DONE for its request at `pos`, and after a release fence: the
+ * slot's next lap may be written (see claim_slot). One relaxed store to device memory (io()
+ * shares one fence between it and the group's release). */
 __device__ __forceinline__ void note_handed(const wfs_ctx_t *ctx, u64 pos) {
 #ifndef WFS_EXP_NO_HANDED
     u64 *h = handed_word(ctx, pos);
-    if (h != 0) st_release_gpu_u64(h, pos + ctx->ring_mask + 1);
+    if (h != 0) st_relaxed_gpu_u64(h, pos + ctx->ring_mask + 1);
 #endif
 }
 
@@ -464,6 +471,9 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
     bool retired = false;
     /* Lanes copy each other's data only if every lane's buffer is reachable from every lane. */
     const bool coop = vote_all(group, ptr == 0 || is_global(ptr));
+    /* The ring position of this lane's last answered request (its slot handed back), noted in
+     * the hand-back mirror when the call ends; ~0: none. */
+    u64 handed_pos = ~0ull;
 
     for (;;) {
         const bool want = !done;
@@ -528,7 +538,7 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
          * buffer, and the record is marked FREE (with a release) only after the copy — the
          * daemon unpins the page once it sees FREE or a new request on the record. */
         u64 aux = 0;
-        bool answered = false; /* this lane acquired DONE: its slot was handed back */
+        bool answered = false; /* this lane acquired DONE this round: its slot was handed back */
         if (posted) {
             u32 ns = 64;
             u32 spins = 0;
@@ -590,8 +600,7 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
             __syncwarp(group);
             if (aux != 0) st_release_sys_u32(&comp->state, WFS_COMP_FREE);
         }
-        /* Last in the round, so its release finds little in flight. */
-        if (answered) note_handed(ctx, pos);
+        if (answered) handed_pos = pos;
         WFS_TRACE_MARK(6);
 #ifdef WFS_TRACE
         if (posted && lane == leader && (atomicAdd(&wfs_trace_calls, 1u) & WFS_TRACE_EVERY) == 0)
@@ -616,9 +625,12 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
     }
 
     __syncwarp(group);
-    /* The lanes' accesses of the group's records and buffers precede the leader's release
-     * (the warp sync orders them; a release is cumulative). */
-    if (lane == leader) st_release_gpu_u32(&busy_words(ctx)[g], retired ? 2u : 0u);
+    /* One release fence for two stores: each lane's hand-back note (after its acquire of DONE)
+     * and the leader's release of the group (after every lane's accesses of the group's records
+     * and buffers, which the warp sync orders before the fence; a fence is cumulative). */
+    fence_acq_rel_gpu();
+    if (handed_pos != ~0ull) note_handed(ctx, handed_pos);
+    if (lane == leader) st_relaxed_gpu_u32(&busy_words(ctx)[g], retired ? 2u : 0u);
     if (err < 0 && total == 0) return err;
     return total;
 }

@@ -164,9 +164,6 @@ __device__ __forceinline__ u32 atom_cas_acquire_gpu(u32 *p, u32 expect, u32 v) {
     asm volatile("atom.acquire.gpu.cas.b32 %0, [%1], %2, %3;" : "=r"(r) : "l"(p), "r"(expect), "r"(v) : "memory");
     return r;
 }
-__device__ __forceinline__ void st_release_gpu_u32(u32 *p, u32 v) {
-    asm volatile("st.release.gpu.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
-}
 __device__ __forceinline__ void st_relaxed_gpu_u64(u64 *p, u64 v) {
     asm volatile("st.relaxed.gpu.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
@@ -347,10 +344,9 @@ __device__ __forceinline__ u64 *handed_word(const wfs_ctx_t *ctx, u64 pos) {
  * previous lap's request DONE stored `pos` there (the daemon hands a slot back before it
  * completes the request it held), so the slot is free without a PCIe read of its sequence
  * word. Any other value (first use after a timeout, a shutdown, an async request) falls back to
- * that read. The acquire pairs with the release pattern (fence, then note_handed's store) that follows
- * that lane's acquire of
- * DONE, which follows the daemon's hand-back: this lane's writes to the slot come after the
- * daemon's reads of the previous request. */
+ * that read. The acquire pairs with the release pattern (fence, then note_handed's store) that
+ * follows that lane's acquire of DONE, which follows the daemon's hand-back: this lane's writes
+ * to the slot come after the daemon's reads of the previous request. */
 __device__ __forceinline__ long long claim_slot(const wfs_ctx_t *ctx, WfsSlot *slot, u64 pos, u64 deadline) {
 #ifndef WFS_EXP_NO_HANDED
     const u64 *h = handed_word(ctx, pos);
@@ -538,7 +534,6 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
          * buffer, and the record is marked FREE (with a release) only after the copy — the
          * daemon unpins the page once it sees FREE or a new request on the record. */
         u64 aux = 0;
-        bool answered = false; /* this lane acquired DONE this round: its slot was handed back */
         if (posted) {
             u32 ns = 64;
             u32 spins = 0;
@@ -550,7 +545,7 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
                 ld_acquire_sys_comp(comp, head, res);
                 if ((u32)head == WFS_COMP_DONE) {
                     r = (long long)res;
-                    answered = true;
+                    handed_pos = pos; /* DONE acquired: the daemon handed the slot back */
                     /* aux only where the tier is mapped (another PCIe round trip). */
                     if (ctx->tier != 0) aux = ld_relaxed_sys_u64(&comp->aux);
                     if (aux == 0) st_relaxed_sys_u32(&comp->state, WFS_COMP_FREE);
@@ -600,7 +595,6 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
             __syncwarp(group);
             if (aux != 0) st_release_sys_u32(&comp->state, WFS_COMP_FREE);
         }
-        if (answered) handed_pos = pos;
         WFS_TRACE_MARK(6);
 #ifdef WFS_TRACE
         if (posted && lane == leader && (atomicAdd(&wfs_trace_calls, 1u) & WFS_TRACE_EVERY) == 0)

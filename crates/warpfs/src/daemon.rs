@@ -38,8 +38,12 @@ use std::time::{Duration, Instant};
 type Local<T> = Rc<Arc<T>>;
 
 /// One in this many small reads (≤ one page) that miss a full cache may evict a page to be
-/// cached; the others are read straight from the file (see `Worker::plan_read`).
-const ADMIT_EVERY: u64 = 8;
+/// cached; the others are read straight from the file (see `Worker::plan_read`). An admission
+/// costs a CLOCK sweep over cold page metadata, two map updates and a queued load: on the
+/// development machine (2 cores, random 4 KiB reads over a file twice the cache) 1 in 32 gave
+/// 0.59–0.61× pread against 0.51–0.59× for 1 in 8, and never admitting 0.58–0.60×
+/// (bench/RESULTS.md, 2026-11-26). A working set that moves is still taken in, 4× slower.
+const ADMIT_EVERY: u64 = 32;
 
 /// Settings of the daemon.
 #[derive(Debug, Clone)]

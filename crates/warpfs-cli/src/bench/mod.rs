@@ -100,6 +100,16 @@ impl Plan {
             ..self.clone()
         }
     }
+    /// One of `rounds` equal slices of the measured run (`--seconds` or `--ops` split), for
+    /// phases that alternate their two sides slice by slice.
+    pub fn slice(&self, rounds: usize) -> Plan {
+        let k = rounds.max(1);
+        Plan {
+            seconds: self.seconds / k as f64,
+            ops: self.ops.map(|n| (n / k as u64).max(1)),
+            ..self.clone()
+        }
+    }
     /// `seconds` as a duration.
     pub fn seconds_duration(&self) -> Duration {
         Duration::from_secs_f64(self.seconds)
@@ -185,6 +195,12 @@ impl Tally {
         self.lat.merge(o.lat);
         self.touched.extend(o.touched);
         self.elapsed = self.elapsed.max(o.elapsed);
+    }
+    /// Adds the tally of a later run of the same side (elapsed: the sum).
+    pub fn append(&mut self, o: Tally) {
+        let elapsed = self.elapsed + o.elapsed;
+        self.merge(o);
+        self.elapsed = elapsed;
     }
 }
 

@@ -15,6 +15,9 @@ use std::time::Instant;
 use warpfs::runtime::{Agent, Ticket};
 use warpfs::FileHandle;
 
+/// Slices of the measured run per side (see `run`).
+const ROUNDS: usize = 6;
+
 /// A request in flight: its ticket, file offset and submission time.
 type Pending = (Ticket, u64, Instant);
 
@@ -129,30 +132,39 @@ pub fn run(ctx: &Ctx) -> Result<PhaseResult> {
         },
     )?;
 
-    let states: Vec<()> = vec![(); ctx.plan.threads];
-    let mut base = run_workers(
-        ctx.plan,
-        states,
-        "rand-read pread",
-        ctx.progress,
-        |(), limit, seed| {
-            baseline::pread_worker(&plain, blocks, BLOCK, limit, ctx.expected, seed)
-                .ctx(|| "baseline pread".into())
-        },
-    )?;
-
-    let per_thread = agents(ctx)?;
+    // The measured run, in slices that alternate the two sides (pread first in even rounds,
+    // warpfs first in odd ones), so that both see the same machine: on a shared 2-core
+    // machine the pread rate alone moved by ±15% between runs seconds apart.
+    let slice = ctx.plan.slice(ROUNDS);
+    let (mut base, mut w) = (Tally::default(), Tally::default());
     let before = ctx.rt.stats();
-    let depth = ctx.plan.agent_depth;
-    let mut w = run_workers(
-        ctx.plan,
-        per_thread,
-        "rand-read warpfs",
-        ctx.progress,
-        |agents, limit, seed| {
-            agent_reader(agents, &ctx.fh, blocks, depth, limit, ctx.expected, seed)
-        },
-    )?;
+    for round in 0..ROUNDS {
+        for side in [round % 2, 1 - round % 2] {
+            if side == 0 {
+                base.append(run_workers(
+                    &slice,
+                    vec![(); ctx.plan.threads],
+                    &format!("rand-read pread {}/{ROUNDS}", round + 1),
+                    ctx.progress,
+                    |(), limit, seed| {
+                        baseline::pread_worker(&plain, blocks, BLOCK, limit, ctx.expected, seed)
+                            .ctx(|| "baseline pread".into())
+                    },
+                )?);
+            } else {
+                let depth = ctx.plan.agent_depth;
+                w.append(run_workers(
+                    &slice,
+                    agents(ctx)?,
+                    &format!("rand-read warpfs {}/{ROUNDS}", round + 1),
+                    ctx.progress,
+                    |agents, limit, seed| {
+                        agent_reader(agents, &ctx.fh, blocks, depth, limit, ctx.expected, seed)
+                    },
+                )?);
+            }
+        }
+    }
     let after = ctx.rt.stats();
     // Reads of the warm-up were verified too.
     base.mismatches += warm_base.mismatches;

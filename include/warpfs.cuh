@@ -201,6 +201,12 @@ __device__ __forceinline__ bool is_global(const void *p) {
     return r != 0;
 }
 
+/* First pause between two polls of a request's completion record (a PCIe read each), in ns;
+ * it doubles up to 8 µs. A diagnostic knob (-DWFS_DONE_POLL_NS=N via WARPFS_NVRTC_OPTIONS). */
+#ifndef WFS_DONE_POLL_NS
+#define WFS_DONE_POLL_NS 64u
+#endif
+
 __device__ __forceinline__ void backoff(u32 &ns) {
     __nanosleep(ns);
     ns = ns < 4096 ? ns * 2 : 8192;
@@ -535,7 +541,7 @@ __device__ __noinline__ long long io(const wfs_ctx_t *ctx, u32 group, u32 op, u3
          * daemon unpins the page once it sees FREE or a new request on the record. */
         u64 aux = 0;
         if (posted) {
-            u32 ns = 64;
+            u32 ns = WFS_DONE_POLL_NS;
             u32 spins = 0;
             for (;;) {
 #ifdef WFS_TRACE
@@ -789,10 +795,10 @@ __device__ __noinline__ u32 claim_victim(const wfs_ctx_t *ctx, const WfsGpuCache
     unsigned long long *fresh = reinterpret_cast<unsigned long long *>(&state(ctx)->fresh);
     if (ld_relaxed_gpu_u64(fresh) < frames) {
         const u64 k = atomicAdd(fresh, 1ull);
-        if (k < frames && atomicCAS(frame_state(c, (u32)k), 0u, WFS_PG_BUSY) == 0u) {
-            __threadfence();
-            return (u32)k;
-        }
+        /* No fence: a frame never used was never in the table, so no thread reads its
+         * metadata before the claimer's insert publishes it (after that insert's fence); the
+         * CLOCK hand reads only its state word. */
+        if (k < frames && atomicCAS(frame_state(c, (u32)k), 0u, WFS_PG_BUSY) == 0u) return (u32)k;
     }
     unsigned long long *hand = reinterpret_cast<unsigned long long *>(&state(ctx)->clock);
     const u64 limit = 2ull * frames + 64;
@@ -932,6 +938,11 @@ __device__ __noinline__ u32 insert_page(const wfs_ctx_t *ctx, const WfsGpuCache 
     m->err = 0;
     const u64 word = ((u64)(f + 1) << 32) | tag;
     m->word = word;
+    /* The first free bucket's index goes out with the rest of the metadata, under one fence
+     * (a fence costs tens of µs when the GPU is busy with page loads); a later candidate
+     * rewrites it and fences again before its CAS. */
+    const u32 first_free = __ffs(free_mask) - 1;
+    m->bucket = (u32)(first + first_free);
     __threadfence();
     /* BUSY -> LOADING, pinned once by the loader (stale readers' transient pins kept). */
     state_update(frame_state(c, f), WFS_PG_FLAGS, WFS_PG_LOADING, 1u);
@@ -939,8 +950,10 @@ __device__ __noinline__ u32 insert_page(const wfs_ctx_t *ctx, const WfsGpuCache 
     for (u32 fm = free_mask; fm; fm &= fm - 1) {
         const u32 i = __ffs(fm) - 1;
         const u64 b = first + i;
-        m->bucket = (u32)b;
-        __threadfence();
+        if (i != first_free) {
+            m->bucket = (u32)b;
+            __threadfence();
+        }
         const u64 was = group_word(w, i);
         if (atomicCAS(reinterpret_cast<unsigned long long *>(table + b), (unsigned long long)was,
                       (unsigned long long)word) == was) {

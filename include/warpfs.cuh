@@ -795,9 +795,11 @@ __device__ __noinline__ u32 claim_victim(const wfs_ctx_t *ctx, const WfsGpuCache
     unsigned long long *fresh = reinterpret_cast<unsigned long long *>(&state(ctx)->fresh);
     if (ld_relaxed_gpu_u64(fresh) < frames) {
         const u64 k = atomicAdd(fresh, 1ull);
-        /* No fence: a frame never used was never in the table, so no thread reads its
-         * metadata before the claimer's insert publishes it (after that insert's fence); the
-         * CLOCK hand reads only its state word. */
+        /* No fence. The frame may have been used before (the CLOCK hand also takes state-0
+         * frames, and free_frame leaves them so), so a stale reader may still reach it from an
+         * old table word; it can then see this claimer's new metadata before the BUSY state,
+         * but any state without VALID or LOADING sends it to retry. Readers that see LOADING
+         * acquire the metadata through the insert's fence. */
         if (k < frames && atomicCAS(frame_state(c, (u32)k), 0u, WFS_PG_BUSY) == 0u) return (u32)k;
     }
     unsigned long long *hand = reinterpret_cast<unsigned long long *>(&state(ctx)->clock);
@@ -940,7 +942,8 @@ __device__ __noinline__ u32 insert_page(const wfs_ctx_t *ctx, const WfsGpuCache 
     m->word = word;
     /* The first free bucket's index goes out with the rest of the metadata, under one fence
      * (a fence costs tens of µs when the GPU is busy with page loads); a later candidate
-     * rewrites it and fences again before its CAS. */
+     * rewrites it and fences again before its CAS. A reader may then find the table word
+     * before it sees LOADING: the state it sees (BUSY) sends it to retry. */
     const u32 first_free = __ffs(free_mask) - 1;
     m->bucket = (u32)(first + first_free);
     __threadfence();

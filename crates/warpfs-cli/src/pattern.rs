@@ -70,10 +70,7 @@ pub fn count_wrong(seed: u64, offset: u64, buf: &[u8]) -> u64 {
 fn words_match(seed: u64, base: u64, words: &[u8]) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-        {
+        if has_avx512() {
             // SAFETY: the CPU has the features the function is compiled for (checked above).
             return unsafe { words_diff_avx512(seed, base, words) } == 0;
         }
@@ -96,6 +93,14 @@ fn words_diff(seed: u64, base: u64, words: &[u8]) -> u64 {
         acc |= got ^ word(seed, base + k as u64);
     }
     acc
+}
+
+/// Whether the CPU has what `words_diff_avx512` is compiled for (a cached feature test).
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("avx512vl")
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -147,10 +152,7 @@ mod tests {
                     // SAFETY: the CPU has AVX2.
                     assert_ne!(unsafe { words_diff_avx2(FILE_SEED, base, &buf) }, 0);
                 }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512dq")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                {
+                if has_avx512() {
                     // SAFETY: the CPU has the features.
                     assert_ne!(unsafe { words_diff_avx512(FILE_SEED, base, &buf) }, 0);
                 }

@@ -295,7 +295,8 @@ fn race_point() {
 
 /// What probing a mapped page found.
 enum Probe {
-    Hit,
+    /// Pinned; `true` when this was the first demand use of a page readahead loaded.
+    Hit(bool),
     /// Loading (`true`) or being written back (`false`).
     Busy(bool),
     /// The page no longer belongs to the key: look again.
@@ -607,20 +608,21 @@ impl HostCache {
     }
 
     /// Page `idx` probed for `key` as a lookup's answer (hit or busy, counted unless for
-    /// readahead); `None` if the page no longer belongs to the key.
-    fn probe_lookup(&self, idx: PageIdx, key: Key, readahead: bool) -> Option<Lookup> {
+    /// readahead) and whether the hit is a prefetched page's first demand use; `None` if the
+    /// page no longer belongs to the key.
+    fn probe_lookup(&self, idx: PageIdx, key: Key, readahead: bool) -> Option<(Lookup, bool)> {
         match self.probe(idx, key, !readahead, false) {
-            Probe::Hit => {
+            Probe::Hit(first_ahead) => {
                 if !readahead {
                     bump(&self.counters().hits, 1);
                 }
-                Some(Lookup::Hit(idx))
+                Some((Lookup::Hit(idx), first_ahead))
             }
             Probe::Busy(loading) => {
                 if loading && !readahead {
                     bump(&self.counters().coalesced, 1);
                 }
-                Some(Lookup::Busy)
+                Some((Lookup::Busy, false))
             }
             Probe::Stale => None,
         }
@@ -638,6 +640,19 @@ impl HostCache {
         readahead: bool,
         may_evict: bool,
     ) -> Lookup {
+        self.lookup_ahead(file, page, readahead, may_evict).0
+    }
+
+    /// [`HostCache::lookup_with`], also telling whether a hit is the first demand use of a
+    /// page that readahead loaded (the readahead detector watches those and misses, as
+    /// Linux's readahead marker does). Costs the same.
+    pub fn lookup_ahead(
+        &self,
+        file: &Arc<FileEntry>,
+        page: u64,
+        readahead: bool,
+        may_evict: bool,
+    ) -> (Lookup, bool) {
         let key = (file.id, page);
         if let Some(idx) = self.hinted(key) {
             // Stale: the map knows.
@@ -651,7 +666,7 @@ impl HostCache {
             if !readahead {
                 bump(&self.counters().misses, 1);
             }
-            return Lookup::Full;
+            return (Lookup::Full, false);
         }
         let shard = self.shard(key);
         for _ in 0..RETRIES {
@@ -662,14 +677,14 @@ impl HostCache {
                     if !readahead {
                         bump(&self.counters().coalesced, 1);
                     }
-                    return Lookup::Busy;
+                    return (Lookup::Busy, false);
                 }
                 Some(idx) => {
                     drop(map);
                     race_point();
                     match self.probe_lookup(idx, key, readahead) {
                         Some(found) => {
-                            if matches!(found, Lookup::Hit(_)) {
+                            if matches!(found.0, Lookup::Hit(_)) {
                                 self.set_hint(key, idx);
                             }
                             return found;
@@ -683,7 +698,7 @@ impl HostCache {
                     if !readahead {
                         bump(&self.counters().misses, 1);
                     }
-                    return Lookup::Full;
+                    return (Lookup::Full, false);
                 }
                 None => {
                     // Claim the key first, so that concurrent misses on it wait (Busy) instead
@@ -705,7 +720,7 @@ impl HostCache {
                 if !may_evict && !readahead {
                     bump(&self.counters().misses, 1);
                 }
-                return Lookup::Full;
+                return (Lookup::Full, false);
             };
             self.map_insert(&mut map, key, idx);
             drop(map);
@@ -713,10 +728,10 @@ impl HostCache {
             if !readahead {
                 bump(&self.counters().misses, 1);
             }
-            return Lookup::Miss(idx);
+            return (Lookup::Miss(idx), false);
         }
         // The key kept changing hands under us: let the caller retry later.
-        Lookup::Busy
+        (Lookup::Busy, false)
     }
 
     /// Pins page `idx` if it belongs to `key` and is valid (or, with `writing_back_ok`, being
@@ -732,14 +747,16 @@ impl HostCache {
             PageState::WritingBack if !writing_back_ok => Probe::Busy(false),
             PageState::Valid | PageState::WritingBack => {
                 m.pins += 1;
+                let mut first_ahead = false;
                 if demand {
                     m.referenced = true;
                     if m.readahead {
                         m.readahead = false;
+                        first_ahead = true;
                         bump(&self.counters().readahead_used, 1);
                     }
                 }
-                Probe::Hit
+                Probe::Hit(first_ahead)
             }
         }
     }
@@ -834,7 +851,7 @@ impl HostCache {
         for _ in 0..RETRIES {
             let idx = lock(shard).get(&key).copied().filter(|&i| i != RESERVING)?;
             match self.probe(idx, key, true, true) {
-                Probe::Hit => return Some(idx),
+                Probe::Hit(_) => return Some(idx),
                 Probe::Busy(_) => return None,
                 Probe::Stale => continue,
             }

@@ -661,6 +661,9 @@ struct Worker {
     small_reads: u64,
     /// What the last run took from a ring (kept for its allocation).
     popped: Vec<crate::ring::Popped>,
+    /// Pages of the read being planned that the readahead detector sees: misses and the
+    /// first use of prefetched pages (kept for its allocation).
+    observed: Vec<u64>,
     /// When this worker last swept the channels' held cache-page references.
     last_sweep: Instant,
 }
@@ -703,6 +706,7 @@ impl Worker {
             ops: Vec::new(),
             done: Vec::new(),
             popped: Vec::new(),
+            observed: Vec::new(),
             prefetch: Vec::new(),
             small_reads: 0,
             last_sweep: Instant::now(),
@@ -1122,6 +1126,7 @@ impl Worker {
         };
         let mut pages = Vec::new();
         let mut fail = None;
+        self.observed.clear();
         for p in span::pages(off, len, ps) {
             if let Some(&l) = self.load_of.get(&(file.id, p)) {
                 if for_write {
@@ -1130,17 +1135,24 @@ impl Worker {
                 }
                 self.loads[l].refs += 1;
                 pages.push((p, self.loads[l].idx, Held::Load(l)));
+                self.observed.push(p);
                 continue;
             }
-            match cache.lookup_with(&file, p, false, may_evict) {
-                Lookup::Hit(idx) => pages.push((p, idx, Held::Hit)),
-                Lookup::Miss(idx) if for_write => pages.push((p, idx, Held::Reserved)),
-                Lookup::Miss(idx) => {
+            match cache.lookup_ahead(&file, p, false, may_evict) {
+                (Lookup::Hit(idx), first_ahead) => {
+                    pages.push((p, idx, Held::Hit));
+                    if first_ahead {
+                        self.observed.push(p);
+                    }
+                }
+                (Lookup::Miss(idx), _) if for_write => pages.push((p, idx, Held::Reserved)),
+                (Lookup::Miss(idx), _) => {
                     let l = self.start_load(&file, p, idx);
                     self.loads[l].refs += 1;
                     pages.push((p, idx, Held::Load(l)));
+                    self.observed.push(p);
                 }
-                other => {
+                (other, _) => {
                     fail = Some(other);
                     break;
                 }
@@ -1231,18 +1243,28 @@ impl Worker {
             self.small_reads = self.small_reads.wrapping_add(1);
             self.small_reads.is_multiple_of(ADMIT_EVERY)
         };
-        match self.lookup_pages(j, false, may_evict) {
-            Ok(()) => {}
-            Err(Lookup::Full) if !write_back => return self.plan_bypass_read(j),
+        let bypass = match self.lookup_pages(j, false, may_evict) {
+            Ok(()) => false,
+            Err(Lookup::Full) if !write_back => {
+                // Every page of a read that bypasses the cache is a miss.
+                self.observed.clear();
+                self.observed.extend(span::pages(off, len, ps));
+                true
+            }
             Err(_) => return Outcome::Defer,
-        }
-        // Readahead on detected streams.
+        };
+        // Readahead on detected streams. The detector sees misses and the first use of pages
+        // it prefetched, as Linux's does (its readahead marker): a hit on a page a demand read
+        // loaded tells it nothing, and a stream that keeps using prefetched pages stays seen.
         let file = self.jobs[j].file.clone();
-        for p in span::pages(off, len, ps) {
+        for &p in &self.observed {
             if let Some(pf) = self.shared.readahead.try_observe(file.id, p) {
                 self.prefetch
                     .push((file.clone(), pf.start, pf.stride, pf.count));
             }
+        }
+        if bypass {
+            return self.plan_bypass_read(j);
         }
         if self.jobs[j].pending == 0 {
             self.finish_read(j);

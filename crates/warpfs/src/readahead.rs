@@ -1,7 +1,8 @@
 //! Stream detection for readahead: sequential and strided page streams per file.
 //!
-//! INTERFACE CONTRACT: `observe` is called by the daemon for every demand page access (in
-//! any order, from several threads); it returns the pages worth prefetching now, if a stream
+//! INTERFACE CONTRACT: `observe` is called by the daemon for every demand page miss and the
+//! first demand use of every page it prefetched (in any order, from several threads), as
+//! Linux's readahead marker works; it returns the pages worth prefetching now, if a stream
 //! is detected (≥ 2 equal strides in a row), up to `window` pages ahead, never the same page
 //! twice for one stream.
 //!
@@ -11,13 +12,18 @@
 //! prefetched range it falls in (accesses from many GPU threads arrive a little out of order),
 //! to a stream it repeats or lags slightly (ignored), to the nearest undetected stream within
 //! [`MAX_STRIDE`] pages behind it (its stride is learned), or else starts a new stream,
-//! replacing the least recently used one. Only forward strides are detected. Prefetches are
+//! replacing the least recently used undetected one (a detected one only after [`STALE`]
+//! accesses unused, so random traffic cannot push out live streams). Only forward strides are detected. Prefetches are
 //! not clipped to the file's length: the daemon drops pages past the end of file.
 
 use std::sync::{Mutex, MutexGuard};
 
 /// Largest stride, in pages, that is detected.
 pub const MAX_STRIDE: u64 = 256;
+
+/// Accesses (observed by the detector, of any file) after which an unused detected stream
+/// may be replaced by a new one.
+pub const STALE: u64 = 1024;
 
 /// Pages to prefetch: `count` pages `start, start+stride, …`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,12 +127,19 @@ impl Readahead {
         // access continues (rule 1), the first it repeats or lags (rule 2), the nearest
         // undetected one behind it (rule 3) and the least recently used (rule 4). (A random
         // access, which matches nothing, costs one pass over the table, not four.)
-        let (mut repeat, mut nearest, mut lru): (Option<usize>, Option<(usize, u64)>, usize) =
-            (None, None, 0);
+        let (mut repeat, mut nearest): (Option<usize>, Option<(usize, u64)>) = (None, None);
+        // Replacement candidates: the least recently used stream not yet detected, and the
+        // least recently used detected one.
+        let (mut lru_new, mut lru_live): (Option<usize>, Option<usize>) = (None, None);
         let mut continued = None;
         for (i, s) in t.streams.iter().enumerate() {
-            if s.used < t.streams[lru].used {
-                lru = i;
+            let lru = if s.detected() {
+                &mut lru_live
+            } else {
+                &mut lru_new
+            };
+            if lru.is_none_or(|l| s.used < t.streams[l].used) {
+                *lru = Some(i);
             }
             if s.file != file_id {
                 continue;
@@ -188,7 +201,9 @@ impl Readahead {
             return None;
         }
 
-        // 4. A new stream, replacing the least recently used one when the table is full.
+        // 4. A new stream. In a full table it replaces the least recently used undetected
+        // stream (random accesses churn those among themselves), or a detected one that has
+        // gone [`STALE`] accesses unused; live streams are never pushed out by random ones.
         let fresh = Stream {
             file: file_id,
             last: page,
@@ -199,8 +214,10 @@ impl Readahead {
         };
         if t.streams.len() < self.max_streams {
             t.streams.push(fresh);
-        } else {
-            t.streams[lru] = fresh;
+        } else if let Some(i) = lru_new
+            .or(lru_live.filter(|&i| now - t.streams[i].used > STALE))
+        {
+            t.streams[i] = fresh;
         }
         None
     }
@@ -364,22 +381,48 @@ mod tests {
         }
         assert_eq!(got[0], (3..=12).collect::<Vec<_>>());
         assert_eq!(got[1], got[0]);
-        // A third stream evicts the least recently used one (file 1): it starts over.
+        // A third access, in a table of two live streams, pushes neither out.
         assert_eq!(ra.observe(3, 0), None);
         assert_eq!(ra.table().streams.len(), 2);
-        assert_eq!(
-            ra.observe(2, 10),
-            Some(Prefetch {
-                start: 13,
-                stride: 1,
-                count: 1
-            })
-        );
-        assert_eq!(
-            ra.observe(1, 10),
-            None,
-            "file 1's stream should have been replaced"
-        );
+        for f in [2, 1] {
+            assert_eq!(
+                ra.observe(f, 10),
+                Some(Prefetch {
+                    start: 13,
+                    stride: 1,
+                    count: 1
+                }),
+                "file {f}'s stream should still be live"
+            );
+        }
+        // Once file 1's stream has gone STALE accesses unused, a new stream may replace it
+        // (the least recently used of the stale ones), and file 1 starts over.
+        for k in 0..=STALE {
+            ra.observe(2, 11 + k);
+        }
+        assert_eq!(ra.observe(3, 0), None);
+        assert_eq!(ra.observe(1, 11), None, "file 1's stream should be gone");
+    }
+
+    #[test]
+    fn random_accesses_leave_live_streams_alone() {
+        let ra = Readahead::new(4, 4);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut got = Vec::new();
+        for k in 0..200u64 {
+            // A sequential stream, once detected (its third access) with ten random accesses
+            // (of the same file) between two of its own: more than the table holds.
+            if let Some(pf) = ra.observe(1, k) {
+                got.extend(pf.start..pf.start + u64::from(pf.count));
+            }
+            for _ in 0..if k < 2 { 0 } else { 10 } {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                assert_eq!(ra.observe(1, 1_000_000 + x % 1_000_000_000), None);
+            }
+        }
+        assert_eq!(got, (3..=203).collect::<Vec<_>>());
     }
 
     #[test]

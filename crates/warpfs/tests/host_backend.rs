@@ -401,6 +401,42 @@ fn sequential_reads_trigger_readahead_that_gets_used() {
 }
 
 #[test]
+fn a_sequential_reader_of_a_full_cache_gets_readahead() {
+    // Small reads that miss a full cache skip it (most are not admitted); their misses must
+    // still reach the readahead detector, or a stream that starts on a full cache never does.
+    let ps = 4096u64;
+    let path = pattern_file("readahead-full", 4096 * ps);
+    let rt = runtime(EngineChoice::Auto, ps as usize, 256, false);
+    let f = rt.open(&path, OpenOptions::read_only()).unwrap();
+    let mut agent = rt.agent().unwrap();
+    let mut buf = vec![POISON; ps as usize];
+    let mut read_page = |p: u64| {
+        buf.fill(POISON);
+        assert_eq!(agent.read(&f, p * ps, &mut buf).unwrap(), ps as usize);
+        assert!(buf == pattern(p * ps, ps as usize), "wrong bytes in page {p}");
+    };
+    // Fill the 256-page cache with random pages of the first 2000.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for _ in 0..1500 {
+        read_page(rng.random_range(0..2000));
+    }
+    let before = rt.stats().cache;
+    assert!(before.evictions > 0, "the cache should be full: {before:?}");
+    for p in 3000..3400 {
+        read_page(p);
+    }
+    let st = rt.stats().cache;
+    let (used, misses) = (
+        st.readahead_used - before.readahead_used,
+        st.misses - before.misses,
+    );
+    assert!(
+        used > 300 && misses < 50,
+        "400 sequential pages: {used} read ahead and used, {misses} misses ({st:?})"
+    );
+}
+
+#[test]
 fn write_back_pages_survive_eviction_and_flush() {
     for engine in ENGINES {
         let len = 2 << 20;

@@ -113,10 +113,27 @@ pub trait IoEngine: Send {
             iov_base: buf.cast(),
             iov_len: len,
         };
+        // The system call itself, not glibc's `preadv2`: its wrapper toggles thread
+        // cancellation around every call, which `perf` showed at a tenth of the call's cost on
+        // the daemon's hot path. (x86-64 and aarch64 pass the offset whole, high half 0.)
         // SAFETY: the caller guarantees `buf..buf+len` is writable and ours for the call; `iov`
         // lives across it.
-        let r = unsafe { libc::preadv2(fd, &iov, 1, off, libc::RWF_NOWAIT) };
-        r == len as isize
+        #[cfg(target_pointer_width = "64")]
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_preadv2,
+                fd,
+                &iov as *const libc::iovec,
+                1,
+                off,
+                0,
+                libc::RWF_NOWAIT,
+            )
+        };
+        // SAFETY: as above.
+        #[cfg(not(target_pointer_width = "64"))]
+        let r = unsafe { libc::preadv2(fd, &iov, 1, off, libc::RWF_NOWAIT) } as i64;
+        r == len as i64
     }
 }
 

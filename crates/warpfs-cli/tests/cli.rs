@@ -189,4 +189,5 @@ fn graph_gen_then_bfs_checks_and_reports() {
     let out = warpfs(&["graph", "bfs", g, "--plot", dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--sweep-cache"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

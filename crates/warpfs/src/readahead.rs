@@ -214,9 +214,7 @@ impl Readahead {
         };
         if t.streams.len() < self.max_streams {
             t.streams.push(fresh);
-        } else if let Some(i) = lru_new
-            .or(lru_live.filter(|&i| now - t.streams[i].used > STALE))
-        {
+        } else if let Some(i) = lru_new.or(lru_live.filter(|&i| now - t.streams[i].used > STALE)) {
             t.streams[i] = fresh;
         }
         None

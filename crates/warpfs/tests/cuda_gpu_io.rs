@@ -341,6 +341,19 @@ fn every_kernel_compiles_with_nvrtc() {
             ptx.len()
         );
     }
+    // The headers are handed to NVRTC in memory: both include forms find them, and an error
+    // in the kernel comes back with NVRTC's log.
+    let angle = "#include <warpfs.cuh>\nextern \"C\" __global__ void k(unsigned *p) { *p = WFS_OP_READ; }\n";
+    gpu_io::compile_ptx(angle, "compute_90", &[])
+        .unwrap_or_else(|e| panic!("#include <warpfs.cuh> should compile: {e}"));
+    let bad = "#include \"warpfs.cuh\"\nextern \"C\" __global__ void k() { no_such_function(); }\n";
+    let e = gpu_io::compile_ptx(bad, "compute_90", &[])
+        .expect_err("a call of an undefined function must not compile")
+        .to_string();
+    assert!(
+        e.contains("no_such_function"),
+        "the error should carry NVRTC's log: {e}"
+    );
 }
 
 /// Longest a test kernel may run before the watchdog ends it: `WARPFS_GPU_WATCHDOG_SECS`

@@ -413,7 +413,10 @@ fn a_sequential_reader_of_a_full_cache_gets_readahead() {
     let mut read_page = |p: u64| {
         buf.fill(POISON);
         assert_eq!(agent.read(&f, p * ps, &mut buf).unwrap(), ps as usize);
-        assert!(buf == pattern(p * ps, ps as usize), "wrong bytes in page {p}");
+        assert!(
+            buf == pattern(p * ps, ps as usize),
+            "wrong bytes in page {p}"
+        );
     };
     // Fill the 256-page cache with random pages of the first 2000.
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);

@@ -131,9 +131,8 @@ use crate::runtime::Runtime;
 use crate::serve::{ChannelLease, Command};
 use cudarc::driver::sys;
 use std::ffi::{c_void, CString};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The device API header, embedded so kernels compile wherever the binary runs.
@@ -851,20 +850,78 @@ fn device_attribute(
     Ok(v)
 }
 
-/// Writes the embedded headers once per process into a private temp directory (NVRTC reads
-/// include files from disk).
-fn include_dir() -> Result<PathBuf> {
-    static DIR: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("warpfs-include-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .and_then(|_| std::fs::write(dir.join("warpfs.cuh"), WARPFS_CUH))
-            .and_then(|_| std::fs::write(dir.join("warpfs_abi.h"), WARPFS_ABI_H))
-            .map_err(|e| format!("writing warpfs headers to {}: {e}", dir.display()))?;
-        Ok(dir)
-    })
-    .clone()
-    .map_err(|e| Error::Config(format!("{e}; set TMPDIR to a writable directory")))
+/// An NVRTC program of a kernel source, with `warpfs.cuh` and `warpfs_abi.h` handed to NVRTC
+/// in memory (so a compile writes no files). Destroyed on drop.
+struct Program {
+    prog: cudarc::nvrtc::sys::nvrtcProgram,
+    /// The strings NVRTC may keep pointers to until the program is destroyed.
+    _strings: [CString; 5],
+}
+
+impl Program {
+    fn new(src: &str) -> Result<Self> {
+        use cudarc::nvrtc::sys as nsys;
+        let c = |s: &str, what: &str| {
+            CString::new(s).map_err(|_| Error::Config(format!("{what} contains a NUL byte")))
+        };
+        let strings = [
+            c(src, "the kernel source")?,
+            c(WARPFS_CUH, "warpfs.cuh")?,
+            c(WARPFS_ABI_H, "warpfs_abi.h")?,
+            c("warpfs.cuh", "a header name")?,
+            c("warpfs_abi.h", "a header name")?,
+        ];
+        let headers = [strings[1].as_ptr(), strings[2].as_ptr()];
+        let names = [strings[3].as_ptr(), strings[4].as_ptr()];
+        let mut prog = std::mem::MaybeUninit::uninit();
+        // SAFETY: every pointer is a NUL-terminated string that `strings` keeps alive (moved
+        // into the returned value, heap buffers unmoved) until `drop` destroys the program;
+        // the two arrays hold 2 entries each, as `numHeaders` says.
+        let r = unsafe {
+            nsys::nvrtcCreateProgram(
+                prog.as_mut_ptr(),
+                strings[0].as_ptr(),
+                std::ptr::null(),
+                2,
+                headers.as_ptr(),
+                names.as_ptr(),
+            )
+        };
+        if r != nsys::nvrtcResult::NVRTC_SUCCESS {
+            return Err(Error::Config(format!("nvrtcCreateProgram: {r:?}")));
+        }
+        Ok(Self {
+            // SAFETY: nvrtcCreateProgram succeeded, so it wrote the program handle.
+            prog: unsafe { prog.assume_init() },
+            _strings: strings,
+        })
+    }
+
+    /// Compiles with `opts`; on failure, NVRTC's log.
+    fn compile(&self, opts: &[String]) -> std::result::Result<(), String> {
+        use cudarc::nvrtc::result;
+        // SAFETY: `self.prog` is a live program (created in `new`, destroyed only in `drop`).
+        unsafe {
+            result::compile_program(self.prog, opts).map_err(|e| {
+                let log = result::get_program_log(self.prog)
+                    .map(|l| {
+                        let b: Vec<u8> = l.iter().map(|&c| c as u8).collect();
+                        String::from_utf8_lossy(&b)
+                            .trim_end_matches('\0')
+                            .to_string()
+                    })
+                    .unwrap_or_default();
+                format!("{e:?}\n{log}")
+            })
+        }
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        // SAFETY: the program was created in `new` and is destroyed once, here.
+        let _ = unsafe { cudarc::nvrtc::result::destroy_program(self.prog) };
+    }
 }
 
 /// The NVRTC virtual architecture for a compute capability.
@@ -900,8 +957,8 @@ fn env_nvrtc_options() -> Vec<String> {
 }
 
 /// Compiles CUDA C++ `src` to PTX with NVRTC for virtual architecture `arch` (e.g.
-/// `"compute_90"`), with `warpfs.cuh` and `warpfs_abi.h` on the include path and `--std=c++17`;
-/// `options` are extra NVRTC flags. Needs no GPU and no driver, only libnvrtc — so every kernel
+/// `"compute_90"`), with `warpfs.cuh` and `warpfs_abi.h` handed to NVRTC in memory (no files
+/// written) and `--std=c++17`; `options` are extra NVRTC flags. Needs no GPU and no driver, only libnvrtc — so every kernel
 /// can be checked on any machine. Costs tens to hundreds of ms.
 pub fn compile_ptx(src: &str, arch: &'static str, options: &[&str]) -> Result<String> {
     if !nvrtc_available() {
@@ -911,24 +968,28 @@ pub fn compile_ptx(src: &str, arch: &'static str, options: &[&str]) -> Result<St
                 .into(),
         ));
     }
-    let inc = include_dir()?;
-    let mut opts = vec!["--std=c++17".to_string()];
+    let mut opts = vec![
+        "--std=c++17".to_string(),
+        format!("--gpu-architecture={arch}"),
+    ];
     opts.extend(options.iter().map(|s| s.to_string()));
     opts.extend(env_nvrtc_options());
-    let copts = cudarc::nvrtc::CompileOptions {
-        include_paths: vec![inc.display().to_string()],
-        arch: Some(arch),
-        options: opts,
-        ..Default::default()
-    };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, copts).map_err(|e| match e {
-        cudarc::nvrtc::CompileError::CompileError { log, options, .. } => Error::Config(format!(
-            "NVRTC could not compile the kernel (options {options:?}):\n{}",
-            log.to_string_lossy()
-        )),
-        other => Error::Config(format!("NVRTC failed: {other}")),
+    let prog = Program::new(src)?;
+    prog.compile(&opts).map_err(|log| {
+        Error::Config(format!(
+            "NVRTC could not compile the kernel (options {opts:?}): {log}"
+        ))
     })?;
-    Ok(ptx.to_src())
+    // SAFETY: `prog` is live and compiled.
+    let ptx = unsafe { cudarc::nvrtc::result::get_ptx(prog.prog) }
+        .map_err(|e| Error::Config(format!("nvrtcGetPTX: {e:?}")))?;
+    let bytes: Vec<u8> = ptx
+        .iter()
+        .map(|&c| c as u8)
+        .take_while(|&b| b != 0)
+        .collect();
+    String::from_utf8(bytes)
+        .map_err(|_| Error::Config("NVRTC returned PTX that is not UTF-8".into()))
 }
 
 /// Compiles CUDA C++ `src` with NVRTC all the way to a cubin for real architecture `arch`
@@ -936,51 +997,28 @@ pub fn compile_ptx(src: &str, arch: &'static str, options: &[&str]) -> Result<St
 /// instruction are checked as the driver would at load time — still without a GPU. Returns
 /// the cubin's size in bytes. Costs about twice [`compile_ptx`].
 pub fn compile_cubin(src: &str, arch: &str, options: &[&str]) -> Result<usize> {
-    use cudarc::nvrtc::{result, sys as nsys};
+    use cudarc::nvrtc::sys as nsys;
     if !nvrtc_available() {
         return Err(Error::Config(
             "libnvrtc not found: put libnvrtc.so.13 on LD_LIBRARY_PATH".into(),
         ));
     }
-    let inc = include_dir()?;
-    let csrc = CString::new(src).map_err(|_| Error::Config("source contains NUL".into()))?;
-    let prog = result::create_program(&csrc, None)
-        .map_err(|e| Error::Config(format!("nvrtcCreateProgram: {e:?}")))?;
     let mut opts = vec![
         "--std=c++17".to_string(),
         format!("--gpu-architecture={arch}"),
-        format!("--include-path={}", inc.display()),
     ];
     opts.extend(options.iter().map(|s| s.to_string()));
     opts.extend(env_nvrtc_options());
-    // SAFETY: prog was created above and is destroyed once, below; the log and cubin buffers
-    // are sized by NVRTC's own size queries.
-    unsafe {
-        let compiled = result::compile_program(prog, &opts);
-        let out = match compiled {
-            Ok(()) => {
-                let mut size = 0usize;
-                let r = nsys::nvrtcGetCUBINSize(prog, &mut size);
-                if r == nsys::nvrtcResult::NVRTC_SUCCESS {
-                    Ok(size)
-                } else {
-                    Err(Error::Config(format!("nvrtcGetCUBINSize: {r:?}")))
-                }
-            }
-            Err(e) => {
-                let log = result::get_program_log(prog)
-                    .map(|l| {
-                        let b: Vec<u8> = l.iter().map(|&c| c as u8).collect();
-                        String::from_utf8_lossy(&b).into_owned()
-                    })
-                    .unwrap_or_default();
-                Err(Error::Config(format!(
-                    "NVRTC could not compile for {arch} ({e:?}):\n{log}"
-                )))
-            }
-        };
-        let _ = result::destroy_program(prog);
-        out
+    let prog = Program::new(src)?;
+    prog.compile(&opts)
+        .map_err(|log| Error::Config(format!("NVRTC could not compile for {arch}: {log}")))?;
+    let mut size = 0usize;
+    // SAFETY: `prog` is live and compiled; `size` is a valid out-pointer.
+    let r = unsafe { nsys::nvrtcGetCUBINSize(prog.prog, &mut size) };
+    if r == nsys::nvrtcResult::NVRTC_SUCCESS {
+        Ok(size)
+    } else {
+        Err(Error::Config(format!("nvrtcGetCUBINSize: {r:?}")))
     }
 }
 

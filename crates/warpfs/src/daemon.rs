@@ -1299,10 +1299,22 @@ impl Worker {
                 }
             }
             None => {
-                // A small read of a warm buffered file: at once, if the page cache has it all.
-                // SAFETY: `dst` is `len` bytes of the channel's data region (`data_range`
-                // checked it), the request's buffer, which nothing else touches until the
-                // request completes.
+                // A small read of a warm buffered file: at once, if the page cache has it all,
+                // copied from the file's mapping (no system call) or else read with
+                // `preadv2(RWF_NOWAIT)`.
+                // SAFETY (both): `dst` is `len` bytes of the channel's data region
+                // (`data_range` checked it), the request's buffer, which nothing else touches
+                // until the request completes.
+                if len <= INLINE_READ_MAX && self.shared.cfg.engine.cached_reads_now {
+                    if let Some(map) = file.mapping() {
+                        if unsafe { self.engine.read_mapped_now(map, off, dst, len as usize) } {
+                            self.shared.counters[self.id]
+                                .bypass_bytes
+                                .fetch_add(len, Ordering::Relaxed);
+                            return Outcome::Now(len as i64);
+                        }
+                    }
+                }
                 if len <= INLINE_READ_MAX
                     && self.shared.cfg.engine.cached_reads_now
                     && unsafe {

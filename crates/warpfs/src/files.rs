@@ -99,6 +99,9 @@ pub struct FileEntry {
     pub direct: Option<File>,
     /// Alignment `O_DIRECT` needs for offsets, lengths and buffers.
     pub dio_align: usize,
+    /// A shared mapping of the whole file, made by the first read that wants it.
+    #[cfg(target_os = "linux")]
+    mapped: std::sync::OnceLock<Option<crate::engine::mapped::MappedFile>>,
 }
 
 impl FileEntry {
@@ -113,6 +116,20 @@ impl FileEntry {
     /// Current size in bytes (one `fstat`).
     pub fn size(&self) -> std::io::Result<u64> {
         Ok(self.file.metadata()?.len())
+    }
+    /// A read-only shared mapping of the file as long as it is now, made on the first call
+    /// (one `fstat` and one `mmap`); `None` for an empty or unreadable file or when mapping
+    /// fails. The daemon copies small warm reads from it (`engine::mapped`).
+    #[cfg(target_os = "linux")]
+    pub fn mapping(&self) -> Option<&crate::engine::mapped::MappedFile> {
+        self.mapped
+            .get_or_init(|| {
+                if !self.options.read {
+                    return None;
+                }
+                crate::engine::mapped::MappedFile::new(self.fd(), self.size().ok()?)
+            })
+            .as_ref()
     }
     /// Whether requests may read.
     pub fn readable(&self) -> bool {
@@ -215,6 +232,8 @@ impl FileTable {
             file,
             direct,
             dio_align: 4096,
+            #[cfg(target_os = "linux")]
+            mapped: std::sync::OnceLock::new(),
         });
         s.entries[index as usize] = Some(entry.clone());
         self.version.fetch_add(1, Ordering::Release);

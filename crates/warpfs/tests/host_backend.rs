@@ -440,6 +440,55 @@ fn a_sequential_reader_of_a_full_cache_gets_readahead() {
 }
 
 #[test]
+fn a_file_truncated_while_registered_reads_short_and_nothing_crashes() {
+    // Small reads that miss a full cache are copied from a mapping of the file; a page of it
+    // past a new, shorter end raises SIGBUS, which the daemon must absorb (reading the usual
+    // way: end of file) instead of dying.
+    let ps = 4096u64;
+    let pages = 256u64;
+    let path = pattern_file("truncated", pages * ps);
+    let rt = runtime(EngineChoice::Auto, ps as usize, 16, false);
+    let f = rt.open(&path, OpenOptions::read_only()).unwrap();
+    let mut agent = rt.agent().unwrap();
+    let mut buf = vec![POISON; ps as usize];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for _ in 0..400 {
+        let p = rng.random_range(0..pages);
+        buf.fill(POISON);
+        assert_eq!(agent.read(&f, p * ps, &mut buf).unwrap(), ps as usize);
+        assert!(
+            buf == pattern(p * ps, ps as usize),
+            "wrong bytes in page {p}"
+        );
+    }
+    let half = pages / 2 * ps;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(half)
+        .unwrap();
+    for _ in 0..400 {
+        let p = rng.random_range(0..pages);
+        buf.fill(POISON);
+        let n = agent.read(&f, p * ps, &mut buf).unwrap();
+        if p * ps >= half {
+            // Past the new end: nothing, unless the page is still in the host tier (a hit
+            // keeps what was read before the truncation).
+            assert!(n == 0 || n == ps as usize, "page {p}: {n} bytes");
+        } else {
+            assert_eq!(n, ps as usize, "page {p}");
+        }
+        if n > 0 {
+            assert!(
+                buf == pattern(p * ps, ps as usize),
+                "wrong bytes in page {p}"
+            );
+        }
+    }
+}
+
+#[test]
 fn write_back_pages_survive_eviction_and_flush() {
     for engine in ENGINES {
         let len = 2 << 20;

@@ -561,6 +561,18 @@ impl IoEngine for FaultEngine {
         false
     }
 
+    /// Every read goes through the fault plan: none comes from a mapping.
+    unsafe fn read_mapped_now(
+        &mut self,
+        map: &super::mapped::MappedFile,
+        offset: u64,
+        buf: *mut u8,
+        len: usize,
+    ) -> bool {
+        let _ = (map, offset, buf, len);
+        false
+    }
+
     fn name(&self) -> &'static str {
         match self.inner.name() {
             "uring" => "fault+uring",

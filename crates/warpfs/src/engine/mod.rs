@@ -18,6 +18,8 @@ use std::sync::{Arc, OnceLock};
 
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+#[cfg(target_os = "linux")]
+pub mod mapped;
 pub mod threads;
 #[cfg(target_os = "linux")]
 pub mod uring;
@@ -134,6 +136,24 @@ pub trait IoEngine: Send {
         #[cfg(not(target_pointer_width = "64"))]
         let r = unsafe { libc::preadv2(fd, &iov, 1, off, libc::RWF_NOWAIT) } as i64;
         r == len as i64
+    }
+
+    /// Like [`IoEngine::read_cached_now`], from a shared mapping of the file
+    /// ([`mapped::MappedFile::copy`]: a copy, no system call, for warm files). Engines that must
+    /// see every read return `false`.
+    ///
+    /// # Safety
+    /// As [`IoEngine::read_cached_now`].
+    #[cfg(target_os = "linux")]
+    unsafe fn read_mapped_now(
+        &mut self,
+        map: &mapped::MappedFile,
+        offset: u64,
+        buf: *mut u8,
+        len: usize,
+    ) -> bool {
+        // SAFETY: forwarded from the caller.
+        unsafe { map.copy(offset, buf, len) }
     }
 }
 

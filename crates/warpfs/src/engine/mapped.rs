@@ -71,22 +71,8 @@ impl MappedFile {
     pub fn new(fd: RawFd, len: u64) -> Option<Self> {
         let len = usize::try_from(len).ok().filter(|&l| l > 0)?;
         install_handler()?;
-        // SAFETY: a fresh read-only shared mapping chosen by the kernel; nothing aliases it.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return None;
-        }
         Some(Self {
-            base: NonNull::new(p.cast())?,
+            base: map_shared_read_only(fd, len).ok()?,
             len,
             fd,
             broken: AtomicBool::new(false),
@@ -174,6 +160,27 @@ impl MappedFile {
     pub fn is_broken(&self) -> bool {
         self.broken.load(Ordering::Acquire)
     }
+}
+
+/// Maps `len` bytes (> 0) of `fd` from offset 0 read-only and shared (pages fault in on first
+/// touch); the caller unmaps it with `munmap(ptr, len)`. The descriptor may be closed after.
+pub fn map_shared_read_only(fd: RawFd, len: usize) -> std::io::Result<NonNull<u8>> {
+    // SAFETY: a fresh read-only shared mapping at an address the kernel picks: nothing aliases
+    // it, and the result is checked.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    NonNull::new(p.cast()).ok_or_else(|| std::io::Error::other("mmap returned null"))
 }
 
 impl Drop for MappedFile {

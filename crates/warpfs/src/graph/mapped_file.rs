@@ -39,26 +39,8 @@ impl MappedFile {
                 len: 0,
             });
         }
-        // SAFETY: a fresh read-only shared mapping of an open descriptor; the result is
-        // checked; the descriptor may be closed afterwards (the mapping keeps the file).
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(GraphError::io(
-                "mapping",
-                path,
-                std::io::Error::last_os_error(),
-            ));
-        }
-        let ptr = NonNull::new(p.cast::<u8>()).expect("mmap never returns null on success");
+        let ptr = crate::engine::mapped::map_shared_read_only(file.as_raw_fd(), len)
+            .map_err(|e| GraphError::io("mapping", path, e))?;
         Ok(Self { ptr, len })
     }
 

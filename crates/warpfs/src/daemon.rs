@@ -1306,27 +1306,19 @@ impl Worker {
                 // (`data_range` checked it), the request's buffer, which nothing else touches
                 // until the request completes.
                 if len <= INLINE_READ_MAX && self.shared.cfg.engine.cached_reads_now {
-                    if let Some(map) = file.mapping() {
-                        if unsafe { self.engine.read_mapped_now(map, off, dst, len as usize) } {
-                            self.shared.counters[self.id]
-                                .bypass_bytes
-                                .fetch_add(len, Ordering::Relaxed);
-                            return Outcome::Now(len as i64);
+                    let n = len as usize;
+                    let mapped = file
+                        .mapping()
+                        .is_some_and(|m| unsafe { self.engine.read_mapped_now(m, off, dst, n) });
+                    if mapped || unsafe { self.engine.read_cached_now(file.fd(), off, dst, n) } {
+                        let c = &self.shared.counters[self.id];
+                        if !mapped {
+                            // One I/O issued (a system call), as the engine would count it.
+                            c.ios.fetch_add(1, Ordering::Relaxed);
                         }
+                        c.bypass_bytes.fetch_add(len, Ordering::Relaxed);
+                        return Outcome::Now(len as i64);
                     }
-                }
-                if len <= INLINE_READ_MAX
-                    && self.shared.cfg.engine.cached_reads_now
-                    && unsafe {
-                        self.engine
-                            .read_cached_now(file.fd(), off, dst, len as usize)
-                    }
-                {
-                    // One I/O issued (a system call), as the engine would count it.
-                    let c = &self.shared.counters[self.id];
-                    c.ios.fetch_add(1, Ordering::Relaxed);
-                    c.bypass_bytes.fetch_add(len, Ordering::Relaxed);
-                    return Outcome::Now(len as i64);
                 }
                 parts.push((off, len, file.fd()))
             }

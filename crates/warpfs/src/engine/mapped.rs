@@ -23,7 +23,7 @@
 //!   as zeros until the next probe (below) notices the size change: as with any mapping, a
 //!   file truncated under a reader is read racily for that moment.
 //! - **Cold pages.** A copy that touches a page not in the page cache waits for the disk,
-//!   which `RWF_NOWAIT` would have refused. Every [`PROBE_EVERY`]-th copy is therefore a
+//!   which `RWF_NOWAIT` would have refused. Every [`PROBE_EVERY`]-th copy of a thread is a
 //!   `preadv2(RWF_NOWAIT)` instead, plus an `fstat` (the first copy of a mapping, and the first
 //!   after a cold spell, too): a refusal marks the file cold, and the next [`COLD_READS`] reads
 //!   go the usual way (which sends uncached reads to the engine). A file evicted from the page
@@ -36,10 +36,11 @@
 use std::cell::Cell;
 use std::os::fd::RawFd;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-/// One copy in this many is a `preadv2(RWF_NOWAIT)` probe of the page cache (and an `fstat`).
+/// One copy in this many (per thread) is a `preadv2(RWF_NOWAIT)` probe of the page cache (and
+/// an `fstat`).
 pub const PROBE_EVERY: u64 = 64;
 /// Reads that go the usual way after a probe found the file not cached.
 pub const COLD_READS: u32 = 4096;
@@ -52,8 +53,9 @@ pub struct MappedFile {
     fd: RawFd,
     /// Set (before a zero page is patched in) when a copy faulted: never used again.
     broken: AtomicBool,
-    /// Copies so far (picks the probes).
-    reads: AtomicU64,
+    /// The next copy probes (set for a new mapping and at the end of a cold spell; the others
+    /// are picked by the thread's [`PROBE_TICK`], so copies share no written cache line).
+    probe_next: AtomicBool,
     /// Reads left to send the usual way after a probe found the file cold.
     cold_left: AtomicU32,
 }
@@ -77,19 +79,9 @@ impl MappedFile {
             fd,
             broken: AtomicBool::new(false),
             // The first copy probes: a file mapped cold is seen cold at once.
-            reads: AtomicU64::new(PROBE_EVERY - 1),
+            probe_next: AtomicBool::new(true),
             cold_left: AtomicU32::new(0),
         })
-    }
-
-    /// Bytes mapped (the file's length when it was mapped).
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether nothing is mapped (never: an empty file is not mapped).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Copies `len` bytes at file offset `offset` into `dst`; `false` when the caller must read
@@ -111,11 +103,19 @@ impl MappedFile {
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
             if was == Ok(1) {
                 // The cold spell is over: the next copy probes first.
-                self.reads.store(PROBE_EVERY - 1, Ordering::Relaxed);
+                self.probe_next.store(true, Ordering::Relaxed);
             }
             return false;
         }
-        if self.reads.fetch_add(1, Ordering::Relaxed) % PROBE_EVERY == PROBE_EVERY - 1 {
+        let tick = PROBE_TICK.with(|t| {
+            let n = t.get().wrapping_add(1);
+            t.set(n);
+            n
+        });
+        if tick.is_multiple_of(PROBE_EVERY)
+            || (self.probe_next.load(Ordering::Relaxed)
+                && self.probe_next.swap(false, Ordering::Relaxed))
+        {
             // SAFETY: forwarded from the caller.
             return unsafe { self.probe(offset, dst, len) };
         }
@@ -141,19 +141,16 @@ impl MappedFile {
             self.broken.store(true, Ordering::Release);
             return false;
         }
-        let iov = libc::iovec {
-            iov_base: dst.cast(),
-            iov_len: len,
-        };
-        // SAFETY: `dst..dst+len` is the caller's writable buffer; `iov` lives across the call.
-        let r = unsafe { libc::preadv2(self.fd, &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) };
-        if r == len as isize {
-            return true;
+        // SAFETY: `dst..dst+len` is the caller's writable buffer.
+        match unsafe { super::read_nowait(self.fd, offset, dst, len) } {
+            Ok(n) => n == len,
+            Err(e) => {
+                if e.raw_os_error() == Some(libc::EAGAIN) {
+                    self.cold_left.store(COLD_READS, Ordering::Relaxed);
+                }
+                false
+            }
         }
-        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {
-            self.cold_left.store(COLD_READS, Ordering::Relaxed);
-        }
-        false
     }
 
     /// Whether a fault broke the mapping (tests).
@@ -193,6 +190,8 @@ impl Drop for MappedFile {
 thread_local! {
     /// While this thread copies from a mapping: that mapping's broken mark (else null).
     static COPYING: Cell<*const AtomicBool> = const { Cell::new(std::ptr::null()) };
+    /// This thread's copies so far (every [`PROBE_EVERY`]-th probes).
+    static PROBE_TICK: Cell<u64> = const { Cell::new(0) };
 }
 
 /// The `SIGBUS` disposition before ours (set once, with the handler).

@@ -105,37 +105,8 @@ pub trait IoEngine: Send {
     /// # Safety
     /// `buf..buf+len` must be valid for writes and not accessed by anyone else during the call.
     unsafe fn read_cached_now(&mut self, fd: i32, offset: u64, buf: *mut u8, len: usize) -> bool {
-        if len == 0 || len > isize::MAX as usize {
-            return false;
-        }
-        let Ok(off) = libc::off_t::try_from(offset) else {
-            return false;
-        };
-        let iov = libc::iovec {
-            iov_base: buf.cast(),
-            iov_len: len,
-        };
-        // The system call itself, not glibc's `preadv2`: its wrapper toggles thread
-        // cancellation around every call, which `perf` showed at a tenth of the call's cost on
-        // the daemon's hot path. (x86-64 and aarch64 pass the offset whole, high half 0.)
-        // SAFETY: the caller guarantees `buf..buf+len` is writable and ours for the call; `iov`
-        // lives across it.
-        #[cfg(target_pointer_width = "64")]
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_preadv2,
-                fd,
-                &iov as *const libc::iovec,
-                1,
-                off,
-                0,
-                libc::RWF_NOWAIT,
-            )
-        };
-        // SAFETY: as above.
-        #[cfg(not(target_pointer_width = "64"))]
-        let r = unsafe { libc::preadv2(fd, &iov, 1, off, libc::RWF_NOWAIT) } as i64;
-        r == len as i64
+        // SAFETY: forwarded from the caller.
+        len > 0 && matches!(unsafe { read_nowait(fd, offset, buf, len) }, Ok(n) if n == len)
     }
 
     /// Like [`IoEngine::read_cached_now`], from a shared mapping of the file
@@ -155,6 +126,48 @@ pub trait IoEngine: Send {
         // SAFETY: forwarded from the caller.
         unsafe { map.copy(offset, buf, len) }
     }
+}
+
+/// `preadv2(fd, [buf, len), offset, RWF_NOWAIT)`: the bytes read (short at end of file), or
+/// the error (`EAGAIN` when the page cache does not hold them all). One system call, made
+/// directly: glibc's `preadv2` toggles thread cancellation around every call, which `perf`
+/// showed at a tenth of the call's cost on the daemon's hot path.
+///
+/// # Safety
+/// `buf..buf+len` must be valid for writes and not accessed by anyone else during the call.
+pub(crate) unsafe fn read_nowait(
+    fd: RawFd,
+    offset: u64,
+    buf: *mut u8,
+    len: usize,
+) -> std::io::Result<usize> {
+    let invalid = || std::io::Error::from_raw_os_error(libc::EINVAL);
+    if len > isize::MAX as usize {
+        return Err(invalid());
+    }
+    let off = libc::off_t::try_from(offset).map_err(|_| invalid())?;
+    let iov = libc::iovec {
+        iov_base: buf.cast(),
+        iov_len: len,
+    };
+    // SAFETY: the caller guarantees `buf..buf+len` is writable and ours for the call; `iov`
+    // lives across it. (x86-64 and aarch64 pass the offset whole, high half 0.)
+    #[cfg(target_pointer_width = "64")]
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_preadv2,
+            fd,
+            &iov as *const libc::iovec,
+            1,
+            off,
+            0,
+            libc::RWF_NOWAIT,
+        )
+    };
+    // SAFETY: as above.
+    #[cfg(not(target_pointer_width = "64"))]
+    let r = unsafe { libc::preadv2(fd, &iov, 1, off, libc::RWF_NOWAIT) } as i64;
+    usize::try_from(r).map_err(|_| std::io::Error::last_os_error())
 }
 
 /// Which engine to run.

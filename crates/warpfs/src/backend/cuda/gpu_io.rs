@@ -897,12 +897,19 @@ impl Program {
         })
     }
 
-    /// Compiles with `opts`; on failure, NVRTC's log.
-    fn compile(&self, opts: &[String]) -> std::result::Result<(), String> {
+    /// Compiles for `arch` (`--gpu-architecture`) with `--std=c++17`, `options` and those of
+    /// `WARPFS_NVRTC_OPTIONS`; on failure, the options and NVRTC's log.
+    fn compile(&self, arch: &str, options: &[&str]) -> std::result::Result<(), String> {
         use cudarc::nvrtc::result;
+        let mut opts = vec![
+            "--std=c++17".to_string(),
+            format!("--gpu-architecture={arch}"),
+        ];
+        opts.extend(options.iter().map(|s| s.to_string()));
+        opts.extend(env_nvrtc_options());
         // SAFETY: `self.prog` is a live program (created in `new`, destroyed only in `drop`).
         unsafe {
-            result::compile_program(self.prog, opts).map_err(|e| {
+            result::compile_program(self.prog, &opts).map_err(|e| {
                 let log = result::get_program_log(self.prog)
                     .map(|l| {
                         let b: Vec<u8> = l.iter().map(|&c| c as u8).collect();
@@ -911,7 +918,7 @@ impl Program {
                             .to_string()
                     })
                     .unwrap_or_default();
-                format!("{e:?}\n{log}")
+                format!("{e:?} (options {opts:?})\n{log}")
             })
         }
     }
@@ -958,8 +965,8 @@ fn env_nvrtc_options() -> Vec<String> {
 
 /// Compiles CUDA C++ `src` to PTX with NVRTC for virtual architecture `arch` (e.g.
 /// `"compute_90"`), with `warpfs.cuh` and `warpfs_abi.h` handed to NVRTC in memory (no files
-/// written) and `--std=c++17`; `options` are extra NVRTC flags. Needs no GPU and no driver, only libnvrtc — so every kernel
-/// can be checked on any machine. Costs tens to hundreds of ms.
+/// written) and `--std=c++17`; `options` are extra NVRTC flags. Needs no GPU and no driver,
+/// only libnvrtc — so every kernel can be checked on any machine. Costs tens to hundreds of ms.
 pub fn compile_ptx(src: &str, arch: &'static str, options: &[&str]) -> Result<String> {
     if !nvrtc_available() {
         return Err(Error::Config(
@@ -968,18 +975,9 @@ pub fn compile_ptx(src: &str, arch: &'static str, options: &[&str]) -> Result<St
                 .into(),
         ));
     }
-    let mut opts = vec![
-        "--std=c++17".to_string(),
-        format!("--gpu-architecture={arch}"),
-    ];
-    opts.extend(options.iter().map(|s| s.to_string()));
-    opts.extend(env_nvrtc_options());
     let prog = Program::new(src)?;
-    prog.compile(&opts).map_err(|log| {
-        Error::Config(format!(
-            "NVRTC could not compile the kernel (options {opts:?}): {log}"
-        ))
-    })?;
+    prog.compile(arch, options)
+        .map_err(|log| Error::Config(format!("NVRTC could not compile the kernel: {log}")))?;
     // SAFETY: `prog` is live and compiled.
     let ptx = unsafe { cudarc::nvrtc::result::get_ptx(prog.prog) }
         .map_err(|e| Error::Config(format!("nvrtcGetPTX: {e:?}")))?;
@@ -1003,14 +1001,8 @@ pub fn compile_cubin(src: &str, arch: &str, options: &[&str]) -> Result<usize> {
             "libnvrtc not found: put libnvrtc.so.13 on LD_LIBRARY_PATH".into(),
         ));
     }
-    let mut opts = vec![
-        "--std=c++17".to_string(),
-        format!("--gpu-architecture={arch}"),
-    ];
-    opts.extend(options.iter().map(|s| s.to_string()));
-    opts.extend(env_nvrtc_options());
     let prog = Program::new(src)?;
-    prog.compile(&opts)
+    prog.compile(arch, options)
         .map_err(|log| Error::Config(format!("NVRTC could not compile for {arch}: {log}")))?;
     let mut size = 0usize;
     // SAFETY: `prog` is live and compiled; `size` is a valid out-pointer.

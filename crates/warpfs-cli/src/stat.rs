@@ -46,20 +46,11 @@ fn resident_pages(file: &File, size: u64) -> std::io::Result<u64> {
     }
     let len = usize::try_from(size)
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: a fresh read-only shared mapping of a file we hold open; unmapped below.
-    let addr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    if addr == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
+    // Unmapped below.
+    let addr: *mut libc::c_void =
+        warpfs::engine::mapped::map_shared_read_only(file.as_raw_fd(), len)?
+            .as_ptr()
+            .cast();
     let pages = len.div_ceil(page_size() as usize);
     let mut vec = vec![0u8; pages];
     // SAFETY: `addr` maps `len` bytes; `vec` has one byte per page of that range.

@@ -790,7 +790,7 @@ __device__ __forceinline__ bool take_dirty(const wfs_ctx_t *ctx, const WfsGpuCac
  * the hand moves on only by frames examined. Bounded: at most two sweeps of the frames or the
  * deadline; WFS_NO_FRAME if every frame stayed pinned or loading. */
 __device__ __noinline__ u32 claim_victim(const wfs_ctx_t *ctx, const WfsGpuCache *c, u64 deadline,
-                                         u32 &clean_out) {
+                                         bool evict, u32 &clean_out) {
     const u32 frames = c->frames;
     unsigned long long *fresh = reinterpret_cast<unsigned long long *>(&state(ctx)->fresh);
     if (ld_relaxed_gpu_u64(fresh) < frames) {
@@ -802,6 +802,7 @@ __device__ __noinline__ u32 claim_victim(const wfs_ctx_t *ctx, const WfsGpuCache
          * acquire the metadata through the insert's fence. */
         if (k < frames && atomicCAS(frame_state(c, (u32)k), 0u, WFS_PG_BUSY) == 0u) return (u32)k;
     }
+    if (!evict) return WFS_NO_FRAME;
     unsigned long long *hand = reinterpret_cast<unsigned long long *>(&state(ctx)->clock);
     const u64 limit = 2ull * frames + 64;
 #ifdef WFS_TRACE
@@ -899,7 +900,7 @@ __device__ __forceinline__ void lock_drop(u32 *l) {
  * `f_out`), WFS_ACQ_BYPASS (no frame or no bucket), or WFS_ACQ_RETRY (lock busy, or someone
  * listed the key meanwhile: look again). Never waits. */
 __device__ __noinline__ u32 insert_page(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 fh, u64 page, u64 h,
-                                        u64 deadline, u32 &f_out, u32 &clean_out) {
+                                        u64 deadline, bool evict, u32 &f_out, u32 &clean_out) {
     const u32 tag = (u32)(h >> 32);
     u64 *table = table_of(c);
     u32 *lk = reinterpret_cast<u32 *>(c->locks) + ((h ^ (h >> 32)) & c->lock_mask);
@@ -927,7 +928,7 @@ __device__ __noinline__ u32 insert_page(const wfs_ctx_t *ctx, const WfsGpuCache 
         lock_drop(lk);
         return WFS_ACQ_BYPASS;
     }
-    const u32 f = claim_victim(ctx, c, deadline, clean_out);
+    const u32 f = claim_victim(ctx, c, deadline, evict, clean_out);
     if (f == WFS_NO_FRAME) {
         lock_drop(lk);
         return WFS_ACQ_BYPASS;
@@ -977,13 +978,21 @@ __device__ __noinline__ u32 insert_page(const wfs_ctx_t *ctx, const WfsGpuCache 
     return result;
 }
 
-/* One attempt to find (fh, page) and pin its frame; never waits. With `may_insert`, a miss
- * lists a frame LOADING for the caller to load (WFS_ACQ_LOAD). WFS_ACQ_RETRY: a frame of this
+/* How a miss may place its page (acquire_page's `insert`): not at all (a lookup), in any frame
+ * (evicting by CLOCK), or only in a frame never used (a view-backed read: a full cache reads
+ * in place instead of evicting). */
+#define WFS_INSERT_NONE 0u
+#define WFS_INSERT_ANY 1u
+#define WFS_INSERT_FRESH 2u
+
+/* One attempt to find (fh, page) and pin its frame; never waits. With `insert` other than
+ * WFS_INSERT_NONE, a miss lists a frame LOADING for the caller to load (WFS_ACQ_LOAD); with
+ * WFS_INSERT_FRESH a miss that finds no never-used frame gets WFS_ACQ_BYPASS. WFS_ACQ_RETRY: a frame of this
  * key is being evicted or failed, or its insert lock is busy — the caller retries (with its
  * warp, after a backoff; see acquire_round), bounded by its deadline. A claim that met a dirty
  * frame may hand one back in `clean_out` (pinned) for the caller to write back. */
 __device__ u32 acquire_page(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 fh, u64 page,
-                            bool may_insert, u64 deadline, u32 &f_out, u32 &clean_out) {
+                            u32 insert, u64 deadline, u32 &f_out, u32 &clean_out) {
     const u64 h = key_hash(fh, page);
     const u32 tag = (u32)(h >> 32);
     u64 w[WFS_TABLE_GROUP];
@@ -1014,8 +1023,11 @@ __device__ u32 acquire_page(const wfs_ctx_t *ctx, const WfsGpuCache *c, u32 fh, 
         red_add_release_gpu(st, 0xFFFFFFFFu); /* BUSY (evicting) or ERROR: look again */
         return WFS_ACQ_RETRY;
     }
-    if (!may_insert) return WFS_ACQ_ABSENT;
-    return insert_page(ctx, c, fh, page, h, deadline, f_out, clean_out);
+    if (insert == WFS_INSERT_NONE) return WFS_ACQ_ABSENT;
+    /* A full cache that may not evict: no insert lock, no fence (the in-place read's cost is
+     * then one table-group load). */
+    if (insert == WFS_INSERT_FRESH && ld_relaxed_gpu_u64(&state(ctx)->fresh) >= c->frames) return WFS_ACQ_BYPASS;
+    return insert_page(ctx, c, fh, page, h, deadline, insert == WFS_INSERT_ANY, f_out, clean_out);
 }
 
 /* acquire_page for one thread on its own (no insert): retries with backoff, bounded by the
@@ -1025,7 +1037,7 @@ __device__ __noinline__ u32 acquire_page_lookup(const wfs_ctx_t *ctx, const WfsG
     u32 ns = 32;
     for (;;) {
         u32 no_clean = WFS_NO_FRAME; /* no insert: no claim, nothing to write back */
-        const u32 r = acquire_page(ctx, c, fh, page, false, deadline, f_out, no_clean);
+        const u32 r = acquire_page(ctx, c, fh, page, WFS_INSERT_NONE, deadline, f_out, no_clean);
         if (r != WFS_ACQ_RETRY) return r;
         if (now_ns() > deadline || closing(ctx)) return WFS_ACQ_TIMEOUT;
         __nanosleep(ns);
@@ -1178,12 +1190,19 @@ __device__ __noinline__ long long write_back_all(const wfs_ctx_t *ctx, const Wfs
  * lane, the frame (pinned by the leader) and an outcome: 0, a negative errno, or
  * WFS_BYPASS_RESULT (read around the cache). Its statistics come back in `stats_out` (see
  * RoundStats).
+ *
+ * File views (GpuIo::map_file): a lane whose page lies whole in a view passes its bytes there
+ * as `view_page`; a load of that page is then a copy from the view by the whole warp (no
+ * request to the daemon). With `in_place`, a miss that finds no never-used frame evicts
+ * nothing and comes back WFS_BYPASS_RESULT (the caller reads the view in place, counted as
+ * in_place, not bypassed); with `lookup_only` as well, any miss does (a scan's pages are read
+ * in place, not loaded: wfs_array::pin_stream).
  */
 #define WFS_BYPASS_RESULT (-(1ll << 40))
 /* What one acquire_round adds to the statistics, per lane (leaders only); the caller adds it
  * with add_round_stats once its pins are dropped, so no unpin waits for these adds. */
 struct RoundStats {
-    u32 hits, misses, coalesced, bypassed;
+    u32 hits, misses, coalesced, bypassed, in_place;
 };
 __device__ __forceinline__ void add_round_stats(const WfsGpuCache *c, u32 group, const RoundStats &r) {
     WfsGpuCacheStats *sst = stats_stripe(c);
@@ -1191,11 +1210,13 @@ __device__ __forceinline__ void add_round_stats(const WfsGpuCache *c, u32 group,
     stat_add_warp(group, &sst->misses, r.misses);
     stat_add_warp(group, &sst->coalesced, r.coalesced);
     stat_add_warp(group, &sst->bypassed, r.bypassed);
+    if (vote_any(group, r.in_place != 0)) stat_add_warp(group, &sst->in_place, r.in_place);
 }
 __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpuCache *c,
                                               u32 group, bool want, u32 fh, u64 page, u64 deadline,
                                               u32 &leader_out, u32 &frame_out, long long &res_out,
-                                              RoundStats &stats_out) {
+                                              RoundStats &stats_out, const unsigned char *view_page = 0,
+                                              bool in_place = false, bool lookup_only = false) {
     const u32 lane = lane_id();
     const u32 wmask = vote(group, want);
     u32 peers = 0;
@@ -1224,7 +1245,9 @@ __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpu
         rounds = round + 1;
 #endif
         if (is_leader && status == WFS_ACQ_RETRY)
-            status = acquire_page(ctx, c, fh, page, true, deadline, f, clean);
+            status = acquire_page(ctx, c, fh, page,
+                                  lookup_only ? WFS_INSERT_NONE : in_place ? WFS_INSERT_FRESH : WFS_INSERT_ANY,
+                                  deadline, f, clean);
         if (vote(group, is_leader && status == WFS_ACQ_RETRY) == 0) break;
         const bool shut = (round & 7) == 7 && closing(ctx);
         const bool late = now_ns() > deadline;
@@ -1248,12 +1271,33 @@ __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpu
     const u64 t_acquired = now_ns();
 #endif
     if (loaders != 0) {
-        /* The whole group calls (lanes that load nothing ask for 0 bytes): every lane helps
-         * copy the loaded pages from the host buffers, so one loader's 4 KiB crosses PCIe in
-         * one round of loads, not 32 one after another. */
         const u64 ps = 1ull << c->page_shift;
-        const long long r = io(ctx, group, WFS_OP_READ, fh, page << c->page_shift, loader ? ps : 0,
-                               loader ? frame_data(c, f) : 0);
+        /* Pages in a file view: the whole group copies each from the view, in turn. */
+        const bool from_view = loader && view_page != 0;
+        const u32 viewers = vote(group, from_view);
+        if (viewers != 0) {
+            const u32 rank = __popc(group & lanemask_lt());
+            const u32 cnt = __popc(group);
+            for (u32 m = viewers; m; m &= m - 1) {
+                const u32 k = __ffs(m) - 1;
+                const u64 kd = __shfl_sync(group, from_view ? reinterpret_cast<u64>(frame_data(c, f)) : 0ull, k);
+                const u64 ks = __shfl_sync(group, reinterpret_cast<u64>(view_page), k);
+                coop_copy(reinterpret_cast<unsigned char *>(kd), reinterpret_cast<const unsigned char *>(ks), ps,
+                          rank, cnt, true);
+            }
+            /* Every lane's stores into the frames before the loaders' fences in finish_load. */
+            __syncwarp(group);
+        }
+        /* The rest from the daemon. The whole group calls (lanes that load nothing ask for 0
+         * bytes): every lane helps copy the loaded pages from the host buffers, so one
+         * loader's 4 KiB crosses PCIe in one round of loads, not 32 one after another. */
+        long long r = (long long)ps;
+        if ((loaders & ~viewers) != 0) {
+            const bool ask = loader && !from_view;
+            const long long rd = io(ctx, group, WFS_OP_READ, fh, page << c->page_shift, ask ? ps : 0,
+                                    ask ? frame_data(c, f) : 0);
+            if (ask) r = rd;
+        }
 #ifdef WFS_TRACE
         const u64 t_io = now_ns();
 #endif
@@ -1279,7 +1323,7 @@ __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpu
         res = -WFS_ETIMEDOUT;
     } else if (is_leader && status == WFS_ACQ_SHUTDOWN) {
         res = -WFS_ESHUTDOWN;
-    } else if (is_leader && status == WFS_ACQ_BYPASS) {
+    } else if (is_leader && (status == WFS_ACQ_BYPASS || status == WFS_ACQ_ABSENT)) {
         res = WFS_BYPASS_RESULT;
     }
     if (is_leader && res < 0 && f != WFS_NO_FRAME) {
@@ -1292,7 +1336,8 @@ __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpu
     stats_out.coalesced = is_leader && res == 0 ? (status == WFS_ACQ_WAIT ? n_peers
                                                    : status == WFS_ACQ_LOAD ? n_peers - 1 : 0u)
                                                 : 0u;
-    stats_out.bypassed = is_leader && res == WFS_BYPASS_RESULT ? n_peers : 0u;
+    stats_out.bypassed = is_leader && res == WFS_BYPASS_RESULT && !in_place ? n_peers : 0u;
+    stats_out.in_place = is_leader && res == WFS_BYPASS_RESULT && in_place ? n_peers : 0u;
     leader_out = leader;
     frame_out = __shfl_sync(group, f, leader);
     res_out = __shfl_sync(group, res, leader);
@@ -1550,11 +1595,32 @@ __device__ __forceinline__ void count_error(const wfs_ctx_t *ctx) {
     atomicAdd(reinterpret_cast<unsigned long long *>(&state(ctx)->errors), 1ull);
 }
 
+/* The file view of fh (GpuIo::map_file): the device address of file byte 0 and, in `len`, the
+ * bytes readable there; 0 (and len 0) when fh has none. One device-memory load. */
+__device__ __forceinline__ const unsigned char *file_view(const wfs_ctx_t *ctx, u32 fh, u64 &len) {
+    len = 0;
+    if (ctx == 0 || ctx->view_slots == 0 || ctx->views == 0) return 0;
+    const WfsFileView *v = reinterpret_cast<const WfsFileView *>(ctx->views) + fh % ctx->view_slots;
+    if (v->fh != fh || v->addr == 0) return 0;
+    len = v->len;
+    return reinterpret_cast<const unsigned char *>(v->addr);
+}
+
+/* Where page `pos >> shift` lies whole in a view of `view_len` bytes, its first byte there;
+ * else 0 (no view, or the view's last, partial page: loaded by the daemon, which sees the
+ * file's present size). */
+__device__ __forceinline__ const unsigned char *view_page_of(const unsigned char *view, u64 view_len, u64 pos,
+                                                             u32 shift) {
+    const u64 first = (pos >> shift) << shift;
+    return view != 0 && first + (1ull << shift) <= view_len ? view + first : 0;
+}
+
 /* Element read for wfs_array: one page lookup per distinct page of the warp, pin held only
- * while the lanes load their elements. */
+ * while the lanes load their elements. With a file view (`view`, `view_len`), a miss loads the
+ * page from the view, and a miss of a full cache reads the element in place (no eviction). */
 template <typename T>
 __device__ __forceinline__ T array_get(const wfs_ctx_t *ctx, u32 fh, u64 byte_offset, u64 len,
-                                       u64 i) {
+                                       u64 i, const unsigned char *view = 0, u64 view_len = 0) {
     const WfsGpuCache *c = cache_of(ctx);
     const u32 group = calling_lanes();
     const u64 pos = byte_offset + i * (u64)sizeof(T);
@@ -1570,7 +1636,9 @@ __device__ __forceinline__ T array_get(const wfs_ctx_t *ctx, u32 fh, u64 byte_of
         u32 leader, f;
         long long res;
         RoundStats rs;
-        acquire_round(ctx, c, group, fast, fh, pos >> shift, deadline, leader, f, res, rs);
+        const bool in_view = fast && view != 0 && pos + sizeof(T) <= view_len;
+        acquire_round(ctx, c, group, fast, fh, pos >> shift, deadline, leader, f, res, rs,
+                      in_view ? view_page_of(view, view_len, pos, shift) : 0, in_view);
         const u64 in_off = pos & (ps - 1);
         bool got = false;
         if (fast && res == 0 && in_off + sizeof(T) <= frame_meta(c, f)->len) {
@@ -1585,8 +1653,26 @@ __device__ __forceinline__ T array_get(const wfs_ctx_t *ctx, u32 fh, u64 byte_of
         __syncwarp(group);
         if (fast && res == 0 && lane_id() == leader) unpin(c, f);
         add_round_stats(c, group, rs);
-        const u32 bypass = vote(group, fast && res == WFS_BYPASS_RESULT);
-        if (fast && res == WFS_BYPASS_RESULT) {
+        const bool here = fast && res == WFS_BYPASS_RESULT && in_view;
+        const u32 bypass = vote(group, fast && res == WFS_BYPASS_RESULT && !in_view);
+        if (here) {
+            /* In place: a volatile load, so a page of the file changed since (by another
+             * process) is read anew, not from a line the GPU's L2 kept. */
+            const volatile unsigned char *q = view + pos;
+            if (sizeof(T) == 8 && (pos & 7) == 0) {
+                const u64 w = *reinterpret_cast<const volatile u64 *>(q);
+                memcpy(&v, &w, sizeof(T));
+            } else if (sizeof(T) == 4 && (pos & 3) == 0) {
+                const u32 w = *reinterpret_cast<const volatile u32 *>(q);
+                memcpy(&v, &w, sizeof(T));
+            } else {
+                unsigned char *d = reinterpret_cast<unsigned char *>(&v);
+                for (u32 k = 0; k < sizeof(T); ++k) d[k] = q[k];
+            }
+            got = true;
+        }
+        if (vote_any(group, here)) stat_add_warp(group, &stats_stripe(c)->in_place_bytes, here ? (u32)sizeof(T) : 0u);
+        if (fast && res == WFS_BYPASS_RESULT && !in_view) {
             T tmp;
             got = io(ctx, bypass, WFS_OP_READ, fh, pos, sizeof(T), &tmp) == (long long)sizeof(T);
             if (got) v = tmp;
@@ -1698,7 +1784,9 @@ __device__ __forceinline__ void array_set(const wfs_ctx_t *ctx, u32 fh, u64 byte
  * caller reads those elements with array_get). */
 template <typename T>
 __device__ __forceinline__ void array_pin(const wfs_ctx_t *ctx, u32 fh, u64 byte_offset, u64 len, u64 i,
-                                          const T *&p, u64 &count, u32 &frame, u32 &leader) {
+                                          const T *&p, u64 &count, u32 &frame, u32 &leader,
+                                          const unsigned char *view = 0, u64 view_len = 0,
+                                          bool stream = false) {
     const WfsGpuCache *c = cache_of(ctx);
     const u32 group = calling_lanes();
     p = 0;
@@ -1715,8 +1803,20 @@ __device__ __forceinline__ void array_pin(const wfs_ctx_t *ctx, u32 fh, u64 byte
     u32 f;
     long long res;
     RoundStats rs;
-    acquire_round(ctx, c, group, want, fh, pos >> c->page_shift, deadline, leader, f, res, rs);
+    const bool in_view = want && view != 0 && pos + sizeof(T) <= view_len;
+    acquire_round(ctx, c, group, want, fh, pos >> c->page_shift, deadline, leader, f, res, rs,
+                  in_view ? view_page_of(view, view_len, pos, c->page_shift) : 0, in_view, in_view && stream);
     add_round_stats(c, group, rs);
+    if (want && in_view && res == WFS_BYPASS_RESULT) {
+        /* A miss of a full cache: the elements in place in the view, to the end of the page
+         * (so a later page that is cached is read from the cache), of the view and of the
+         * array. Nothing pinned. */
+        const u64 avail = ps - in_off < view_len - pos ? ps - in_off : view_len - pos;
+        const u64 n = avail / sizeof(T);
+        count = n < len - i ? n : len - i;
+        p = reinterpret_cast<const T *>(view + pos);
+        return;
+    }
     if (!want || res != 0) return;
     frame = f;
     const u32 flen = frame_meta(c, f)->len;
@@ -2054,6 +2154,10 @@ template <typename T> struct wfs_span {
     unsigned long long count;    /* elements readable at p */
     unsigned frame;              /* internal: the pinned frame */
     unsigned leader;             /* internal: the lane holding the pin */
+
+    /** Whether p points into a file view (host memory read over PCIe, nothing pinned) rather
+     *  than a GPU cache page: callers that count the bytes they move over PCIe use it. */
+    __device__ __forceinline__ bool in_place() const { return count != 0 && frame == WFS_NO_FRAME; }
 };
 
 /**
@@ -2067,9 +2171,11 @@ template <typename T> struct wfs_array {
     unsigned fh;
     unsigned long long byte_offset;
     unsigned long long len; /* elements */
+    const unsigned char *view;    /* the file's view (GpuIo::map_file), or 0 */
+    unsigned long long view_len;  /* bytes readable at view */
 
     __device__ __forceinline__ T operator[](unsigned long long i) const {
-        return wfs_detail::array_get<T>(ctx, fh, byte_offset, len, i);
+        return wfs_detail::array_get<T>(ctx, fh, byte_offset, len, i, view, view_len);
     }
 
     /**
@@ -2080,10 +2186,12 @@ template <typename T> struct wfs_array {
      * element across a page boundary, an I/O error, or a cache with every frame pinned): read
      * those elements with operator[]. Release with unpin(span) by the same lanes, before the
      * warp waits on anything else; a lane's pins count toward the launch's pages held per warp.
+     * With a file view, a page the full cache does not hold comes back in place (span.in_place():
+     * host memory, read over PCIe; nothing pinned), to the end of its page.
      */
     __device__ __forceinline__ wfs_span<T> pin(unsigned long long i) const {
         wfs_span<T> s;
-        wfs_detail::array_pin<T>(ctx, fh, byte_offset, len, i, s.p, s.count, s.frame, s.leader);
+        wfs_detail::array_pin<T>(ctx, fh, byte_offset, len, i, s.p, s.count, s.frame, s.leader, view, view_len);
         return s;
     }
 
@@ -2098,6 +2206,19 @@ template <typename T> struct wfs_array {
      */
     __device__ __forceinline__ void set(unsigned long long i, const T &v) const {
         wfs_detail::array_set<T>(ctx, fh, byte_offset, len, i, v);
+    }
+
+    /**
+     * pin() for a one-pass scan (e.g. the rest of a long list): a page the cache holds is
+     * pinned as by pin(); with a file view, a page it does not hold is read in place and not
+     * loaded, so a scan neither pays a load nor pushes out pages that are read again. Without
+     * a view it is pin().
+     */
+    __device__ __forceinline__ wfs_span<T> pin_stream(unsigned long long i) const {
+        wfs_span<T> s;
+        wfs_detail::array_pin<T>(ctx, fh, byte_offset, len, i, s.p, s.count, s.frame, s.leader, view, view_len,
+                                 true);
+        return s;
     }
 
     /** Elements in one whole GPU cache page (page bytes / sizeof(T)); 0 without a GPU cache.
@@ -2122,7 +2243,10 @@ template <typename T> struct wfs_array {
     }
 };
 
-/** A wfs_array of `len` elements of T at byte `byte_offset` of file `fh`. */
+/** A wfs_array of `len` elements of T at byte `byte_offset` of file `fh`. Where the host
+ *  mapped the file into the device (GpuIo::map_file), the array uses the view: misses load
+ *  pages from it with no request to the daemon, and misses of a full cache read in place
+ *  (evicting nothing). One device-memory load (the view table). */
 template <typename T>
 __device__ wfs_array<T> wfs_array_make(const wfs_ctx_t *ctx, unsigned fh,
                                        unsigned long long byte_offset, unsigned long long len) {
@@ -2131,6 +2255,7 @@ __device__ wfs_array<T> wfs_array_make(const wfs_ctx_t *ctx, unsigned fh,
     a.fh = fh;
     a.byte_offset = byte_offset;
     a.len = len;
+    a.view = wfs_detail::file_view(ctx, fh, a.view_len);
     return a;
 }
 

@@ -66,7 +66,7 @@ extern "C" {
 /* ---- constants ---- */
 
 /** Version of this wire format; bumped on any layout change. */
-#define WFS_ABI_VERSION 3u
+#define WFS_ABI_VERSION 4u
 /** Magic number at the start of a ring header ("WFSR"). */
 #define WFS_RING_MAGIC 0x57534652u
 
@@ -146,7 +146,7 @@ typedef struct WfsRingHeader {
 #define WFS_GPU_CTX_MAGIC 0x57534647u
 
 /**
- * What a CUDA kernel is handed (by device pointer) to reach one GPU channel (144 bytes):
+ * What a CUDA kernel is handed (by device pointer) to reach one GPU channel (160 bytes):
  * device addresses of the channel's parts and their geometry. Written once by the runtime;
  * kernels only read it (include/warpfs.cuh).
  */
@@ -174,7 +174,26 @@ typedef struct WfsGpuContext {
     uint64_t tier_bytes;     /**< Bytes of the tier arena mapped at `tier`. */
     uint64_t handed;         /**< Device address of the demand ring's hand-back mirror (device
                                   memory): per slot, the position it may next be written for. */
+    uint64_t views;          /**< Device address of view_slots WfsFileView records (device
+                                  memory): files the device reads in place; slot fh % view_slots. */
+    uint32_t view_slots;     /**< Records at views (0: no file views). */
+    uint32_t reserved;       /**< Reserved; 0. */
 } WfsGpuContext;
+
+/** Slots of a GPU channel's file-view table. */
+#define WFS_VIEW_SLOTS 64u
+
+/**
+ * A registered file the device can read in place (GpuIo::map_file): its page-cache pages,
+ * mapped read-only and pinned, at a device address. fh 0 marks a free slot.
+ */
+typedef struct WfsFileView {
+    uint64_t addr;      /**< Device address of file byte 0. */
+    uint64_t len;       /**< Bytes readable at addr (the file's size when mapped). */
+    uint32_t fh;        /**< The file's handle; 0: slot free. */
+    uint32_t reserved;  /**< Reserved; 0. */
+    uint64_t reserved2; /**< Reserved; 0. */
+} WfsFileView;
 
 /** Host-written words that GPU requesters read (mapped host memory, one cache line). */
 typedef struct WfsGpuControl {
@@ -248,6 +267,8 @@ typedef struct WfsGpuCacheStats {
     uint64_t load_errors;          /**< Page loads that failed. */
     uint64_t writebacks;           /**< Dirty pages written back to their file. */
     uint64_t writeback_errors;     /**< Write-backs that failed (changes dropped). */
+    uint64_t in_place;             /**< Lane accesses read in place from a file view. */
+    uint64_t in_place_bytes;       /**< Bytes element reads read in place. */
 } WfsGpuCacheStats;
 
 #ifdef __cplusplus
@@ -319,6 +340,12 @@ typedef struct WfsGpuCacheStats {
     X("WfsGpuContext.tier", offsetof(WfsGpuContext, tier))                      \
     X("WfsGpuContext.tier_bytes", offsetof(WfsGpuContext, tier_bytes))          \
     X("WfsGpuContext.handed", offsetof(WfsGpuContext, handed))                  \
+    X("WfsGpuContext.views", offsetof(WfsGpuContext, views))                    \
+    X("WfsGpuContext.view_slots", offsetof(WfsGpuContext, view_slots))          \
+    X("sizeof(WfsFileView)", sizeof(WfsFileView))                               \
+    X("WfsFileView.addr", offsetof(WfsFileView, addr))                          \
+    X("WfsFileView.len", offsetof(WfsFileView, len))                            \
+    X("WfsFileView.fh", offsetof(WfsFileView, fh))                              \
     X("sizeof(WfsGpuCache)", sizeof(WfsGpuCache))                               \
     X("WfsGpuCache.page_shift", offsetof(WfsGpuCache, page_shift))              \
     X("WfsGpuCache.frames", offsetof(WfsGpuCache, frames))                      \
@@ -340,7 +367,9 @@ typedef struct WfsGpuCacheStats {
     X("sizeof(WfsGpuCacheStats)", sizeof(WfsGpuCacheStats))                     \
     X("WfsGpuCacheStats.misses", offsetof(WfsGpuCacheStats, misses))            \
     X("WfsGpuCacheStats.load_errors", offsetof(WfsGpuCacheStats, load_errors))  \
-    X("WfsGpuCacheStats.writeback_errors", offsetof(WfsGpuCacheStats, writeback_errors))
+    X("WfsGpuCacheStats.writeback_errors", offsetof(WfsGpuCacheStats, writeback_errors)) \
+    X("WfsGpuCacheStats.in_place", offsetof(WfsGpuCacheStats, in_place))        \
+    X("WfsGpuCacheStats.in_place_bytes", offsetof(WfsGpuCacheStats, in_place_bytes))
 
 /* ---- the layout, checked at compile time where the language allows ---- */
 
@@ -354,7 +383,8 @@ WFS_STATIC_ASSERT_OFFSET(offsetof(WfsCompletion, result) == 8, "WfsCompletion.re
 WFS_STATIC_ASSERT(sizeof(WfsRingHeader) == 192, "WfsRingHeader must be 192 bytes");
 WFS_STATIC_ASSERT_OFFSET(offsetof(WfsRingHeader, head) == 64, "WfsRingHeader.head must be at 64");
 WFS_STATIC_ASSERT_OFFSET(offsetof(WfsRingHeader, tail) == 128, "WfsRingHeader.tail must be at 128");
-WFS_STATIC_ASSERT(sizeof(WfsGpuContext) == 144, "WfsGpuContext must be 144 bytes");
+WFS_STATIC_ASSERT(sizeof(WfsGpuContext) == 160, "WfsGpuContext must be 160 bytes");
+WFS_STATIC_ASSERT(sizeof(WfsFileView) == 32, "WfsFileView must be 32 bytes");
 WFS_STATIC_ASSERT_OFFSET(offsetof(WfsGpuContext, ring) == 16, "WfsGpuContext.ring must be at 16");
 WFS_STATIC_ASSERT_OFFSET(offsetof(WfsGpuContext, state) == 64, "WfsGpuContext.state must be at 64");
 WFS_STATIC_ASSERT_OFFSET(offsetof(WfsGpuContext, timeout_ns) == 72, "WfsGpuContext.timeout_ns must be at 72");

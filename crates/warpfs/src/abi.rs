@@ -6,7 +6,7 @@
 //! ring header (192 B) · `capacity` request slots (64 B each) · completion records (32 B each).
 
 /// Version of this wire format; bumped on any layout change.
-pub const WFS_ABI_VERSION: u32 = 3;
+pub const WFS_ABI_VERSION: u32 = 4;
 /// Magic number at the start of a ring header ("WFSR").
 pub const WFS_RING_MAGIC: u32 = 0x5753_4652;
 
@@ -172,6 +172,34 @@ pub struct WfsGpuContext {
     /// completed the request), so the next lap's requester finds its slot free without a
     /// PCIe read of the slot's sequence word; on a mismatch it reads that word as before.
     pub handed: u64,
+    /// Device address of `view_slots` [`WfsFileView`] records (device memory): files the
+    /// device may read in place (`GpuIo::map_file`); slot `handle % view_slots`.
+    pub views: u64,
+    /// Records at `views` (0: no file views).
+    pub view_slots: u32,
+    /// Reserved; 0.
+    pub reserved: u32,
+}
+
+/// Slots of the file-view table of a GPU channel ([`WfsGpuContext::views`]).
+pub const WFS_VIEW_SLOTS: u32 = 64;
+
+/// A registered file the device can read in place (`GpuIo::map_file`): its page-cache pages,
+/// mapped read-only and pinned, at a device address. Written by the runtime between kernels;
+/// kernels only read it. `fh` 0 marks a free slot (no valid handle is 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WfsFileView {
+    /// Device address of file byte 0.
+    pub addr: u64,
+    /// Bytes readable at `addr` (the file's size when it was mapped).
+    pub len: u64,
+    /// The file's handle; 0: slot free.
+    pub fh: u32,
+    /// Reserved; 0.
+    pub reserved: u32,
+    /// Reserved; 0.
+    pub reserved2: u64,
 }
 
 /// Host-written words that GPU requesters read (mapped host memory, one cache line).
@@ -307,6 +335,11 @@ pub struct WfsGpuCacheStats {
     pub writebacks: u64,
     /// Write-backs that failed (the page's changes are dropped; counted in `wfs_errors` too).
     pub writeback_errors: u64,
+    /// Lane accesses read in place from a file view (`GpuIo::map_file`) instead of a frame:
+    /// misses of a full cache, which a view-backed array does not evict for.
+    pub in_place: u64,
+    /// Bytes element reads (`wfs_array` `operator[]`) read in place.
+    pub in_place_bytes: u64,
 }
 
 /// Sizes and field offsets of every wire record, in the order `include/warpfs_abi.h`'s
@@ -408,6 +441,15 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
             offset_of!(WfsGpuContext, tier_bytes),
         ),
         ("WfsGpuContext.handed", offset_of!(WfsGpuContext, handed)),
+        ("WfsGpuContext.views", offset_of!(WfsGpuContext, views)),
+        (
+            "WfsGpuContext.view_slots",
+            offset_of!(WfsGpuContext, view_slots),
+        ),
+        ("sizeof(WfsFileView)", size_of::<WfsFileView>()),
+        ("WfsFileView.addr", offset_of!(WfsFileView, addr)),
+        ("WfsFileView.len", offset_of!(WfsFileView, len)),
+        ("WfsFileView.fh", offset_of!(WfsFileView, fh)),
         ("sizeof(WfsGpuCache)", size_of::<WfsGpuCache>()),
         (
             "WfsGpuCache.page_shift",
@@ -445,6 +487,14 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
             "WfsGpuCacheStats.writeback_errors",
             offset_of!(WfsGpuCacheStats, writeback_errors),
         ),
+        (
+            "WfsGpuCacheStats.in_place",
+            offset_of!(WfsGpuCacheStats, in_place),
+        ),
+        (
+            "WfsGpuCacheStats.in_place_bytes",
+            offset_of!(WfsGpuCacheStats, in_place_bytes),
+        ),
     ]
 }
 
@@ -458,7 +508,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<WfsSlot>(), 64);
         assert_eq!(core::mem::size_of::<WfsCompletion>(), 32);
         assert_eq!(core::mem::size_of::<WfsRingHeader>(), 192);
-        assert_eq!(core::mem::size_of::<WfsGpuContext>(), 144);
+        assert_eq!(core::mem::size_of::<WfsGpuContext>(), 160);
+        assert_eq!(core::mem::size_of::<WfsFileView>(), 32);
         assert_eq!(core::mem::size_of::<WfsGpuControl>(), 64);
         assert_eq!(core::mem::size_of::<WfsGpuState>(), 256);
         assert_eq!(core::mem::size_of::<WfsGpuCache>(), 128);

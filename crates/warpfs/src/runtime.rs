@@ -240,6 +240,11 @@ impl Runtime {
         })
     }
 
+    /// The registered file behind raw `handle`, if any (for backends that map files).
+    pub(crate) fn file_entry(&self, handle: u32) -> Option<Arc<FileEntry>> {
+        self.files.get(handle)
+    }
+
     fn entry(&self, file: &FileHandle) -> Result<Arc<FileEntry>> {
         self.files
             .get(file.handle)

@@ -66,6 +66,7 @@ fn constants() -> Vec<(&'static str, u64)> {
         ("WFS_COMP_SLEEPING", abi::WFS_COMP_SLEEPING as u64),
         ("WFS_MAX_END", abi::WFS_MAX_END),
         ("WFS_GPU_CTX_MAGIC", abi::WFS_GPU_CTX_MAGIC as u64),
+        ("WFS_VIEW_SLOTS", abi::WFS_VIEW_SLOTS as u64),
     ]
 }
 

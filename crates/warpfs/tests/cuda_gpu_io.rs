@@ -168,6 +168,21 @@ extern "C" __global__ void array_pin_read(const wfs_ctx_t *ctx, unsigned fh,
     a.unpin(s);
 }
 
+/* array_pin_read with pin_stream (a scan's pins). */
+extern "C" __global__ void array_pin_stream_read(const wfs_ctx_t *ctx, unsigned fh,
+                                                 unsigned long long byte_offset, unsigned long long len,
+                                                 const unsigned long long *idx, unsigned per,
+                                                 unsigned long long *out, unsigned long long *counts,
+                                                 unsigned n) {
+    unsigned t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n) return;
+    wfs_array<unsigned long long> a = wfs_array_make<unsigned long long>(ctx, fh, byte_offset, len);
+    const wfs_span<unsigned long long> s = a.pin_stream(idx[t]);
+    counts[t] = s.count;
+    for (unsigned k = 0; k < per && k < s.count; ++k) out[(unsigned long long)t * per + k] = s.p[k];
+    a.unpin(s);
+}
+
 /* Element writes through the GPU page cache: thread t sets `per` elements, element
  * i = (t * per + k) * stride + shift, to ~word(i) ^ salt (the file's pattern is word(i)); then
  * reads each back through the cache (read-your-writes: bad counts mismatches); with `fsync`,
@@ -2024,4 +2039,207 @@ fn gpu_random_read_iops() {
     for r in rows {
         println!("{r}");
     }
+}
+
+/// `GpuIo::map_file`: a read-only file mapped into the device is read through `wfs_array`
+/// without the daemon: misses copy pages from the view while the cache has never-used frames,
+/// then read in place (no eviction). Every element read, by `operator[]` and by `pin`, is
+/// checked against the file's pattern, including the file's last, partial page (which the
+/// daemon loads). A file registered writable is refused.
+#[test]
+fn a_mapped_file_is_read_through_its_view_every_element_checked() {
+    if !gpu() {
+        return;
+    }
+    let size: u64 = (1 << 20) + 1000; // 256 whole pages and a partial one
+    let path = pattern_file("view.bin", size as usize);
+    let rt = runtime(2);
+    let f = rt.open(&path, OpenOptions::read_only()).unwrap();
+    let w = rt.open(&path, OpenOptions::read_write()).unwrap();
+    let mut gpu = GpuIo::new(
+        &rt,
+        GpuIoConfig {
+            gpu_cache_bytes: 16 * 4096, // 16 frames for 257 pages: full after the first loads
+            ..small_cfg()
+        },
+    )
+    .unwrap();
+    let e = gpu.map_file(&w).unwrap_err().to_string();
+    assert!(e.contains("read-only"), "{e}");
+    gpu.map_file(&f).unwrap();
+    let module = compile_kernels(&gpu);
+    let len = size / 8;
+    let requests_before = rt.stats().daemon.requests;
+
+    // Pins (`kernel` array_pin_read or array_pin_stream_read) of every page's first element
+    // and one in the middle, a warp per 16 pages; every span's count and element checked.
+    let pages = size.div_ceil(4096);
+    let idx: Vec<u64> = (0..pages)
+        .flat_map(|p| [p * 512, p * 512 + 301])
+        .filter(|&i| i < len)
+        .collect();
+    let pins = |kernel: &str| {
+        let n = idx.len();
+        let per = 512usize;
+        let ib = upload(&gpu, &u64s(&idx));
+        let mut out = gpu.alloc(n * per * 8).unwrap();
+        out.fill(POISON).unwrap();
+        let counts = results_buffer(&gpu, n);
+        launch(
+            &gpu,
+            &module,
+            kernel,
+            n.div_ceil(128) as u32,
+            128,
+            &[
+                KernelArg::U64(gpu.context_ptr()),
+                KernelArg::U32(f.raw()),
+                KernelArg::U64(0),
+                KernelArg::U64(len),
+                KernelArg::U64(ib.ptr()),
+                KernelArg::U32(per as u32),
+                KernelArg::U64(out.ptr()),
+                KernelArg::U64(counts.ptr()),
+                KernelArg::U32(n as u32),
+            ],
+        );
+        let (got, counts) = (u64s_back(&out, n * per), u64s_back(&counts, n));
+        for (t, &i) in idx.iter().enumerate() {
+            let want = (512 - i % 512).min(len - i);
+            assert_eq!(counts[t], want, "{kernel}: element {i}");
+            for k in 0..per as u64 {
+                let x = got[t * per + k as usize];
+                if k < want {
+                    assert_eq!(x, pattern::word(i + k), "{kernel}: element {}", i + k);
+                } else {
+                    assert_eq!(x, u64::from_le_bytes([POISON; 8]), "{kernel}: past {i}");
+                }
+            }
+        }
+    };
+
+    // A scan's pins on an empty cache: read in place, nothing loaded.
+    pins("array_pin_stream_read");
+    let st0 = gpu.cache_stats().unwrap();
+    println!("view, scan pins: {st0:?}");
+    assert!(st0.misses == 0 && st0.in_place > 0, "{st0:?}");
+
+    // operator[]: 512 threads × 64 scattered elements (every page, the last one included).
+    let (threads, per) = (512usize, 64usize);
+    let mut out = gpu.alloc(threads * per * 8).unwrap();
+    out.fill(POISON).unwrap();
+    launch(
+        &gpu,
+        &module,
+        "array_u64",
+        (threads / 128) as u32,
+        128,
+        &[
+            KernelArg::U64(gpu.context_ptr()),
+            KernelArg::U32(f.raw()),
+            KernelArg::U64(0),
+            KernelArg::U64(len),
+            KernelArg::U32(per as u32),
+            KernelArg::U64(out.ptr()),
+            KernelArg::U32(threads as u32),
+        ],
+    );
+    let got = u64s_back(&out, threads * per);
+    for t in 0..threads as u64 {
+        for k in 0..per as u64 {
+            let i = (t * 7919 + k * 104_729) % len;
+            assert_eq!(
+                got[(t * per as u64 + k) as usize],
+                pattern::word(i),
+                "thread {t} element {i}"
+            );
+        }
+    }
+    let st = gpu.cache_stats().unwrap();
+    println!("view, element reads: {st:?}");
+    assert!(
+        st.misses > 0 && st.in_place > 0 && st.in_place_bytes > 0,
+        "{st:?}"
+    );
+    assert_eq!(st.evictions, 0, "a view-backed miss never evicts: {st:?}");
+
+    pins("array_pin_read");
+    let st2 = gpu.cache_stats().unwrap();
+    println!("view, pins: {st2:?}");
+    assert!(st2.in_place > st.in_place, "{st2:?}");
+    assert_eq!(st2.evictions, 0, "{st2:?}");
+    // Only the last, partial page reaches the daemon (once per launch at most, plus
+    // in-place reads around it when the cache was full).
+    let served = rt.stats().daemon.requests - requests_before;
+    assert!(
+        served <= 64,
+        "the daemon served {served} requests for a mapped file"
+    );
+    assert_eq!(gpu.cache_stats().unwrap().api_errors, 0);
+}
+
+/// A mapped file truncated behind the GPU's back: the view's pages stay pinned, so kernels go
+/// on reading the bytes the file had (no fault, no error, no freed memory), and the channel
+/// keeps working. Every element read is the old pattern.
+#[test]
+fn a_mapped_file_truncated_behind_the_gpu_is_read_without_faults() {
+    if !gpu() {
+        return;
+    }
+    let size: u64 = 1 << 20;
+    let path = pattern_file("view-truncated.bin", size as usize);
+    let rt = runtime(2);
+    let f = rt.open(&path, OpenOptions::read_only()).unwrap();
+    let mut gpu = GpuIo::new(
+        &rt,
+        GpuIoConfig {
+            gpu_cache_bytes: 16 * 4096,
+            ..small_cfg()
+        },
+    )
+    .unwrap();
+    gpu.map_file(&f).unwrap();
+    let module = compile_kernels(&gpu);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let len = size / 8;
+    let (threads, per) = (256usize, 32usize);
+    let mut out = gpu.alloc(threads * per * 8).unwrap();
+    out.fill(POISON).unwrap();
+    launch(
+        &gpu,
+        &module,
+        "array_u64",
+        (threads / 128) as u32,
+        128,
+        &[
+            KernelArg::U64(gpu.context_ptr()),
+            KernelArg::U32(f.raw()),
+            KernelArg::U64(0),
+            KernelArg::U64(len),
+            KernelArg::U32(per as u32),
+            KernelArg::U64(out.ptr()),
+            KernelArg::U32(threads as u32),
+        ],
+    );
+    let got = u64s_back(&out, threads * per);
+    for t in 0..threads as u64 {
+        for k in 0..per as u64 {
+            let i = (t * 7919 + k * 104_729) % len;
+            assert_eq!(
+                got[(t * per as u64 + k) as usize],
+                pattern::word(i),
+                "thread {t} element {i} after the truncation"
+            );
+        }
+    }
+    let st = gpu.cache_stats().unwrap();
+    println!("truncated view: {st:?}");
+    assert_eq!(st.api_errors, 0, "{st:?}");
+    // The channel still serves the daemon's reads: the file's present 4096 bytes.
+    assert_eq!(rt.size(&f).unwrap(), 4096);
 }

@@ -136,6 +136,38 @@ fn gpu_bfs_both_ways_equals_cpu_bfs() {
         assert!(st.evictions > 0, "{st:?}");
     }
 
+    // The same small cache with the file mapped into the device (GpuIo::map_file): pages load
+    // from the view, a full cache reads in place; every level right, no daemon round trips
+    // beyond the file's last partial page.
+    {
+        let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+        let fh = rt.open(&path, OpenOptions::read_only()).unwrap();
+        let mut gpu =
+            warpfs::backend::cuda::gpu_io::GpuIo::new(&rt, gpu_io_config(0, 64 * 4096)).unwrap();
+        gpu.map_file(&fh).unwrap();
+        let kernels = BfsKernels::new(&gpu).unwrap();
+        let before = rt.stats().daemon.requests;
+        let viewed = bfs_through_warpfs(&gpu, &kernels, fh.raw(), file.header(), src).unwrap();
+        assert_eq!(
+            viewed.array_errors, 0,
+            "file-backed array reads failed (view)"
+        );
+        assert_eq!(
+            first_difference(&viewed.levels, &cpu.levels),
+            None,
+            "warpfs GPU BFS, small cache, file view"
+        );
+        let st = gpu.cache_stats().unwrap();
+        println!(
+            "small cache, view: {st:?}; lists read in place {} B; daemon requests {}",
+            viewed.in_place_bytes,
+            rt.stats().daemon.requests - before
+        );
+        assert!(st.in_place > 0 && viewed.in_place_bytes > 0, "{st:?}");
+        assert_eq!(st.evictions, 0, "{st:?}");
+        assert!(rt.stats().daemon.requests - before < 1000);
+    }
+
     // A source outside the graph is an error, not a launch.
     assert!(bfs_in_gpu_memory(&gpu, &kernels, &bulk, &file, g.vertices()).is_err());
 }

@@ -74,6 +74,15 @@ pub struct GenArgs {
     pub json: bool,
 }
 
+/// How GPU cache misses of the warpfs BFS reach the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GpuReads {
+    /// The file's page cache mapped into the device (read over PCIe by the kernels).
+    View,
+    /// Every miss a request to the warpfs daemon.
+    Daemon,
+}
+
 /// `warpfs graph bfs` arguments.
 #[derive(Debug, Clone, Args)]
 pub struct BfsArgs {
@@ -111,6 +120,12 @@ pub struct BfsArgs {
     /// Daemon worker threads of the warpfs runtime [default: every core, 1..=16].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// How the warpfs BFS's GPU cache misses reach the file: `view` maps the file's page-cache
+    /// pages into the GPU first (GpuIo::map_file; misses copy pages from there, and a full
+    /// cache reads in place, with no daemon round trip), `daemon` sends every miss to the
+    /// daemon. `view` falls back to `daemon`, with a note, where the device cannot map files.
+    #[arg(long, value_enum, default_value_t = GpuReads::View)]
+    pub gpu_reads: GpuReads,
     /// Print the results as JSON on stdout.
     #[arg(long)]
     pub json: bool,

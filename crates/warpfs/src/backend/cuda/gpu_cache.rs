@@ -51,6 +51,12 @@ pub struct GpuCacheStats {
     pub writeback_errors: u64,
     /// Errors counted by the device API (`wfs_errors`).
     pub api_errors: u64,
+    /// Lane accesses read in place from a file view ([`super::gpu_io::GpuIo::map_file`]):
+    /// misses of a full cache, which view-backed arrays do not evict for.
+    pub in_place: u64,
+    /// Bytes element reads (`wfs_array` `operator[]`) read in place (spans from `pin` are
+    /// counted by their readers, which alone know how much of a span they read).
+    pub in_place_bytes: u64,
 }
 
 impl std::ops::Sub for GpuCacheStats {
@@ -67,6 +73,8 @@ impl std::ops::Sub for GpuCacheStats {
             load_errors: self.load_errors.wrapping_sub(o.load_errors),
             writebacks: self.writebacks.wrapping_sub(o.writebacks),
             writeback_errors: self.writeback_errors.wrapping_sub(o.writeback_errors),
+            in_place: self.in_place.wrapping_sub(o.in_place),
+            in_place_bytes: self.in_place_bytes.wrapping_sub(o.in_place_bytes),
             api_errors: self.api_errors.wrapping_sub(o.api_errors),
         }
     }
@@ -215,6 +223,8 @@ impl GpuCacheMemory {
             s.load_errors += w(7);
             s.writebacks += w(8);
             s.writeback_errors += w(9);
+            s.in_place += w(10);
+            s.in_place_bytes += w(11);
         }
         Ok(s)
     }

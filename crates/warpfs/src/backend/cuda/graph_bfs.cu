@@ -11,7 +11,8 @@
  * The same body runs over two array types:
  *   bfs_level_mem  plain device pointers (the whole CSR in GPU memory: the upper bound);
  *   bfs_level_wfs  wfs_array<T> from warpfs.cuh (GPU-initiated reads through the GPU page
- *                  cache, served by the warpfs daemon).
+ *                  cache, served by the warpfs daemon, or from the file's view where the
+ *                  host mapped it: GpuIo::map_file).
  */
 #include <warpfs.cuh>
 
@@ -29,26 +30,46 @@ template <typename T> struct dev_array {
         s.leader = 0;
         return s;
     }
+    __device__ __forceinline__ wfs_span<T> pin_stream(unsigned long long i) const { return pin(i); }
     __device__ __forceinline__ void unpin(const wfs_span<T> &) const {}
     __device__ __forceinline__ unsigned long long page_elems() const { return 1ull << 20; }
 };
 
+/* Neighbours a lane reads before it looks at any (loads in flight per lane: a list in host
+ * memory costs a PCIe round trip per round of loads, not per 32 entries). */
+#ifndef BFS_UNROLL
+#define BFS_UNROLL 4u
+#endif
+
 /* Claims the unvisited among n neighbours: the whole warp strides through them, reading each
- * with at(k) (k < n). */
+ * with at(k) (k < n), BFS_UNROLL rounds of 32 loads at a time. */
 template <typename At>
 __device__ __forceinline__ void bfs_claim(At at, unsigned long long n, unsigned long long vertices,
                                           unsigned *levels, unsigned long long *next_len,
                                           unsigned next_level, unsigned lane) {
-    for (unsigned long long b = 0; b < n; b += 32) {
-        const unsigned long long k = b + lane;
-        const bool in = k < n;
-        const unsigned w = at(in ? k : n - 1);
-        bool claimed = false;
-        /* w < vertices: a corrupt file or failed read never writes outside levels. */
-        if (in && w < vertices && levels[w] == BFS_UNREACHED)
-            claimed = atomicCAS(&levels[w], BFS_UNREACHED, next_level) == BFS_UNREACHED;
-        const unsigned got = __ballot_sync(0xFFFFFFFFu, claimed);
-        if (got && lane == 0) atomicAdd(next_len, (unsigned long long)__popc(got));
+    for (unsigned long long b = 0; b < n; b += 32ull * BFS_UNROLL) {
+        unsigned w[BFS_UNROLL];
+#pragma unroll
+        for (unsigned u = 0; u < BFS_UNROLL; ++u) {
+            /* Rounds past n skipped by the whole warp (at() may be a warp-wide call). */
+            w[u] = 0xFFFFFFFFu;
+            if (b + 32ull * u < n) {
+                const unsigned long long k = b + 32ull * u + lane;
+                const unsigned x = at(k < n ? k : n - 1);
+                if (k < n) w[u] = x;
+            }
+        }
+        unsigned claimed = 0;
+#pragma unroll
+        for (unsigned u = 0; u < BFS_UNROLL; ++u) {
+            /* w < vertices: a corrupt file or failed read never writes outside levels (and
+             * the lanes past n hold 0xFFFFFFFF, which no 4-byte-index graph reaches). */
+            if (w[u] < vertices && levels[w[u]] == BFS_UNREACHED &&
+                atomicCAS(&levels[w[u]], BFS_UNREACHED, next_level) == BFS_UNREACHED)
+                ++claimed;
+        }
+        for (unsigned d = 16; d != 0; d >>= 1) claimed += __shfl_xor_sync(0xFFFFFFFFu, claimed, d);
+        if (claimed != 0 && lane == 0) atomicAdd(next_len, (unsigned long long)claimed);
     }
 }
 
@@ -60,14 +81,38 @@ __device__ __forceinline__ void bfs_claim(At at, unsigned long long n, unsigned 
 #define BFS_AHEAD 4u
 #endif
 
+/* Bytes a read of n bytes at p moves over PCIe: the 32-byte sectors it touches. */
+__device__ __forceinline__ unsigned long long sector_bytes(const void *p, unsigned long long n) {
+    const unsigned long long a = reinterpret_cast<unsigned long long>(p);
+    return n == 0 ? 0ull : (((a + n + 31) >> 5) - (a >> 5)) << 5;
+}
+
 /* Vertices a warp takes from the level's cursor at a time. */
 #define BFS_CHUNK 256ull
 
-template <typename Offsets, typename Neighbours>
+/* Pages after a list's first are pinned for a scan (wfs_array::pin_stream): with a file view,
+ * one the GPU cache does not hold is read in place, not loaded, so the cache keeps first pages,
+ * which hold many short lists read at different levels. 0: every page by pin(). */
+#ifndef BFS_STREAM_PINS
+#define BFS_STREAM_PINS 1
+#endif
+
+/* The file-backed search pins the first page of every frontier list of a 32-vertex group at
+ * once (one cache round for up to 32 lists, where one round per list left a warp waiting on
+ * one lookup after another through the levels of many short lists); a list that ends inside
+ * its first page is read from that pin. 0 turns it off. */
+#ifndef BFS_FIRST_PINS
+#define BFS_FIRST_PINS 1
+#endif
+
+template <bool FirstPins, typename Offsets, typename Neighbours>
 __device__ void bfs_expand(Offsets offsets, Neighbours neighbours, unsigned long long vertices,
                            unsigned *levels, unsigned long long *cursor,
-                           unsigned long long *next_len, unsigned next_level) {
+                           unsigned long long *next_len, unsigned next_level,
+                           unsigned long long *moved) {
     const unsigned lane = threadIdx.x & 31;
+    /* Bytes of neighbour lists read in place from a file view (over PCIe), this warp's. */
+    unsigned long long in_place = 0;
     const unsigned cur_level = next_level - 1;
     /* Elements in a whole cache page (one descriptor read for the launch, not one per page). */
     const unsigned long long pe = neighbours.page_elems();
@@ -90,16 +135,35 @@ __device__ void bfs_expand(Offsets offsets, Neighbours neighbours, unsigned long
             const unsigned long long hi31 = offsets[last];
             unsigned long long hi = __shfl_down_sync(0xFFFFFFFFu, lo, 1);
             if (lane == 31) hi = hi31;
+            /* Lane k's frontier list's first page (count 0: none, or not pinned). */
+            wfs_span<unsigned> first;
+            first.count = 0;
+            if (FirstPins) first = neighbours.pin(((todo >> lane) & 1) && lo < hi ? lo : ~0ull);
             while (todo) {
                 const unsigned k = __ffs(todo) - 1;
                 todo &= todo - 1;
                 const unsigned long long begin = __shfl_sync(0xFFFFFFFFu, lo, k);
                 const unsigned long long end = __shfl_sync(0xFFFFFFFFu, hi, k);
+                if (FirstPins) {
+                    const unsigned long long fc = __shfl_sync(0xFFFFFFFFu, first.count, k);
+                    if (fc != 0 && fc >= end - begin) {
+                        /* The whole list in lane k's first-page span. */
+                        const unsigned *q = reinterpret_cast<const unsigned *>(
+                            __shfl_sync(0xFFFFFFFFu, (unsigned long long)first.p, k));
+                        const unsigned long long n = end - begin;
+                        if (__shfl_sync(0xFFFFFFFFu, first.in_place() ? 1u : 0u, k) != 0)
+                            in_place += sector_bytes(q, n * sizeof(unsigned));
+                        bfs_claim([&](unsigned long long x) { return q[x]; }, n, vertices, levels, next_len,
+                                  next_level, lane);
+                        continue;
+                    }
+                }
                 unsigned long long j0 = begin;
                 while (j0 < end) {
                     /* The whole warp pins the page holding neighbours[j0] and reads the list's
                      * part in it in place (one lookup per page, not per 32 entries). */
-                    const wfs_span<unsigned> s = neighbours.pin(j0);
+                    const wfs_span<unsigned> s =
+                        BFS_STREAM_PINS && j0 != begin ? neighbours.pin_stream(j0) : neighbours.pin(j0);
                     if (s.count == 0) {
                         /* Nothing pinned: element reads, 32 at a time. */
                         const unsigned long long n = end - j0 < 32 ? end - j0 : 32;
@@ -111,13 +175,15 @@ __device__ void bfs_expand(Offsets offsets, Neighbours neighbours, unsigned long
                     }
                     const unsigned long long n0 = s.count < end - j0 ? s.count : end - j0;
                     const unsigned long long j1 = j0 + n0;
+                    if (s.in_place()) in_place += sector_bytes(s.p, n0 * sizeof(unsigned));
                     /* A list going on past this page: lane k also pins its k-th next page, so
                      * up to BFS_AHEAD loads are in flight at once, not one after another. */
                     const unsigned long long more = j1 < end && pe != 0 ? (end - j1 + pe - 1) / pe : 0;
                     const unsigned ahead = more < BFS_AHEAD ? (unsigned)more : BFS_AHEAD;
                     wfs_span<unsigned> t;
                     if (ahead != 0)
-                        t = neighbours.pin(j1 + (lane < ahead ? lane : 0) * pe);
+                        t = BFS_STREAM_PINS ? neighbours.pin_stream(j1 + (lane < ahead ? lane : 0) * pe)
+                                            : neighbours.pin(j1 + (lane < ahead ? lane : 0) * pe);
                     bfs_claim([&](unsigned long long k) { return s.p[k]; }, n0, vertices, levels, next_len,
                               next_level, lane);
                     neighbours.unpin(s);
@@ -127,10 +193,12 @@ __device__ void bfs_expand(Offsets offsets, Neighbours neighbours, unsigned long
                     for (unsigned a = 0; a < ahead && j0 < end; ++a) {
                         const unsigned long long c = __shfl_sync(0xFFFFFFFFu, t.count, a);
                         const unsigned long long p = __shfl_sync(0xFFFFFFFFu, (unsigned long long)t.p, a);
+                        const bool here = __shfl_sync(0xFFFFFFFFu, t.in_place() ? 1u : 0u, a) != 0;
                         const unsigned long long at = j1 + (unsigned long long)a * pe;
                         if (c == 0 || at != j0) break; /* not pinned: the loop above goes on */
                         const unsigned long long n = c < end - j0 ? c : end - j0;
                         const unsigned *q = reinterpret_cast<const unsigned *>(p);
+                        if (here) in_place += sector_bytes(q, n * sizeof(unsigned));
                         bfs_claim([&](unsigned long long k) { return q[k]; }, n, vertices, levels, next_len,
                                   next_level, lane);
                         j0 += n;
@@ -138,8 +206,10 @@ __device__ void bfs_expand(Offsets offsets, Neighbours neighbours, unsigned long
                     neighbours.unpin(t);
                 }
             }
+            if (FirstPins) neighbours.unpin(first);
         }
     }
+    if (moved != 0 && lane == 0 && in_place != 0) atomicAdd(moved, in_place);
 }
 
 /* One level over the CSR in device memory. Launch with a multiple of 32 threads per block. */
@@ -150,7 +220,7 @@ extern "C" __global__ void bfs_level_mem(const unsigned long long *offsets,
                                          unsigned long long *next_len, unsigned next_level) {
     dev_array<unsigned long long> o = {offsets};
     dev_array<unsigned> n = {neighbours};
-    bfs_expand(o, n, vertices, levels, cursor, next_len, next_level);
+    bfs_expand<false>(o, n, vertices, levels, cursor, next_len, next_level, (unsigned long long *)0);
 }
 
 /* Blocks of 256 threads per SM the warpfs level kernel is compiled for. Unbounded, the cache
@@ -163,18 +233,20 @@ extern "C" __global__ void bfs_level_mem(const unsigned long long *offsets,
 #endif
 
 /* One level over the CSR file through warpfs: offsets (n + 1 u64 at byte offsets_at) and
- * neighbours (m u32 at byte neighbours_at) of file handle fh. Launch with 256 threads a block. */
+ * neighbours (m u32 at byte neighbours_at) of file handle fh; adds the bytes of neighbour
+ * lists read in place from the file's view to *moved. Launch with 256 threads a block. */
 extern "C" __global__ void __launch_bounds__(256, BFS_WFS_MIN_BLOCKS) bfs_level_wfs(const wfs_ctx_t *ctx, unsigned fh,
                                          unsigned long long offsets_at,
                                          unsigned long long vertices,
                                          unsigned long long neighbours_at,
                                          unsigned long long edges, unsigned *levels,
                                          unsigned long long *cursor,
-                                         unsigned long long *next_len, unsigned next_level) {
+                                         unsigned long long *next_len, unsigned next_level,
+                                         unsigned long long *moved) {
     const wfs_array<unsigned long long> o =
         wfs_array_make<unsigned long long>(ctx, fh, offsets_at, vertices + 1);
     const wfs_array<unsigned> n = wfs_array_make<unsigned>(ctx, fh, neighbours_at, edges);
-    bfs_expand(o, n, vertices, levels, cursor, next_len, next_level);
+    bfs_expand<BFS_FIRST_PINS != 0>(o, n, vertices, levels, cursor, next_len, next_level, moved);
 }
 
 /* The file-backed arrays' error count (reads that returned T() instead of data). */

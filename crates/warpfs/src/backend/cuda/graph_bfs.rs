@@ -45,8 +45,12 @@ pub struct GpuCacheCounters {
     pub hits: u64,
     /// Element reads that had to load a page.
     pub misses: u64,
-    /// Bytes loaded into the cache through the daemon.
+    /// Bytes loaded into the cache (through the daemon or from the file's view).
     pub bytes_loaded: u64,
+    /// Element reads served in place from the file's view (misses of a full cache).
+    pub in_place: u64,
+    /// Bytes of those element reads.
+    pub in_place_bytes: u64,
 }
 
 impl GpuCacheCounters {
@@ -56,12 +60,14 @@ impl GpuCacheCounters {
             hits: self.hits.saturating_sub(earlier.hits),
             misses: self.misses.saturating_sub(earlier.misses),
             bytes_loaded: self.bytes_loaded.saturating_sub(earlier.bytes_loaded),
+            in_place: self.in_place.saturating_sub(earlier.in_place),
+            in_place_bytes: self.in_place_bytes.saturating_sub(earlier.in_place_bytes),
         }
     }
 
-    /// hits / (hits + misses), if any lookups happened.
+    /// hits / (hits + misses + in-place reads), if any lookups happened.
     pub fn hit_rate(&self) -> Option<f64> {
-        let total = self.hits + self.misses;
+        let total = self.hits + self.misses + self.in_place;
         (total > 0).then(|| self.hits as f64 / total as f64)
     }
 }
@@ -74,6 +80,8 @@ pub fn cache_counters(gpu: &GpuIo<'_>) -> Option<GpuCacheCounters> {
         hits: s.hits + s.coalesced,
         misses: s.misses + s.bypassed,
         bytes_loaded: s.bytes_loaded,
+        in_place: s.in_place,
+        in_place_bytes: s.in_place_bytes,
     })
 }
 
@@ -93,6 +101,10 @@ pub struct GpuBfsResult {
     /// File-backed array reads that failed (returned 0 instead of data); 0 for the
     /// in-memory search. A non-zero count makes the levels untrustworthy.
     pub array_errors: u64,
+    /// Bytes of neighbour lists the kernels read in place from the file's view
+    /// ([`GpuIo::map_file`]; 32-byte sectors touched); 0 without a view. Element reads in
+    /// place are in the cache counters ([`GpuCacheCounters::in_place_bytes`]).
+    pub in_place_bytes: u64,
 }
 
 /// The compiled BFS kernels (NVRTC; tens to hundreds of ms).
@@ -233,6 +245,7 @@ fn level_loop(
         elapsed,
         level_times,
         array_errors: 0,
+        in_place_bytes: 0,
     })
 }
 
@@ -303,12 +316,15 @@ pub fn bfs_through_warpfs(
     let h = *header;
     let k = kernels.module.kernel("bfs_level_wfs")?;
     let ctx = gpu.context_ptr();
+    let mut moved = gpu.alloc(8)?;
+    moved.fill(0)?;
+    let moved_ptr = moved.ptr();
     let mut r = level_loop(gpu, h.vertices, source, |l| {
         // SAFETY: the arguments match bfs_level_wfs's parameters; ctx is gpu's live context
         // (gpu outlives the call; level_loop synchronises); levels/cursor/count are the
         // search's buffers (n u32, one u64, one u64); the kernel reads and writes levels[v]
         // only for v < n (checked in the kernel, whatever the file holds) and adds to the
-        // cursor and the count only.
+        // cursor, the count and `moved` (one u64, alive until after the loop) only.
         unsafe {
             k.launch(
                 (l.grid, 1, 1),
@@ -325,10 +341,14 @@ pub fn bfs_through_warpfs(
                     KernelArg::U64(l.cursor),
                     KernelArg::U64(l.count),
                     KernelArg::U32(l.next_level),
+                    KernelArg::U64(moved_ptr),
                 ],
             )
         }
     })?;
+    let mut m = [0u8; 8];
+    moved.copy_to_host(0, &mut m)?;
+    r.in_place_bytes = u64::from_le_bytes(m);
     let out = gpu.alloc(8)?;
     // SAFETY: bfs_wfs_errors(const wfs_ctx_t*, unsigned long long*) writes one u64 to out.
     unsafe {

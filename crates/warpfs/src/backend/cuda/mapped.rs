@@ -276,3 +276,101 @@ impl Drop for SharedHostMapping {
         }
     }
 }
+
+/// A file's page-cache pages mapped into a CUDA device, read-only: the file is mapped
+/// `MAP_SHARED` + `PROT_READ` and registered with `cuMemHostRegister(PORTABLE | DEVICEMAP |
+/// READ_ONLY)`, so kernels read its bytes over PCIe with ordinary loads and no copy on the
+/// host ([`super::gpu_io::GpuIo::map_file`]). Registration pins every page of the file (it
+/// faults in what is not cached, reading it from the disk): on the H100 machine about 0.44 s
+/// for 8 GiB in the page cache. The pins keep the pages alive whatever happens to the file: a
+/// truncation or a hole punched later leaves the device reading the old bytes, never freed
+/// memory; writes through the page cache (the daemon's) are seen. Unregistered and unmapped
+/// on drop.
+#[derive(Debug)]
+pub struct FileView {
+    base: std::ptr::NonNull<u8>,
+    map_len: usize,
+    len: u64,
+    device_ptr: u64,
+    ctx: Arc<Context>,
+}
+
+// SAFETY: the mapping is owned by this value and read only by the device; the host never
+// dereferences it after registration; unregistering binds the context, which any thread may.
+unsafe impl Send for FileView {}
+// SAFETY: see `Send`; `&FileView` only exposes addresses.
+unsafe impl Sync for FileView {}
+
+impl FileView {
+    /// Maps the first `len` bytes of `fd` (> 0) and registers them with `ctx`'s device.
+    pub fn new(ctx: &Arc<Context>, fd: std::os::fd::RawFd, len: u64) -> crate::error::Result<Self> {
+        use crate::error::Error;
+        let map_len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l > 0)
+            .ok_or_else(|| Error::Config(format!("a file of {len} bytes cannot be mapped")))?
+            .div_ceil(4096)
+            * 4096;
+        let base = crate::engine::mapped::map_shared_read_only(fd, map_len)?;
+        let unmap = || {
+            // SAFETY: unmaps exactly the fresh mapping made above, which nothing else holds.
+            unsafe { libc::munmap(base.as_ptr().cast(), map_len) };
+        };
+        if let Err(e) = ctx.bind() {
+            unmap();
+            return Err(e.into());
+        }
+        let flags = sys::CU_MEMHOSTREGISTER_PORTABLE
+            | sys::CU_MEMHOSTREGISTER_DEVICEMAP
+            | sys::CU_MEMHOSTREGISTER_READ_ONLY;
+        // SAFETY: [base, base + map_len) is our live read-only mapping, page aligned and not
+        // registered before; READ_ONLY matches its protection; the context is current.
+        let registered = check(
+            unsafe { sys::cuMemHostRegister_v2(base.as_ptr().cast(), map_len, flags) },
+            "cuMemHostRegister(READ_ONLY) of a file mapping",
+        );
+        if let Err(e) = registered {
+            unmap();
+            return Err(e.into());
+        }
+        let device_ptr = device_pointer_of(base.as_ptr().cast(), || {
+            // SAFETY: registered just above; unregistered once, here, then unmapped.
+            unsafe { sys::cuMemHostUnregister(base.as_ptr().cast()) };
+            unmap();
+        })?;
+        Ok(Self {
+            base,
+            map_len,
+            len,
+            device_ptr,
+            ctx: ctx.clone(),
+        })
+    }
+
+    /// The device address of file byte 0.
+    pub fn device_ptr(&self) -> u64 {
+        self.device_ptr
+    }
+
+    /// Bytes of the file the device can read (its size when mapped).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the view holds no bytes (never: `new` refuses empty files).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for FileView {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind();
+        // SAFETY: registered and mapped by `new`, released once here; the owner (a GpuIo)
+        // drops it only after the kernels that could read it are done.
+        unsafe {
+            sys::cuMemHostUnregister(self.base.as_ptr().cast());
+            libc::munmap(self.base.as_ptr().cast(), self.map_len);
+        }
+    }
+}

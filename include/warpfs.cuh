@@ -1195,8 +1195,7 @@ __device__ __noinline__ long long write_back_all(const wfs_ctx_t *ctx, const Wfs
  * as `view_page`; a load of that page is then a copy from the view by the whole warp (no
  * request to the daemon). With `in_place`, a miss that finds no never-used frame evicts
  * nothing and comes back WFS_BYPASS_RESULT (the caller reads the view in place, counted as
- * in_place, not bypassed); with `lookup_only` as well, any miss does (a scan's pages are read
- * in place, not loaded: wfs_array::pin_stream).
+ * in_place, not bypassed).
  */
 #define WFS_BYPASS_RESULT (-(1ll << 40))
 /* What one acquire_round adds to the statistics, per lane (leaders only); the caller adds it
@@ -1216,7 +1215,7 @@ __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpu
                                               u32 group, bool want, u32 fh, u64 page, u64 deadline,
                                               u32 &leader_out, u32 &frame_out, long long &res_out,
                                               RoundStats &stats_out, const unsigned char *view_page = 0,
-                                              bool in_place = false, bool lookup_only = false) {
+                                              bool in_place = false) {
     const u32 lane = lane_id();
     const u32 wmask = vote(group, want);
     u32 peers = 0;
@@ -1245,9 +1244,8 @@ __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpu
         rounds = round + 1;
 #endif
         if (is_leader && status == WFS_ACQ_RETRY)
-            status = acquire_page(ctx, c, fh, page,
-                                  lookup_only ? WFS_INSERT_NONE : in_place ? WFS_INSERT_FRESH : WFS_INSERT_ANY,
-                                  deadline, f, clean);
+            status = acquire_page(ctx, c, fh, page, in_place ? WFS_INSERT_FRESH : WFS_INSERT_ANY, deadline, f,
+                                  clean);
         if (vote(group, is_leader && status == WFS_ACQ_RETRY) == 0) break;
         const bool shut = (round & 7) == 7 && closing(ctx);
         const bool late = now_ns() > deadline;
@@ -1323,7 +1321,7 @@ __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpu
         res = -WFS_ETIMEDOUT;
     } else if (is_leader && status == WFS_ACQ_SHUTDOWN) {
         res = -WFS_ESHUTDOWN;
-    } else if (is_leader && (status == WFS_ACQ_BYPASS || status == WFS_ACQ_ABSENT)) {
+    } else if (is_leader && status == WFS_ACQ_BYPASS) {
         res = WFS_BYPASS_RESULT;
     }
     if (is_leader && res < 0 && f != WFS_NO_FRAME) {
@@ -1785,8 +1783,7 @@ __device__ __forceinline__ void array_set(const wfs_ctx_t *ctx, u32 fh, u64 byte
 template <typename T>
 __device__ __forceinline__ void array_pin(const wfs_ctx_t *ctx, u32 fh, u64 byte_offset, u64 len, u64 i,
                                           const T *&p, u64 &count, u32 &frame, u32 &leader,
-                                          const unsigned char *view = 0, u64 view_len = 0,
-                                          bool stream = false) {
+                                          const unsigned char *view = 0, u64 view_len = 0) {
     const WfsGpuCache *c = cache_of(ctx);
     const u32 group = calling_lanes();
     p = 0;
@@ -1805,7 +1802,7 @@ __device__ __forceinline__ void array_pin(const wfs_ctx_t *ctx, u32 fh, u64 byte
     RoundStats rs;
     const bool in_view = want && view != 0 && pos + sizeof(T) <= view_len;
     acquire_round(ctx, c, group, want, fh, pos >> c->page_shift, deadline, leader, f, res, rs,
-                  in_view ? view_page_of(view, view_len, pos, c->page_shift) : 0, in_view, in_view && stream);
+                  in_view ? view_page_of(view, view_len, pos, c->page_shift) : 0, in_view);
     add_round_stats(c, group, rs);
     if (want && in_view && res == WFS_BYPASS_RESULT) {
         /* A miss of a full cache: the elements in place in the view, to the end of the page
@@ -2206,19 +2203,6 @@ template <typename T> struct wfs_array {
      */
     __device__ __forceinline__ void set(unsigned long long i, const T &v) const {
         wfs_detail::array_set<T>(ctx, fh, byte_offset, len, i, v);
-    }
-
-    /**
-     * pin() for a one-pass scan (e.g. the rest of a long list): a page the cache holds is
-     * pinned as by pin(); with a file view, a page it does not hold is read in place and not
-     * loaded, so a scan neither pays a load nor pushes out pages that are read again. Without
-     * a view it is pin().
-     */
-    __device__ __forceinline__ wfs_span<T> pin_stream(unsigned long long i) const {
-        wfs_span<T> s;
-        wfs_detail::array_pin<T>(ctx, fh, byte_offset, len, i, s.p, s.count, s.frame, s.leader, view, view_len,
-                                 true);
-        return s;
     }
 
     /** Elements in one whole GPU cache page (page bytes / sizeof(T)); 0 without a GPU cache.

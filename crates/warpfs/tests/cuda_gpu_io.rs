@@ -168,20 +168,6 @@ extern "C" __global__ void array_pin_read(const wfs_ctx_t *ctx, unsigned fh,
     a.unpin(s);
 }
 
-/* array_pin_read with pin_stream (a scan's pins). */
-extern "C" __global__ void array_pin_stream_read(const wfs_ctx_t *ctx, unsigned fh,
-                                                 unsigned long long byte_offset, unsigned long long len,
-                                                 const unsigned long long *idx, unsigned per,
-                                                 unsigned long long *out, unsigned long long *counts,
-                                                 unsigned n) {
-    unsigned t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= n) return;
-    wfs_array<unsigned long long> a = wfs_array_make<unsigned long long>(ctx, fh, byte_offset, len);
-    const wfs_span<unsigned long long> s = a.pin_stream(idx[t]);
-    counts[t] = s.count;
-    for (unsigned k = 0; k < per && k < s.count; ++k) out[(unsigned long long)t * per + k] = s.p[k];
-    a.unpin(s);
-}
 
 /* Element writes through the GPU page cache: thread t sets `per` elements, element
  * i = (t * per + k) * stride + shift, to ~word(i) ^ salt (the file's pattern is word(i)); then
@@ -2071,8 +2057,8 @@ fn a_mapped_file_is_read_through_its_view_every_element_checked() {
     let len = size / 8;
     let requests_before = rt.stats().daemon.requests;
 
-    // Pins (`kernel` array_pin_read or array_pin_stream_read) of every page's first element
-    // and one in the middle, a warp per 16 pages; every span's count and element checked.
+    // Pins (`kernel`: array_pin_read) of every page's first element and one in the middle, a
+    // warp per 16 pages; every span's count and element checked.
     let pages = size.div_ceil(4096);
     let idx: Vec<u64> = (0..pages)
         .flat_map(|p| [p * 512, p * 512 + 301])
@@ -2117,12 +2103,6 @@ fn a_mapped_file_is_read_through_its_view_every_element_checked() {
             }
         }
     };
-
-    // A scan's pins on an empty cache: read in place, nothing loaded.
-    pins("array_pin_stream_read");
-    let st0 = gpu.cache_stats().unwrap();
-    println!("view, scan pins: {st0:?}");
-    assert!(st0.misses == 0 && st0.in_place > 0, "{st0:?}");
 
     // operator[]: 512 threads × 64 scattered elements (every page, the last one included).
     let (threads, per) = (512usize, 64usize);
@@ -2178,9 +2158,10 @@ fn a_mapped_file_is_read_through_its_view_every_element_checked() {
     assert_eq!(gpu.cache_stats().unwrap().api_errors, 0);
 }
 
-/// A mapped file truncated behind the GPU's back: the view's pages stay pinned, so kernels go
-/// on reading the bytes the file had (no fault, no error, no freed memory), and the channel
-/// keeps working. Every element read is the old pattern.
+/// A mapped file truncated behind the GPU's back: kernels go on reading without a fault or an
+/// error and the channel keeps working. Every word read is the file's old bytes or zero, never
+/// anything else (the driver follows the truncation: on the H100 the pages past the new end
+/// read as zeros), and the page still in the file reads right.
 #[test]
 fn a_mapped_file_truncated_behind_the_gpu_is_read_without_faults() {
     if !gpu() {
@@ -2227,16 +2208,37 @@ fn a_mapped_file_truncated_behind_the_gpu_is_read_without_faults() {
         ],
     );
     let got = u64s_back(&out, threads * per);
+    let (mut old, mut zero, mut other, mut first_page_wrong) = (0u64, 0u64, Vec::new(), 0u64);
     for t in 0..threads as u64 {
         for k in 0..per as u64 {
             let i = (t * 7919 + k * 104_729) % len;
-            assert_eq!(
-                got[(t * per as u64 + k) as usize],
-                pattern::word(i),
-                "thread {t} element {i} after the truncation"
-            );
+            let x = got[(t * per as u64 + k) as usize];
+            if i < 512 && x != pattern::word(i) {
+                first_page_wrong += 1;
+            }
+            if x == pattern::word(i) {
+                old += 1;
+            } else if x == 0 {
+                zero += 1;
+            } else {
+                other.push((i, x));
+            }
         }
     }
+    println!(
+        "after the truncation: {old} old words, {zero} zero words, {} others (first: {:x?})",
+        other.len(),
+        &other[..other.len().min(8)]
+    );
+    assert!(
+        other.is_empty(),
+        "words that are neither the file's old bytes nor 0"
+    );
+    assert!(old > 0, "no element of the first page was read");
+    assert_eq!(
+        first_page_wrong, 0,
+        "the file's first page (still there) read wrong"
+    );
     let st = gpu.cache_stats().unwrap();
     println!("truncated view: {st:?}");
     assert_eq!(st.api_errors, 0, "{st:?}");

@@ -2,11 +2,13 @@
  * Level-synchronous top-down BFS over a CSR graph, one kernel launch per level (compiled by
  * NVRTC from graph_bfs.rs). The frontier is the vertices whose level is the previous one: warps
  * take chunks of vertex ids in increasing order (one cursor); a warp reads the list bounds of 32
- * vertices at once, then expands their frontier vertices one at a time: it pins the page holding
- * the list's next entries (wfs_array::pin; one lookup per page of entries), strides through
- * them and claims unvisited neighbours with atomicCAS on their level, counting them with one
- * warp-aggregated atomicAdd per round. Vertex order keeps the lists the warps
- * read at any moment next to each other in the file.
+ * vertices at once and pins the first page of each frontier vertex's list in one round; the
+ * short lists that lie whole in their first page are expanded together (the lanes share out
+ * their entries), the others one at a time: the warp pins the page holding the list's next
+ * entries (wfs_array::pin; one lookup per page of entries, up to BFS_AHEAD pages at once),
+ * strides through them and claims unvisited neighbours with atomicCAS on their level, counting
+ * them with one warp-aggregated atomicAdd. Vertex order keeps the lists the warps read at any
+ * moment next to each other in the file.
  *
  * The same body runs over two array types:
  *   bfs_level_mem  plain device pointers (the whole CSR in GPU memory: the upper bound);
@@ -24,13 +26,13 @@ template <typename T> struct dev_array {
     /* The same interface as wfs_array::pin: the rest of the array, nothing to release. */
     __device__ __forceinline__ wfs_span<T> pin(unsigned long long i) const {
         wfs_span<T> s;
-        s.p = p + i;
-        s.count = ~0ull;
+        /* ~0: nothing (as a wfs_array pin out of range). */
+        s.p = i == ~0ull ? p : p + i;
+        s.count = i == ~0ull ? 0ull : ~0ull;
         s.frame = 0;
         s.leader = 0;
         return s;
     }
-    __device__ __forceinline__ wfs_span<T> pin_stream(unsigned long long i) const { return pin(i); }
     __device__ __forceinline__ void unpin(const wfs_span<T> &) const {}
     __device__ __forceinline__ unsigned long long page_elems() const { return 1ull << 20; }
 };
@@ -73,6 +75,68 @@ __device__ __forceinline__ void bfs_claim(At at, unsigned long long n, unsigned 
     }
 }
 
+/* Lists read in place (a pinned page, a span of a file view, device memory) are read 16 bytes
+ * a lane per load: a warp has BFS_UNROLL × 512 bytes in flight per round, where 4-byte loads
+ * give it a quarter of that (what a list in host memory read over PCIe waits on). 0: 4-byte
+ * loads. */
+#ifndef BFS_VEC
+#define BFS_VEC 1
+#endif
+
+/* Visits neighbour w: claims it for the next level if unvisited (counted in `claimed`).
+ * w < vertices: a corrupt file or failed read never writes outside levels. */
+__device__ __forceinline__ void bfs_visit(unsigned w, unsigned long long vertices, unsigned *levels,
+                                          unsigned next_level, unsigned &claimed) {
+    if (w < vertices && levels[w] == BFS_UNREACHED &&
+        atomicCAS(&levels[w], BFS_UNREACHED, next_level) == BFS_UNREACHED)
+        ++claimed;
+}
+
+/* bfs_claim for n neighbours at q (4-byte aligned): a scalar head up to a 16-byte boundary,
+ * then 16-byte loads, BFS_UNROLL per lane in flight, then the scalar tail; one count add. */
+__device__ __forceinline__ void bfs_claim_ptr(const unsigned *q, unsigned long long n, unsigned long long vertices,
+                                              unsigned *levels, unsigned long long *next_len,
+                                              unsigned next_level, unsigned lane) {
+    unsigned claimed = 0;
+    const unsigned long long addr = reinterpret_cast<unsigned long long>(q);
+    unsigned long long h = ((16 - (addr & 15)) & 15) / 4;
+    if (h > n) h = n;
+    if (lane < h) bfs_visit(q[lane], vertices, levels, next_level, claimed);
+    const uint4 *v = reinterpret_cast<const uint4 *>(q + h);
+    const unsigned long long nv = (n - h) / 4;
+    for (unsigned long long b = 0; b < nv; b += 32ull * BFS_UNROLL) {
+        uint4 w[BFS_UNROLL];
+#pragma unroll
+        for (unsigned u = 0; u < BFS_UNROLL; ++u) {
+            const unsigned long long k = b + 32ull * u + lane;
+            w[u] = k < nv ? v[k] : make_uint4(0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu);
+        }
+#pragma unroll
+        for (unsigned u = 0; u < BFS_UNROLL; ++u) {
+            bfs_visit(w[u].x, vertices, levels, next_level, claimed);
+            bfs_visit(w[u].y, vertices, levels, next_level, claimed);
+            bfs_visit(w[u].z, vertices, levels, next_level, claimed);
+            bfs_visit(w[u].w, vertices, levels, next_level, claimed);
+        }
+    }
+    const unsigned long long t0 = h + 4 * nv;
+    if (t0 + lane < n) bfs_visit(q[t0 + lane], vertices, levels, next_level, claimed);
+    for (unsigned d = 16; d != 0; d >>= 1) claimed += __shfl_xor_sync(0xFFFFFFFFu, claimed, d);
+    if (claimed != 0 && lane == 0) atomicAdd(next_len, (unsigned long long)claimed);
+}
+
+/* Claims the unvisited among the n neighbours at q: lists longer than one round of 4-byte
+ * loads by bfs_claim_ptr (where q allows), shorter ones in that one round (16-byte loads would
+ * add a head and a tail round to a short list: level 3 of k26 went from 102 to 124 ms). */
+__device__ __forceinline__ void bfs_claim_at(const unsigned *q, unsigned long long n, unsigned long long vertices,
+                                             unsigned *levels, unsigned long long *next_len,
+                                             unsigned next_level, unsigned lane) {
+    if (BFS_VEC && n > 32ull * BFS_UNROLL && (reinterpret_cast<unsigned long long>(q) & 3) == 0)
+        bfs_claim_ptr(q, n, vertices, levels, next_len, next_level, lane);
+    else
+        bfs_claim([&](unsigned long long x) { return q[x]; }, n, vertices, levels, next_len, next_level, lane);
+}
+
 /* Pages of a long list pinned at once, one lane each, so their loads go out together. 4 by
  * measurement (k26, 25% cache, H100: 4.9 s with 4, 5.5–5.8 s with 32; pinning the first page
  * of every frontier list of a 32-vertex group at once was slower still, 6.1–6.3 s: more
@@ -90,20 +154,66 @@ __device__ __forceinline__ unsigned long long sector_bytes(const void *p, unsign
 /* Vertices a warp takes from the level's cursor at a time. */
 #define BFS_CHUNK 256ull
 
-/* Pages after a list's first are pinned for a scan (wfs_array::pin_stream): with a file view,
- * one the GPU cache does not hold is read in place, not loaded, so the cache keeps first pages,
- * which hold many short lists read at different levels. 0: every page by pin(). */
-#ifndef BFS_STREAM_PINS
-#define BFS_STREAM_PINS 1
-#endif
-
-/* The file-backed search pins the first page of every frontier list of a 32-vertex group at
- * once (one cache round for up to 32 lists, where one round per list left a warp waiting on
- * one lookup after another through the levels of many short lists); a list that ends inside
- * its first page is read from that pin. 0 turns it off. */
+/* Both searches pin the first page of every frontier list of a 32-vertex group at once (one
+ * cache round for up to 32 lists, where one round per list left a warp waiting on one lookup
+ * after another through the levels of many short lists); a list that ends inside its first
+ * page is read from that pin. 0 turns it off. */
 #ifndef BFS_FIRST_PINS
 #define BFS_FIRST_PINS 1
 #endif
+
+/* Lists of at most this many entries that lie whole in their first pin are expanded together:
+ * the warp's lanes take the entries of all of them in turn (a scan of their lengths says which
+ * list an entry is in), BFS_UNROLL rounds of 32 in flight, instead of one list after another,
+ * each a round trip of its own. 0 turns it off. */
+#ifndef BFS_SHORT
+#define BFS_SHORT 128u
+#endif
+
+/* Expands together the lists the lanes in `shorts` hold whole at q (n entries each, lane
+ * order); the other lanes pass n = 0. Returns the 32-byte sectors of the lists of lanes whose
+ * `here` is set (read in place over PCIe), summed over the warp. */
+__device__ __forceinline__ unsigned long long bfs_claim_short(const unsigned *q, unsigned n, bool here,
+                                                              unsigned long long vertices, unsigned *levels,
+                                                              unsigned long long *next_len, unsigned next_level,
+                                                              unsigned lane) {
+    unsigned incl = n;
+#pragma unroll
+    for (unsigned d = 1; d < 32; d <<= 1) {
+        const unsigned t = __shfl_up_sync(0xFFFFFFFFu, incl, d);
+        if (lane >= d) incl += t;
+    }
+    const unsigned start = incl - n;
+    const unsigned total = __shfl_sync(0xFFFFFFFFu, incl, 31);
+    unsigned claimed = 0;
+    for (unsigned base = 0; base < total; base += 32u * BFS_UNROLL) {
+        unsigned w[BFS_UNROLL];
+#pragma unroll
+        for (unsigned u = 0; u < BFS_UNROLL; ++u) {
+            const unsigned e = base + 32u * u + lane;
+            /* The entry's list: the last lane whose start is at most e (lanes of empty lists
+             * before it share its start; none after it has a start ≤ e). */
+            unsigned owner = 0;
+#pragma unroll
+            for (unsigned step = 16; step != 0; step >>= 1) {
+                const unsigned s = __shfl_sync(0xFFFFFFFFu, start, owner + step);
+                if (s <= e) owner += step;
+            }
+            const unsigned long long qo = __shfl_sync(0xFFFFFFFFu, reinterpret_cast<unsigned long long>(q), owner);
+            const unsigned so = __shfl_sync(0xFFFFFFFFu, start, owner);
+            w[u] = e < total ? reinterpret_cast<const unsigned *>(qo)[e - so] : 0xFFFFFFFFu;
+        }
+#pragma unroll
+        for (unsigned u = 0; u < BFS_UNROLL; ++u) bfs_visit(w[u], vertices, levels, next_level, claimed);
+    }
+    unsigned long long sectors = here ? sector_bytes(q, (unsigned long long)n * sizeof(unsigned)) : 0ull;
+    for (unsigned d = 16; d != 0; d >>= 1) {
+        claimed += __shfl_xor_sync(0xFFFFFFFFu, claimed, d);
+        sectors += __shfl_xor_sync(0xFFFFFFFFu, sectors, d);
+    }
+    if (claimed != 0 && lane == 0) atomicAdd(next_len, (unsigned long long)claimed);
+    return sectors;
+}
 
 template <bool FirstPins, typename Offsets, typename Neighbours>
 __device__ void bfs_expand(Offsets offsets, Neighbours neighbours, unsigned long long vertices,
@@ -139,6 +249,17 @@ __device__ void bfs_expand(Offsets offsets, Neighbours neighbours, unsigned long
             wfs_span<unsigned> first;
             first.count = 0;
             if (FirstPins) first = neighbours.pin(((todo >> lane) & 1) && lo < hi ? lo : ~0ull);
+            if (FirstPins && BFS_SHORT != 0) {
+                const bool short_list = ((todo >> lane) & 1) && first.count != 0 && first.count >= hi - lo &&
+                                        hi - lo <= BFS_SHORT;
+                const unsigned shorts = __ballot_sync(0xFFFFFFFFu, short_list);
+                if (shorts != 0) {
+                    in_place += bfs_claim_short(first.p, short_list ? (unsigned)(hi - lo) : 0u,
+                                                short_list && first.in_place(), vertices, levels, next_len,
+                                                next_level, lane);
+                    todo &= ~shorts;
+                }
+            }
             while (todo) {
                 const unsigned k = __ffs(todo) - 1;
                 todo &= todo - 1;
@@ -153,8 +274,7 @@ __device__ void bfs_expand(Offsets offsets, Neighbours neighbours, unsigned long
                         const unsigned long long n = end - begin;
                         if (__shfl_sync(0xFFFFFFFFu, first.in_place() ? 1u : 0u, k) != 0)
                             in_place += sector_bytes(q, n * sizeof(unsigned));
-                        bfs_claim([&](unsigned long long x) { return q[x]; }, n, vertices, levels, next_len,
-                                  next_level, lane);
+                        bfs_claim_at(q, n, vertices, levels, next_len, next_level, lane);
                         continue;
                     }
                 }
@@ -162,8 +282,7 @@ __device__ void bfs_expand(Offsets offsets, Neighbours neighbours, unsigned long
                 while (j0 < end) {
                     /* The whole warp pins the page holding neighbours[j0] and reads the list's
                      * part in it in place (one lookup per page, not per 32 entries). */
-                    const wfs_span<unsigned> s =
-                        BFS_STREAM_PINS && j0 != begin ? neighbours.pin_stream(j0) : neighbours.pin(j0);
+                    const wfs_span<unsigned> s = neighbours.pin(j0);
                     if (s.count == 0) {
                         /* Nothing pinned: element reads, 32 at a time. */
                         const unsigned long long n = end - j0 < 32 ? end - j0 : 32;
@@ -182,10 +301,8 @@ __device__ void bfs_expand(Offsets offsets, Neighbours neighbours, unsigned long
                     const unsigned ahead = more < BFS_AHEAD ? (unsigned)more : BFS_AHEAD;
                     wfs_span<unsigned> t;
                     if (ahead != 0)
-                        t = BFS_STREAM_PINS ? neighbours.pin_stream(j1 + (lane < ahead ? lane : 0) * pe)
-                                            : neighbours.pin(j1 + (lane < ahead ? lane : 0) * pe);
-                    bfs_claim([&](unsigned long long k) { return s.p[k]; }, n0, vertices, levels, next_len,
-                              next_level, lane);
+                        t = neighbours.pin(j1 + (lane < ahead ? lane : 0) * pe);
+                    bfs_claim_at(s.p, n0, vertices, levels, next_len, next_level, lane);
                     neighbours.unpin(s);
                     j0 = j1;
                     if (ahead == 0) continue;
@@ -199,8 +316,7 @@ __device__ void bfs_expand(Offsets offsets, Neighbours neighbours, unsigned long
                         const unsigned long long n = c < end - j0 ? c : end - j0;
                         const unsigned *q = reinterpret_cast<const unsigned *>(p);
                         if (here) in_place += sector_bytes(q, n * sizeof(unsigned));
-                        bfs_claim([&](unsigned long long k) { return q[k]; }, n, vertices, levels, next_len,
-                                  next_level, lane);
+                        bfs_claim_at(q, n, vertices, levels, next_len, next_level, lane);
                         j0 += n;
                     }
                     neighbours.unpin(t);
@@ -220,7 +336,7 @@ extern "C" __global__ void bfs_level_mem(const unsigned long long *offsets,
                                          unsigned long long *next_len, unsigned next_level) {
     dev_array<unsigned long long> o = {offsets};
     dev_array<unsigned> n = {neighbours};
-    bfs_expand<false>(o, n, vertices, levels, cursor, next_len, next_level, (unsigned long long *)0);
+    bfs_expand<BFS_FIRST_PINS != 0>(o, n, vertices, levels, cursor, next_len, next_level, (unsigned long long *)0);
 }
 
 /* Blocks of 256 threads per SM the warpfs level kernel is compiled for. Unbounded, the cache

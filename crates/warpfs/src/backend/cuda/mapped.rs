@@ -282,10 +282,11 @@ impl Drop for SharedHostMapping {
 /// READ_ONLY)`, so kernels read its bytes over PCIe with ordinary loads and no copy on the
 /// host ([`super::gpu_io::GpuIo::map_file`]). Registration pins every page of the file (it
 /// faults in what is not cached, reading it from the disk): on the H100 machine about 0.44 s
-/// for 8 GiB in the page cache. The pins keep the pages alive whatever happens to the file: a
-/// truncation or a hole punched later leaves the device reading the old bytes, never freed
-/// memory; writes through the page cache (the daemon's) are seen. Unregistered and unmapped
-/// on drop.
+/// for 8 GiB in the page cache. Writes through the page cache (the daemon's, another
+/// process's) are seen. A truncation is followed by the driver: on the H100 machine kernels
+/// then read zeros past the new end, never a fault or another file's bytes
+/// (`cuda_gpu_io::a_mapped_file_truncated_behind_the_gpu_is_read_without_faults`).
+/// Unregistered and unmapped on drop.
 #[derive(Debug)]
 pub struct FileView {
     base: std::ptr::NonNull<u8>,

@@ -1634,7 +1634,8 @@ __device__ __forceinline__ T array_get(const wfs_ctx_t *ctx, u32 fh, u64 byte_of
         u32 leader, f;
         long long res;
         RoundStats rs;
-        const bool in_view = fast && view != 0 && pos + sizeof(T) <= view_len;
+        /* In the view, whatever an overflowing index made of pos: never a read outside it. */
+        const bool in_view = fast && view != 0 && pos < view_len && view_len - pos >= sizeof(T);
         acquire_round(ctx, c, group, fast, fh, pos >> shift, deadline, leader, f, res, rs,
                       in_view ? view_page_of(view, view_len, pos, shift) : 0, in_view);
         const u64 in_off = pos & (ps - 1);
@@ -1800,7 +1801,7 @@ __device__ __forceinline__ void array_pin(const wfs_ctx_t *ctx, u32 fh, u64 byte
     u32 f;
     long long res;
     RoundStats rs;
-    const bool in_view = want && view != 0 && pos + sizeof(T) <= view_len;
+    const bool in_view = want && view != 0 && pos < view_len && view_len - pos >= sizeof(T);
     acquire_round(ctx, c, group, want, fh, pos >> c->page_shift, deadline, leader, f, res, rs,
                   in_view ? view_page_of(view, view_len, pos, c->page_shift) : 0, in_view);
     add_round_stats(c, group, rs);

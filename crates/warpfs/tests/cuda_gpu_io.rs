@@ -942,6 +942,43 @@ fn u64s_back(b: &DeviceBuffer, n: usize) -> Vec<u64> {
     i64s_back(b, n).into_iter().map(|x| x as u64).collect()
 }
 
+/// Runs the `array_u64` kernel: `threads` threads (blocks of 128) each read `per` elements of
+/// a `wfs_array<u64>` of `len` elements at byte `base` of `fh`, into a buffer poisoned first.
+/// Returns each read's (element index, value read), in thread order.
+fn array_u64_reads(
+    gpu: &GpuIo<'_>,
+    module: &warpfs::backend::cuda::gpu_io::GpuModule,
+    fh: u32,
+    base: u64,
+    len: u64,
+    threads: usize,
+    per: usize,
+) -> Vec<(u64, u64)> {
+    let mut out = gpu.alloc(threads * per * 8).unwrap();
+    out.fill(POISON).unwrap();
+    launch(
+        gpu,
+        module,
+        "array_u64",
+        threads.div_ceil(128) as u32,
+        128,
+        &[
+            KernelArg::U64(gpu.context_ptr()),
+            KernelArg::U32(fh),
+            KernelArg::U64(base),
+            KernelArg::U64(len),
+            KernelArg::U32(per as u32),
+            KernelArg::U64(out.ptr()),
+            KernelArg::U32(threads as u32),
+        ],
+    );
+    let got = u64s_back(&out, threads * per);
+    (0..threads as u64)
+        .flat_map(|t| (0..per as u64).map(move |k| (t * 7919 + k * 104_729) % len))
+        .zip(got)
+        .collect()
+}
+
 #[test]
 fn many_threads_on_one_page_make_one_request() {
     if !gpu() {
@@ -1191,34 +1228,11 @@ fn array_elements_and_copies_checked() {
     let module = compile_kernels(&gpu);
     // u64 elements from byte 8 × 1000 on.
     let (base, len) = (8000u64, (size - 8000) / 8);
-    let (threads, per) = (8192usize, 16usize);
-    let out = results_buffer(&gpu, threads * per);
-    launch(
-        &gpu,
-        &module,
-        "array_u64",
-        (threads / 256) as u32,
-        256,
-        &[
-            KernelArg::U64(gpu.context_ptr()),
-            KernelArg::U32(f.raw()),
-            KernelArg::U64(base),
-            KernelArg::U64(len),
-            KernelArg::U32(per as u32),
-            KernelArg::U64(out.ptr()),
-            KernelArg::U32(threads as u32),
-        ],
-    );
-    let got = u64s_back(&out, threads * per);
-    for t in 0..threads as u64 {
-        for k in 0..per as u64 {
-            let i = (t * 7919 + k * 104_729) % len;
-            assert_eq!(
-                got[(t * per as u64 + k) as usize],
-                pattern::word(base / 8 + i),
-                "t {t} k {k}"
-            );
-        }
+    for (n, (i, x)) in array_u64_reads(&gpu, &module, f.raw(), base, len, 8192, 16)
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(x, pattern::word(base / 8 + i), "read {n}: element {i}");
     }
     // Unaligned u32 elements (byte 3 on) and range copies of 100 elements.
     let (base, len, count) = (3u64, (size - 3) / 4, 100usize);
@@ -2105,35 +2119,11 @@ fn a_mapped_file_is_read_through_its_view_every_element_checked() {
     };
 
     // operator[]: 512 threads × 64 scattered elements (every page, the last one included).
-    let (threads, per) = (512usize, 64usize);
-    let mut out = gpu.alloc(threads * per * 8).unwrap();
-    out.fill(POISON).unwrap();
-    launch(
-        &gpu,
-        &module,
-        "array_u64",
-        (threads / 128) as u32,
-        128,
-        &[
-            KernelArg::U64(gpu.context_ptr()),
-            KernelArg::U32(f.raw()),
-            KernelArg::U64(0),
-            KernelArg::U64(len),
-            KernelArg::U32(per as u32),
-            KernelArg::U64(out.ptr()),
-            KernelArg::U32(threads as u32),
-        ],
-    );
-    let got = u64s_back(&out, threads * per);
-    for t in 0..threads as u64 {
-        for k in 0..per as u64 {
-            let i = (t * 7919 + k * 104_729) % len;
-            assert_eq!(
-                got[(t * per as u64 + k) as usize],
-                pattern::word(i),
-                "thread {t} element {i}"
-            );
-        }
+    for (n, (i, x)) in array_u64_reads(&gpu, &module, f.raw(), 0, len, 512, 64)
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(x, pattern::word(i), "read {n}: element {i}");
     }
     let st = gpu.cache_stats().unwrap();
     println!("view, element reads: {st:?}");
@@ -2181,48 +2171,19 @@ fn a_mapped_file_truncated_behind_the_gpu_is_read_without_faults() {
     .unwrap();
     gpu.map_file(&f).unwrap();
     let module = compile_kernels(&gpu);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(4096)
-        .unwrap();
-    let len = size / 8;
-    let (threads, per) = (256usize, 32usize);
-    let mut out = gpu.alloc(threads * per * 8).unwrap();
-    out.fill(POISON).unwrap();
-    launch(
-        &gpu,
-        &module,
-        "array_u64",
-        (threads / 128) as u32,
-        128,
-        &[
-            KernelArg::U64(gpu.context_ptr()),
-            KernelArg::U32(f.raw()),
-            KernelArg::U64(0),
-            KernelArg::U64(len),
-            KernelArg::U32(per as u32),
-            KernelArg::U64(out.ptr()),
-            KernelArg::U32(threads as u32),
-        ],
-    );
-    let got = u64s_back(&out, threads * per);
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(4096).unwrap();
     let (mut old, mut zero, mut other, mut first_page_wrong) = (0u64, 0u64, Vec::new(), 0u64);
-    for t in 0..threads as u64 {
-        for k in 0..per as u64 {
-            let i = (t * 7919 + k * 104_729) % len;
-            let x = got[(t * per as u64 + k) as usize];
-            if i < 512 && x != pattern::word(i) {
-                first_page_wrong += 1;
-            }
-            if x == pattern::word(i) {
-                old += 1;
-            } else if x == 0 {
-                zero += 1;
-            } else {
-                other.push((i, x));
-            }
+    for (i, x) in array_u64_reads(&gpu, &module, f.raw(), 0, size / 8, 256, 32) {
+        if i < 512 && x != pattern::word(i) {
+            first_page_wrong += 1;
+        }
+        if x == pattern::word(i) {
+            old += 1;
+        } else if x == 0 {
+            zero += 1;
+        } else {
+            other.push((i, x));
         }
     }
     println!(

@@ -113,60 +113,52 @@ fn gpu_bfs_both_ways_equals_cpu_bfs() {
     assert_eq!(wfs.depth, cpu.depth);
     assert_eq!(wfs.frontier_sizes, mem.frontier_sizes);
 
-    // A cache of 64 pages, far smaller than the graph and than the warps' pins: evictions,
-    // pins that find no frame (the kernel falls back to element reads), and every level right.
-    {
-        let rt = Runtime::new(RuntimeConfig::default()).unwrap();
-        let fh = rt.open(&path, OpenOptions::read_only()).unwrap();
-        let gpu =
-            warpfs::backend::cuda::gpu_io::GpuIo::new(&rt, gpu_io_config(0, 64 * 4096)).unwrap();
-        let kernels = BfsKernels::new(&gpu).unwrap();
-        let small = bfs_through_warpfs(&gpu, &kernels, fh.raw(), file.header(), src).unwrap();
-        assert_eq!(
-            small.array_errors, 0,
-            "file-backed array reads failed (small cache)"
-        );
-        assert_eq!(
-            first_difference(&small.levels, &cpu.levels),
-            None,
-            "warpfs GPU BFS, small cache"
-        );
-        let st = gpu.cache_stats().unwrap();
-        println!("small cache: {st:?}");
-        assert!(st.evictions > 0, "{st:?}");
-    }
-
-    // The same small cache with the file mapped into the device (GpuIo::map_file): pages load
-    // from the view, a full cache reads in place; every level right, no daemon round trips
-    // beyond the file's last partial page.
-    {
+    // A BFS through a cache of 64 pages, far smaller than the graph and than the warps' pins,
+    // the file mapped into the device (GpuIo::map_file) or not; every level checked. Returns
+    // the cache's counters, the bytes of lists read in place and the daemon's requests.
+    let small_search = |map: bool| {
+        let what = if map {
+            "small cache, file view"
+        } else {
+            "small cache"
+        };
         let rt = Runtime::new(RuntimeConfig::default()).unwrap();
         let fh = rt.open(&path, OpenOptions::read_only()).unwrap();
         let mut gpu =
             warpfs::backend::cuda::gpu_io::GpuIo::new(&rt, gpu_io_config(0, 64 * 4096)).unwrap();
-        gpu.map_file(&fh).unwrap();
+        if map {
+            gpu.map_file(&fh).unwrap();
+        }
         let kernels = BfsKernels::new(&gpu).unwrap();
         let before = rt.stats().daemon.requests;
-        let viewed = bfs_through_warpfs(&gpu, &kernels, fh.raw(), file.header(), src).unwrap();
+        let r = bfs_through_warpfs(&gpu, &kernels, fh.raw(), file.header(), src).unwrap();
+        assert_eq!(r.array_errors, 0, "file-backed array reads failed ({what})");
         assert_eq!(
-            viewed.array_errors, 0,
-            "file-backed array reads failed (view)"
-        );
-        assert_eq!(
-            first_difference(&viewed.levels, &cpu.levels),
+            first_difference(&r.levels, &cpu.levels),
             None,
-            "warpfs GPU BFS, small cache, file view"
+            "warpfs GPU BFS, {what}"
         );
         let st = gpu.cache_stats().unwrap();
+        let requests = rt.stats().daemon.requests - before;
         println!(
-            "small cache, view: {st:?}; lists read in place {} B; daemon requests {}",
-            viewed.in_place_bytes,
-            rt.stats().daemon.requests - before
+            "{what}: {st:?}; lists read in place {} B; daemon requests {requests}",
+            r.in_place_bytes
         );
-        assert!(st.in_place > 0 && viewed.in_place_bytes > 0, "{st:?}");
-        assert_eq!(st.evictions, 0, "{st:?}");
-        assert!(rt.stats().daemon.requests - before < 1000);
-    }
+        (st, r.in_place_bytes, requests)
+    };
+    // Through the daemon: evictions, pins that find no frame (the kernel falls back to element
+    // reads).
+    let (st, _, _) = small_search(false);
+    assert!(st.evictions > 0, "{st:?}");
+    // Mapped: pages load from the view, a full cache reads in place and evicts nothing; no
+    // daemon round trips beyond the file's last partial page.
+    let (st, in_place_bytes, requests) = small_search(true);
+    assert!(st.in_place > 0 && in_place_bytes > 0, "{st:?}");
+    assert_eq!(st.evictions, 0, "{st:?}");
+    assert!(
+        requests < 1000,
+        "{requests} daemon requests for a mapped file"
+    );
 
     // A source outside the graph is an error, not a launch.
     assert!(bfs_in_gpu_memory(&gpu, &kernels, &bulk, &file, g.vertices()).is_err());

@@ -36,7 +36,7 @@
 use std::cell::Cell;
 use std::os::fd::RawFd;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{compiler_fence, AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 /// One copy in this many (per thread) is a `preadv2(RWF_NOWAIT)` probe of the page cache (and
@@ -120,12 +120,17 @@ impl MappedFile {
             return unsafe { self.probe(offset, dst, len) };
         }
         COPYING.with(|c| c.set(&self.broken));
+        // The handler reads COPYING in the middle of this thread's instruction stream: without
+        // these fences the compiler may move the stores around an inlined copy, or drop the
+        // first as dead (seen: a build where the truncation test died of SIGBUS).
+        compiler_fence(Ordering::SeqCst);
         // SAFETY: [offset, end) lies inside the mapping (checked above), which lives as long as
         // `self`; `dst` is the caller's. A fault (truncated file, I/O error) is caught by
         // `on_sigbus`, which patches the page and marks `broken`, checked below.
         unsafe {
             std::ptr::copy_nonoverlapping(self.base.as_ptr().add(offset as usize), dst, len);
         }
+        compiler_fence(Ordering::SeqCst);
         COPYING.with(|c| c.set(std::ptr::null()));
         // Acquire: a zero page patched in by another thread's fault was marked before.
         !self.broken.load(Ordering::Acquire)

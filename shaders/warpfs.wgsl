@@ -26,7 +26,7 @@
 
 // ---- wire format (mirror of warpfs::abi) -------------------------------------------------------
 
-const WFS_ABI_VERSION: u32 = 3u;
+const WFS_ABI_VERSION: u32 = 4u;
 const WFS_OP_READ: u32 = 1u;
 
 // One request, exactly `warpfs::abi::WfsRequest` (48 bytes). 64-bit fields are (low, high) words.

@@ -1613,6 +1613,17 @@ __device__ __forceinline__ const unsigned char *view_page_of(const unsigned char
     return view != 0 && first + (1ull << shift) <= view_len ? view + first : 0;
 }
 
+/* An element of T at p (any alignment). */
+template <typename T> __device__ __forceinline__ T load_elem(const unsigned char *p) {
+    T v;
+    if ((reinterpret_cast<u64>(p) & (alignof(T) - 1)) == 0) {
+        v = *reinterpret_cast<const T *>(p);
+    } else {
+        memcpy(&v, p, sizeof(T));
+    }
+    return v;
+}
+
 /* Element read for wfs_array: one page lookup per distinct page of the warp, pin held only
  * while the lanes load their elements. With a file view (`view`, `view_len`), a miss loads the
  * page from the view, and a miss of a full cache reads the element in place (no eviction). */
@@ -1641,12 +1652,7 @@ __device__ __forceinline__ T array_get(const wfs_ctx_t *ctx, u32 fh, u64 byte_of
         const u64 in_off = pos & (ps - 1);
         bool got = false;
         if (fast && res == 0 && in_off + sizeof(T) <= frame_meta(c, f)->len) {
-            const unsigned char *p = frame_data(c, f) + in_off;
-            if ((reinterpret_cast<u64>(p) & (alignof(T) - 1)) == 0) {
-                v = *reinterpret_cast<const T *>(p);
-            } else {
-                memcpy(&v, p, sizeof(T));
-            }
+            v = load_elem<T>(frame_data(c, f) + in_off);
             got = true;
         }
         __syncwarp(group);
@@ -1655,19 +1661,8 @@ __device__ __forceinline__ T array_get(const wfs_ctx_t *ctx, u32 fh, u64 byte_of
         const bool here = fast && res == WFS_BYPASS_RESULT && in_view;
         const u32 bypass = vote(group, fast && res == WFS_BYPASS_RESULT && !in_view);
         if (here) {
-            /* In place: a volatile load, so a page of the file changed since (by another
-             * process) is read anew, not from a line the GPU's L2 kept. */
-            const volatile unsigned char *q = view + pos;
-            if (sizeof(T) == 8 && (pos & 7) == 0) {
-                const u64 w = *reinterpret_cast<const volatile u64 *>(q);
-                memcpy(&v, &w, sizeof(T));
-            } else if (sizeof(T) == 4 && (pos & 3) == 0) {
-                const u32 w = *reinterpret_cast<const volatile u32 *>(q);
-                memcpy(&v, &w, sizeof(T));
-            } else {
-                unsigned char *d = reinterpret_cast<unsigned char *>(&v);
-                for (u32 k = 0; k < sizeof(T); ++k) d[k] = q[k];
-            }
+            /* In place, as pin()'s spans of the view are read. */
+            v = load_elem<T>(view + pos);
             got = true;
         }
         if (vote_any(group, here)) stat_add_warp(group, &stats_stripe(c)->in_place_bytes, here ? (u32)sizeof(T) : 0u);

@@ -458,6 +458,25 @@ impl DeviceBuffer {
         )
     }
 
+    /// Copies the wire record `record` (an `abi` type kernels read) into the buffer at byte
+    /// `offset` (synchronous). Panics if it does not fit.
+    ///
+    /// # Safety
+    /// `T` must be a `#[repr(C)]` record of integers with no padding bytes (every `abi` record
+    /// is; the layout tests say so), so all of its bytes are initialised.
+    pub unsafe fn copy_record_from_host<T: Copy>(
+        &mut self,
+        offset: usize,
+        record: &T,
+    ) -> CudaResult<()> {
+        // SAFETY: per the caller, every byte of `*record` is initialised; the slice covers
+        // exactly the value and lives as long as the borrow.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((record as *const T).cast::<u8>(), core::mem::size_of::<T>())
+        };
+        self.copy_from_host(offset, bytes)
+    }
+
     /// Copies `src` into the buffer at byte `offset` (synchronous). Panics if it does not fit.
     pub fn copy_from_host(&mut self, offset: usize, src: &[u8]) -> CudaResult<()> {
         assert!(

@@ -147,15 +147,8 @@ impl GpuCacheMemory {
             reserved: [0; 6],
         };
         let mut desc = DeviceBuffer::new(ctx, core::mem::size_of::<WfsGpuCache>())?;
-        // SAFETY: WfsGpuCache is a plain #[repr(C)] record of integers; viewing it as bytes
-        // for the length of the value is sound.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&wire as *const WfsGpuCache).cast::<u8>(),
-                core::mem::size_of::<WfsGpuCache>(),
-            )
-        };
-        desc.copy_from_host(0, bytes)?;
+        // SAFETY: WfsGpuCache is a #[repr(C)] record of integers without padding.
+        unsafe { desc.copy_record_from_host(0, &wire)? };
         Ok(Self {
             desc,
             table,

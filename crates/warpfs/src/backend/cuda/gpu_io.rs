@@ -432,6 +432,12 @@ impl<'rt> GpuIo<'rt> {
             )?)
         };
 
+        // The file-view table ([`GpuIo::map_file`]): every slot free.
+        let mut views = DeviceBuffer::new(
+            &ctx,
+            abi::WFS_VIEW_SLOTS as usize * core::mem::size_of::<abi::WfsFileView>(),
+        )?;
+        views.fill(0)?;
         let base = region.device_addr();
         let wire = WfsGpuContext {
             magic: abi::WFS_GPU_CTX_MAGIC,
@@ -457,30 +463,13 @@ impl<'rt> GpuIo<'rt> {
             tier: tier.map_or(0, |t| t.0.device_ptr()),
             tier_bytes: tier.map_or(0, |t| t.0.len() as u64),
             handed: handed.ptr(),
-            views: 0,
-            view_slots: 0,
-            reserved: 0,
-        };
-        let mut views = DeviceBuffer::new(
-            &ctx,
-            abi::WFS_VIEW_SLOTS as usize * core::mem::size_of::<abi::WfsFileView>(),
-        )?;
-        views.fill(0)?;
-        let wire = WfsGpuContext {
             views: views.ptr(),
             view_slots: abi::WFS_VIEW_SLOTS,
-            ..wire
+            reserved: 0,
         };
         let mut dev_ctx = DeviceBuffer::new(&ctx, core::mem::size_of::<WfsGpuContext>())?;
-        // SAFETY: WfsGpuContext is a plain #[repr(C)] record of integers; viewing it as bytes
-        // for the length of the value is sound.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&wire as *const WfsGpuContext).cast::<u8>(),
-                core::mem::size_of::<WfsGpuContext>(),
-            )
-        };
-        dev_ctx.copy_from_host(0, bytes)?;
+        // SAFETY: WfsGpuContext is a #[repr(C)] record of integers without padding.
+        unsafe { dev_ctx.copy_record_from_host(0, &wire)? };
 
         Ok(Self {
             service,
@@ -553,15 +542,11 @@ impl<'rt> GpuIo<'rt> {
             fh: handle,
             ..Default::default()
         };
-        // SAFETY: WfsFileView is a plain #[repr(C)] record of integers.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&record as *const abi::WfsFileView).cast::<u8>(),
-                core::mem::size_of::<abi::WfsFileView>(),
-            )
+        // SAFETY: WfsFileView is a #[repr(C)] record of integers without padding.
+        unsafe {
+            self.views
+                .copy_record_from_host(slot * core::mem::size_of::<abi::WfsFileView>(), &record)?
         };
-        self.views
-            .copy_from_host(slot * core::mem::size_of::<abi::WfsFileView>(), bytes)?;
         self.file_views[slot] = Some((handle, view));
         let took = started.elapsed();
         tracing::info!(

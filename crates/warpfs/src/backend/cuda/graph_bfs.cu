@@ -43,8 +43,24 @@ template <typename T> struct dev_array {
 #define BFS_UNROLL 4u
 #endif
 
+/* Visits neighbour w: claims it for the next level if unvisited (counted in `claimed`).
+ * w < vertices: a corrupt file or failed read never writes outside levels. */
+__device__ __forceinline__ void bfs_visit(unsigned w, unsigned long long vertices, unsigned *levels,
+                                          unsigned next_level, unsigned &claimed) {
+    if (w < vertices && levels[w] == BFS_UNREACHED &&
+        atomicCAS(&levels[w], BFS_UNREACHED, next_level) == BFS_UNREACHED)
+        ++claimed;
+}
+
+/* Adds the warp's claims (each lane's `claimed`) to the next frontier's size: one atomic. */
+__device__ __forceinline__ void bfs_add_claimed(unsigned claimed, unsigned long long *next_len, unsigned lane) {
+    for (unsigned d = 16; d != 0; d >>= 1) claimed += __shfl_xor_sync(0xFFFFFFFFu, claimed, d);
+    if (claimed != 0 && lane == 0) atomicAdd(next_len, (unsigned long long)claimed);
+}
+
 /* Claims the unvisited among n neighbours: the whole warp strides through them, reading each
- * with at(k) (k < n), BFS_UNROLL rounds of 32 loads at a time. */
+ * with at(k) (k < n), BFS_UNROLL rounds of 32 loads at a time. The lanes past n hold
+ * 0xFFFFFFFF, which no 4-byte-index graph reaches. */
 template <typename At>
 __device__ __forceinline__ void bfs_claim(At at, unsigned long long n, unsigned long long vertices,
                                           unsigned *levels, unsigned long long *next_len,
@@ -63,15 +79,8 @@ __device__ __forceinline__ void bfs_claim(At at, unsigned long long n, unsigned 
         }
         unsigned claimed = 0;
 #pragma unroll
-        for (unsigned u = 0; u < BFS_UNROLL; ++u) {
-            /* w < vertices: a corrupt file or failed read never writes outside levels (and
-             * the lanes past n hold 0xFFFFFFFF, which no 4-byte-index graph reaches). */
-            if (w[u] < vertices && levels[w[u]] == BFS_UNREACHED &&
-                atomicCAS(&levels[w[u]], BFS_UNREACHED, next_level) == BFS_UNREACHED)
-                ++claimed;
-        }
-        for (unsigned d = 16; d != 0; d >>= 1) claimed += __shfl_xor_sync(0xFFFFFFFFu, claimed, d);
-        if (claimed != 0 && lane == 0) atomicAdd(next_len, (unsigned long long)claimed);
+        for (unsigned u = 0; u < BFS_UNROLL; ++u) bfs_visit(w[u], vertices, levels, next_level, claimed);
+        bfs_add_claimed(claimed, next_len, lane);
     }
 }
 
@@ -82,15 +91,6 @@ __device__ __forceinline__ void bfs_claim(At at, unsigned long long n, unsigned 
 #ifndef BFS_VEC
 #define BFS_VEC 1
 #endif
-
-/* Visits neighbour w: claims it for the next level if unvisited (counted in `claimed`).
- * w < vertices: a corrupt file or failed read never writes outside levels. */
-__device__ __forceinline__ void bfs_visit(unsigned w, unsigned long long vertices, unsigned *levels,
-                                          unsigned next_level, unsigned &claimed) {
-    if (w < vertices && levels[w] == BFS_UNREACHED &&
-        atomicCAS(&levels[w], BFS_UNREACHED, next_level) == BFS_UNREACHED)
-        ++claimed;
-}
 
 /* bfs_claim for n neighbours at q (4-byte aligned): a scalar head up to a 16-byte boundary,
  * then 16-byte loads, BFS_UNROLL per lane in flight, then the scalar tail; one count add. */
@@ -121,8 +121,7 @@ __device__ __forceinline__ void bfs_claim_ptr(const unsigned *q, unsigned long l
     }
     const unsigned long long t0 = h + 4 * nv;
     if (t0 + lane < n) bfs_visit(q[t0 + lane], vertices, levels, next_level, claimed);
-    for (unsigned d = 16; d != 0; d >>= 1) claimed += __shfl_xor_sync(0xFFFFFFFFu, claimed, d);
-    if (claimed != 0 && lane == 0) atomicAdd(next_len, (unsigned long long)claimed);
+    bfs_add_claimed(claimed, next_len, lane);
 }
 
 /* Claims the unvisited among the n neighbours at q: lists longer than one round of 4-byte
@@ -138,9 +137,8 @@ __device__ __forceinline__ void bfs_claim_at(const unsigned *q, unsigned long lo
 }
 
 /* Pages of a long list pinned at once, one lane each, so their loads go out together. 4 by
- * measurement (k26, 25% cache, H100: 4.9 s with 4, 5.5–5.8 s with 32; pinning the first page
- * of every frontier list of a 32-vertex group at once was slower still, 6.1–6.3 s: more
- * requests in flight congest more). */
+ * measurement with every miss through the daemon (k26, 25% cache, H100: 4.9 s with 4, 5.5–5.8 s
+ * with 32); with the file mapped, 8 was within the noise of 4 (0.351 against 0.365 s). */
 #ifndef BFS_AHEAD
 #define BFS_AHEAD 4u
 #endif
@@ -206,12 +204,9 @@ __device__ __forceinline__ unsigned long long bfs_claim_short(const unsigned *q,
 #pragma unroll
         for (unsigned u = 0; u < BFS_UNROLL; ++u) bfs_visit(w[u], vertices, levels, next_level, claimed);
     }
+    bfs_add_claimed(claimed, next_len, lane);
     unsigned long long sectors = here ? sector_bytes(q, (unsigned long long)n * sizeof(unsigned)) : 0ull;
-    for (unsigned d = 16; d != 0; d >>= 1) {
-        claimed += __shfl_xor_sync(0xFFFFFFFFu, claimed, d);
-        sectors += __shfl_xor_sync(0xFFFFFFFFu, sectors, d);
-    }
-    if (claimed != 0 && lane == 0) atomicAdd(next_len, (unsigned long long)claimed);
+    for (unsigned d = 16; d != 0; d >>= 1) sectors += __shfl_xor_sync(0xFFFFFFFFu, sectors, d);
     return sectors;
 }
 

@@ -3,10 +3,11 @@
 //!
 //! ```text
 //! cuda_load FILE [--threads N] [--chunk-mib M | --chunk-kib K] [--buffers B] [--cold-reads direct|buffered|readahead] [--readahead-mib R]
-//!                [--streams S] [--staging cudahost|huge] [--repeat R] [--drop-caches] [--label L] [--verify]
-//! cuda_load --write FILE --size-gib G [--writes direct|buffered] [--threads N] [--chunk-mib M]
+//!                [--streams S] [--staging cudahost|huge] [--repeat R] [--drop-caches] [--label L] [--verify] [--copy-only]
+//! cuda_load --write FILE --size-gib G [--writes direct|buffered] [--no-prealloc] [--threads N] [--chunk-mib M]
 //! cuda_load --make FILE --size-gib G        # pattern content, written by 16 threads, fsync'd
 //! ```
+//! `--copy-only` also times the pipeline's host→device copies alone after each read (the PCIe side).
 //! `--drop-caches` runs `sync; echo 3 > /proc/sys/vm/drop_caches` (root) before each repeat.
 //! Every measurement prints one `JSON {...}` line (for bench/compare) and a human line.
 
@@ -24,6 +25,7 @@ struct Args {
     drop_caches: bool,
     label: String,
     verify: bool,
+    copy_only: bool,
 }
 
 fn parse() -> Args {
@@ -36,9 +38,10 @@ fn parse() -> Args {
         drop_caches: false,
         label: "warm".into(),
         verify: false,
+        copy_only: false,
     };
     let mut it = std::env::args().skip(1);
-    let usage = "usage: cuda_load [--make|--write] FILE [--size-gib G] [--threads N] [--chunk-mib M | --chunk-kib K] [--buffers B] [--cold-reads direct|buffered|readahead] [--readahead-mib R] [--writes direct|buffered] [--streams S] [--staging cudahost|huge] [--repeat R] [--drop-caches] [--label L] [--verify]";
+    let usage = "usage: cuda_load [--make|--write] FILE [--size-gib G] [--threads N] [--chunk-mib M | --chunk-kib K] [--buffers B] [--cold-reads direct|buffered|readahead] [--readahead-mib R] [--writes direct|buffered] [--no-prealloc] [--streams S] [--staging cudahost|huge] [--repeat R] [--drop-caches] [--label L] [--verify] [--copy-only]";
     while let Some(x) = it.next() {
         let mut val = || {
             it.next()
@@ -84,10 +87,12 @@ fn parse() -> Args {
                     v => panic!("--writes {v}: direct or buffered"),
                 }
             }
+            "--no-prealloc" => a.cfg.preallocate = false,
             "--repeat" => a.repeat = val().parse().expect("--repeat"),
             "--drop-caches" => a.drop_caches = true,
             "--label" => a.label = val(),
             "--verify" => a.verify = true,
+            "--copy-only" => a.copy_only = true,
             "-h" | "--help" => {
                 println!("{usage}");
                 std::process::exit(0);
@@ -122,7 +127,7 @@ fn main() -> warpfs::Result<()> {
     let setup = t.elapsed();
     let c = eng.config();
     let common = format!(
-        "\"threads_cfg\":{},\"chunk_kib\":{},\"readahead_mib\":{},\"buffers\":{},\"streams\":{},\"staging\":\"{:?}\",\"cold_reads\":\"{:?}\",\"writes\":\"{:?}\",\"setup_ms\":{:.1},\"device\":\"{}\"",
+        "\"threads_cfg\":{},\"chunk_kib\":{},\"readahead_mib\":{},\"buffers\":{},\"streams\":{},\"staging\":\"{:?}\",\"cold_reads\":\"{:?}\",\"writes\":\"{:?}\",\"preallocate\":{},\"setup_ms\":{:.1},\"device\":\"{}\"",
         c.threads,
         c.chunk_bytes >> 10,
         c.readahead_bytes >> 20,
@@ -131,6 +136,7 @@ fn main() -> warpfs::Result<()> {
         c.staging,
         c.cold_reads,
         c.writes,
+        c.preallocate,
         setup.as_secs_f64() * 1e3,
         eng.context().name()
     );
@@ -200,6 +206,18 @@ fn main() -> warpfs::Result<()> {
         );
         if a.verify {
             verify(&dst, size)?;
+        }
+        if a.copy_only {
+            let r = eng.copy_only(&mut dst, size)?;
+            println!(
+                "JSON {{\"op\":\"copy\",\"label\":\"{}\",\"rep\":{rep},\"bytes\":{},\"secs\":{:.4},\"gbps\":{:.3},\"threads\":{},\"path\":\"{}\",{common}}}",
+                a.label, r.bytes, r.elapsed.as_secs_f64(), r.gb_per_s(), r.threads, r.path
+            );
+            println!(
+                "copy only (no file reads) {:.2} GB/s, {} threads",
+                r.gb_per_s(),
+                r.threads
+            );
         }
     }
     Ok(())

@@ -111,6 +111,11 @@ pub struct BulkConfig {
     pub writes: Writes,
     /// `fdatasync` at the end of every write call. Default true.
     pub durable: bool,
+    /// Before an `O_DIRECT` write, allocate its file range with `fallocate` (size set), so the
+    /// workers' writes are overwrites of allocated blocks, which ext4 and XFS run concurrently;
+    /// writes that extend a file take the inode lock exclusively and run one at a time.
+    /// Default true.
+    pub preallocate: bool,
     /// How far ahead of the chunk being read [`ColdReads::Readahead`] hints, bytes. Default
     /// 256 MiB (H100 machine, cold 8 GiB, 12 threads, 2 MiB chunks: 64 MiB ahead 1.40 GB/s,
     /// 256 MiB ahead 1.57 GB/s).
@@ -134,6 +139,7 @@ impl Default for BulkConfig {
             cold_reads: ColdReads::Readahead,
             writes: Writes::Direct,
             durable: true,
+            preallocate: true,
             readahead_bytes: 256 << 20,
             streams: 0,
             staging: StagingAlloc::CudaHost,
@@ -593,8 +599,23 @@ impl CudaBulk {
             .checked_add(len)
             .ok_or_else(|| Error::Range("file offset + length overflows".into()))?;
         let (chunks, pieces) = plan_writes(offset, len, src, self.cfg.chunk_bytes as u64);
+        let grown = if self.cfg.preallocate && self.policy().direct_writes(file) {
+            preallocate(file, offset, len)?
+        } else {
+            None
+        };
         let sh = Shared::new(&chunks, &pieces, u64::MAX);
-        let threads = self.run_workers(&sh, |slot, sh| self.write_worker(slot, file, sh))?;
+        let threads = match self.run_workers(&sh, |slot, sh| self.write_worker(slot, file, sh)) {
+            Ok(n) => n,
+            Err(e) => {
+                if let Some(old) = grown {
+                    // Best effort: the file goes back to its size before the call.
+                    // SAFETY: fd is a live descriptor borrowed for the call.
+                    unsafe { libc::ftruncate(file.fd, old as libc::off_t) };
+                }
+                return Err(e);
+            }
+        };
         if self.cfg.durable && len > 0 {
             // SAFETY: fd is a live descriptor borrowed for the call.
             if unsafe { libc::fdatasync(file.fd) } != 0 {
@@ -922,6 +943,42 @@ fn read_span(
         return Ok((pos, true)); // end of file inside the chunk
     }
     Ok((b, true))
+}
+
+impl Policy {
+    /// Whether writes to `f` go (mostly) through `O_DIRECT`.
+    fn direct_writes(&self, f: FileRef<'_>) -> bool {
+        self.writes == Writes::Direct && f.direct_fd.is_some() && self.direct_ok
+    }
+}
+
+/// Allocates file `[offset, offset + len)` with `fallocate` (size set) when it ends past the
+/// file's present size, so that the `O_DIRECT` writes that follow are not extending writes
+/// (which the filesystem serialises). Returns the size before the call when the file grew (to
+/// undo on failure); `None` when nothing changed or the filesystem cannot preallocate.
+fn preallocate(f: FileRef<'_>, offset: u64, len: u64) -> Result<Option<u64>> {
+    let old = f.size()?;
+    if len == 0 || offset + len <= old {
+        return Ok(None);
+    }
+    // SAFETY: plain syscall on a descriptor borrowed for the call.
+    let r = unsafe { libc::fallocate(f.fd, 0, offset as libc::off_t, len as libc::off_t) };
+    if r == 0 {
+        return Ok(Some(old));
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        // No space is an answer the writes would give too, later and with the file half done.
+        Some(libc::ENOSPC) | Some(libc::EFBIG) => {
+            // SAFETY: as above; undoes whatever part of the range was allocated.
+            unsafe { libc::ftruncate(f.fd, old as libc::off_t) };
+            Err(e.into())
+        }
+        _ => {
+            tracing::debug!(error = %e, "fallocate refused; writing without preallocation");
+            Ok(None)
+        }
+    }
 }
 
 /// Writes file `[a, b)` from `buf` (holding file offset `base` at index 0).

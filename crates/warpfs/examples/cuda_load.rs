@@ -159,8 +159,8 @@ fn main() -> warpfs::Result<()> {
             let out = BulkFile::create(&a.file)?;
             let r = eng.write(&out, 0, &src, 0, n)?;
             println!(
-                "JSON {{\"op\":\"write\",\"label\":\"{}\",\"rep\":{rep},\"bytes\":{},\"secs\":{:.4},\"gbps\":{:.3},\"threads\":{},\"path\":\"{}\",\"direct_bytes\":{},\"buffered_bytes\":{},{common}}}",
-                a.label, r.bytes, r.elapsed.as_secs_f64(), r.gb_per_s(), r.threads, r.path, r.direct_bytes, r.buffered_bytes
+                "JSON {{\"op\":\"write\",\"label\":\"{}\",\"rep\":{rep},\"bytes\":{},\"secs\":{:.4},\"gbps\":{:.3},\"threads\":{},\"path\":\"{}\",\"gds_bytes\":{},\"direct_bytes\":{},\"buffered_bytes\":{},{common}}}",
+                a.label, r.bytes, r.elapsed.as_secs_f64(), r.gb_per_s(), r.threads, r.path, r.gds_bytes, r.direct_bytes, r.buffered_bytes
             );
             println!("write {:.2} GiB in {:.3}s = {:.2} GB/s (fdatasync included), {} threads, path {} ({})", n as f64 / (1u64 << 30) as f64, r.elapsed.as_secs_f64(), r.gb_per_s(), r.threads, r.path, r.path_reason);
         }
@@ -189,8 +189,8 @@ fn main() -> warpfs::Result<()> {
         }
         let r = eng.read(&f, 0, &mut dst, 0, size)?;
         println!(
-            "JSON {{\"op\":\"read\",\"label\":\"{}\",\"rep\":{rep},\"bytes\":{},\"secs\":{:.4},\"gbps\":{:.3},\"threads\":{},\"path\":\"{}\",\"cached_bytes\":{},\"direct_bytes\":{},\"buffered_bytes\":{},{common}}}",
-            a.label, r.bytes, r.elapsed.as_secs_f64(), r.gb_per_s(), r.threads, r.path, r.cached_bytes, r.direct_bytes, r.buffered_bytes
+            "JSON {{\"op\":\"read\",\"label\":\"{}\",\"rep\":{rep},\"bytes\":{},\"secs\":{:.4},\"gbps\":{:.3},\"threads\":{},\"path\":\"{}\",\"gds_bytes\":{},\"cached_bytes\":{},\"direct_bytes\":{},\"buffered_bytes\":{},{common}}}",
+            a.label, r.bytes, r.elapsed.as_secs_f64(), r.gb_per_s(), r.threads, r.path, r.gds_bytes, r.cached_bytes, r.direct_bytes, r.buffered_bytes
         );
         println!(
             "read {:.2} GiB in {:.3}s = {:.2} GB/s, {} threads, path {} ({}); cached {} MiB, direct {} MiB, buffered {} MiB",

@@ -90,6 +90,7 @@ pub fn run(args: &LoadArgs) -> Result<i32> {
             "threads": r.threads,
             "path": r.path,
             "path_reason": r.path_reason,
+            "gds_bytes": r.gds_bytes,
             "cached_bytes": r.cached_bytes,
             "direct_bytes": r.direct_bytes,
             "buffered_bytes": r.buffered_bytes,

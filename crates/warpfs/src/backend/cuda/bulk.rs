@@ -32,6 +32,7 @@
 //! `durable` (the default) the call ends with `fdatasync`, so the data is on disk when it returns.
 
 use super::driver::{self, Context, DeviceBuffer, Event, PinnedBuffer, Stream};
+use super::gds::{self, GdsHandle};
 use super::numa::{self, Placement};
 use super::GdsMode;
 use crate::files::FileEntry;
@@ -116,6 +117,8 @@ pub struct BulkConfig {
     /// writes that extend a file take the inode lock exclusively and run one at a time.
     /// Default true.
     pub preallocate: bool,
+    /// GPUDirect Storage (cuFile) mode; `None` (default) reads `WARPFS_GDS` (unset = auto).
+    pub gds: Option<GdsMode>,
     /// How far ahead of the chunk being read [`ColdReads::Readahead`] hints, bytes. Default
     /// 256 MiB (H100 machine, cold 8 GiB, 12 threads, 2 MiB chunks: 64 MiB ahead 1.40 GB/s,
     /// 256 MiB ahead 1.57 GB/s).
@@ -140,6 +143,7 @@ impl Default for BulkConfig {
             writes: Writes::Direct,
             durable: true,
             preallocate: true,
+            gds: None,
             readahead_bytes: 256 << 20,
             streams: 0,
             staging: StagingAlloc::CudaHost,
@@ -273,10 +277,14 @@ pub struct TransferReport {
     pub bytes: u64,
     /// CPU threads that moved data (the calling thread included).
     pub threads: usize,
-    /// Which path ran: `"pipeline"` (pinned staging + async copies) today; `"cufile"` later.
+    /// Which path ran: `"pipeline"` (pinned staging + async copies), `"cufile"` (GPUDirect
+    /// Storage for every byte) or `"cufile+pipeline"` (cuFile for aligned uncached ranges, the
+    /// pipeline for the rest).
     pub path: &'static str,
-    /// Why that path: e.g. `"WARPFS_GDS=auto: cuFile not built in"`.
+    /// Why that path, e.g. `"cuFile: driver open, but no nvidia-fs and no P2PDMA (...)"`.
     pub path_reason: &'static str,
+    /// Bytes moved by cuFile (GPUDirect Storage) between the file and device memory.
+    pub gds_bytes: u64,
     /// Bytes served from the page cache by `RWF_NOWAIT` probes.
     pub cached_bytes: u64,
     /// Bytes read or written with `O_DIRECT`.
@@ -349,6 +357,7 @@ struct Counters {
     cached: AtomicU64,
     direct: AtomicU64,
     buffered: AtomicU64,
+    gds: AtomicU64,
 }
 
 struct Shared<'a> {
@@ -412,13 +421,21 @@ impl CudaBulk {
                 "CUDA bulk config needs threads ≥ 1, buffers_per_thread ≥ 1 and chunk_bytes a multiple of {DIO_ALIGN}; got {cfg:?}"
             )));
         }
-        let gds = GdsMode::from_env()?;
-        if gds == GdsMode::On {
-            return Err(Error::Config(
-                "WARPFS_GDS=on, but this build has no cuFile path yet; use WARPFS_GDS=auto (the default) or off".into(),
-            ));
-        }
+        let gds = match cfg.gds {
+            Some(m) => m,
+            None => GdsMode::from_env()?,
+        };
         let ctx = Context::new(ordinal)?;
+        if gds != GdsMode::Off {
+            ctx.bind()?;
+            let s = gds::support();
+            if gds == GdsMode::On && !s.driver_open {
+                return Err(Error::Config(format!(
+                    "WARPFS_GDS=on, but cuFile cannot be used here ({}); use WARPFS_GDS=auto (the default) or off",
+                    s.summary
+                )));
+            }
+        }
         let placement = numa::placement(ctx.device())?;
         if let Some(node) = placement.node {
             tracing::info!(device = ordinal, node, bus = %placement.pci_bus_id, "staging memory and bulk threads placed on the GPU's NUMA node");
@@ -484,10 +501,36 @@ impl CudaBulk {
         Ok(DeviceBuffer::new(&self.ctx, len)?)
     }
 
-    fn path_reason(&self) -> &'static str {
+    /// The cuFile handle a call on `f` uses (none under `off`, or under `auto` without DMA
+    /// support), and why the call's path is what it is. Under `on` a file cuFile refuses is an
+    /// error; under `auto` it falls back to the pipeline with the reason logged.
+    fn gds_for(&self, f: FileRef<'_>) -> Result<(Option<GdsHandle>, &'static str)> {
         match self.gds {
-            GdsMode::Off => "WARPFS_GDS=off",
-            _ => "WARPFS_GDS=auto: no cuFile path in this build",
+            GdsMode::Off => Ok((None, "WARPFS_GDS=off")),
+            GdsMode::Auto => {
+                let s = gds::support();
+                let Some(dfd) = f.direct_fd.filter(|_| s.direct_dma() && self.direct_ok) else {
+                    return Ok((None, s.summary.as_str()));
+                };
+                match GdsHandle::register(dfd) {
+                    Ok(h) => Ok((
+                        Some(h),
+                        "WARPFS_GDS=auto: cuFile DMA for aligned ranges not in the page cache",
+                    )),
+                    Err(e) => {
+                        tracing::info!(error = %e, "cuFile refused the file; using the pipeline");
+                        Ok((None, "WARPFS_GDS=auto: cuFile refused the file"))
+                    }
+                }
+            }
+            GdsMode::On => {
+                let h = GdsHandle::register(f.direct_fd.unwrap_or(f.fd)).map_err(|e| {
+                    Error::Config(format!(
+                        "WARPFS_GDS=on, but cuFile cannot take the file: {e}"
+                    ))
+                })?;
+                Ok((Some(h), "WARPFS_GDS=on: cuFile for every aligned range"))
+            }
         }
     }
 
@@ -545,18 +588,24 @@ impl CudaBulk {
         let t0 = Instant::now();
         let size = file.size()?;
         let (chunks, pieces) = plan_reads(extents, base, size, self.cfg.chunk_bytes as u64);
+        let (gds, path_reason) = self.gds_for(file)?;
         let sh = Shared::new(&chunks, &pieces, size);
-        let threads = self.run_workers(&sh, |slot, sh| self.read_worker(slot, file, sh))?;
+        let threads = self.run_workers(&sh, |slot, sh| {
+            self.read_worker(slot, file, gds.as_ref(), sh)
+        })?;
         let eof = sh.eof.load(Ordering::Relaxed);
         let per: Vec<u64> = extents
             .iter()
             .map(|e| eof.saturating_sub(e.file_offset).min(e.len))
             .collect();
+        let bytes = per.iter().sum();
+        let gds_bytes = sh.n.gds.load(Ordering::Relaxed);
         let report = TransferReport {
-            bytes: per.iter().sum(),
+            bytes,
             threads,
-            path: "pipeline",
-            path_reason: self.path_reason(),
+            path: path_name(gds_bytes, bytes),
+            path_reason,
+            gds_bytes,
             cached_bytes: sh.n.cached.load(Ordering::Relaxed),
             direct_bytes: sh.n.direct.load(Ordering::Relaxed),
             buffered_bytes: sh.n.buffered.load(Ordering::Relaxed),
@@ -604,8 +653,12 @@ impl CudaBulk {
         } else {
             None
         };
+        let (gds, path_reason) = self.gds_for(file)?;
         let sh = Shared::new(&chunks, &pieces, u64::MAX);
-        let threads = match self.run_workers(&sh, |slot, sh| self.write_worker(slot, file, sh)) {
+        let threads = match self.run_workers(&sh, |slot, sh| match &gds {
+            Some(h) => self.write_worker_gds(slot, file, h, sh),
+            None => self.write_worker(slot, file, sh),
+        }) {
             Ok(n) => n,
             Err(e) => {
                 if let Some(old) = grown {
@@ -622,11 +675,13 @@ impl CudaBulk {
                 return Err(std::io::Error::last_os_error().into());
             }
         }
+        let gds_bytes = sh.n.gds.load(Ordering::Relaxed);
         Ok(TransferReport {
             bytes: len,
             threads,
-            path: "pipeline",
-            path_reason: self.path_reason(),
+            path: path_name(gds_bytes, len),
+            path_reason,
+            gds_bytes,
             cached_bytes: 0,
             direct_bytes: sh.n.direct.load(Ordering::Relaxed),
             buffered_bytes: sh.n.buffered.load(Ordering::Relaxed),
@@ -737,7 +792,13 @@ impl CudaBulk {
         }
     }
 
-    fn read_worker(&self, slot: &mut Slot, f: FileRef<'_>, sh: &Shared<'_>) -> Result<()> {
+    fn read_worker(
+        &self,
+        slot: &mut Slot,
+        f: FileRef<'_>,
+        gds: Option<&GdsHandle>,
+        sh: &Shared<'_>,
+    ) -> Result<()> {
         let nb = slot.bufs.len();
         let stream = &self.streams[slot.stream];
         let mut k = 0;
@@ -768,6 +829,17 @@ impl CudaBulk {
                     st.busy = false;
                 }
                 let base = c.start & !(A - 1);
+                if let Some(h) = gds.filter(|_| gds_fits(c, &sh.pieces[c.pieces.clone()])) {
+                    let p = sh.pieces[c.pieces.start];
+                    let on = self.gds == GdsMode::On;
+                    let reached = read_chunk_gds(h, on, f, st, base, c, p, &sh.n, stream)?;
+                    if reached < c.end {
+                        sh.eof.fetch_min(reached, Ordering::Relaxed);
+                    }
+                    st.done.record(stream)?;
+                    st.busy = true;
+                    continue;
+                }
                 let (reached, cold) =
                     read_span(&pol, f, st.mem.as_mut_slice(), base, c.start, c.end, &sh.n)?;
                 if cold && !sh.cold.load(Ordering::Relaxed) {
@@ -853,6 +925,163 @@ impl CudaBulk {
         res?;
         Ok(drained?)
     }
+}
+
+impl CudaBulk {
+    /// A write worker with cuFile: each chunk's aligned middle goes from device memory to the
+    /// file through cuFile (no staging); its unaligned head and tail are copied to staging and
+    /// written buffered.
+    fn write_worker_gds(
+        &self,
+        slot: &mut Slot,
+        f: FileRef<'_>,
+        h: &GdsHandle,
+        sh: &Shared<'_>,
+    ) -> Result<()> {
+        let stream = &self.streams[slot.stream];
+        let st = &mut slot.bufs[0];
+        let mut body = || -> Result<()> {
+            while let Some((_, c)) = sh.claim() {
+                let p = sh.pieces[c.pieces.start];
+                let base = c.start & !(A - 1);
+                let (ma, mb) = (c.start.div_ceil(A) * A, c.end & !(A - 1));
+                let edges: [(u64, u64); 2] = if ma < mb {
+                    // SAFETY: the middle lies inside the caller's device range (plan_writes
+                    // maps chunk offsets onto it one to one; caller's contract).
+                    unsafe { h.write(p.dev + (ma - c.start), (mb - ma) as usize, ma) }?;
+                    sh.n.gds.fetch_add(mb - ma, Ordering::Relaxed);
+                    [(c.start, ma), (mb, c.end)]
+                } else {
+                    [(c.start, c.end), (c.end, c.end)]
+                };
+                for &(x, y) in edges.iter().filter(|(x, y)| x < y) {
+                    // SAFETY: the destination lies in the staging buffer (a chunk spans at
+                    // most chunk_bytes + 2·DIO_ALIGN from `base`), read only after the stream
+                    // sync below; the source is inside the caller's device range.
+                    unsafe {
+                        driver::copy_dtoh_async(
+                            st.mem.as_mut_ptr().add((x - base) as usize),
+                            p.dev + (x - c.start),
+                            (y - x) as usize,
+                            stream,
+                        )?;
+                    }
+                }
+                stream.synchronize()?;
+                for &(x, y) in edges.iter().filter(|(x, y)| x < y) {
+                    let at = (x - base) as usize;
+                    pwrite_all(f.fd, &st.mem.as_slice()[at..at + (y - x) as usize], x)?;
+                    sh.n.buffered.fetch_add(y - x, Ordering::Relaxed);
+                }
+            }
+            Ok(())
+        };
+        let res = body();
+        let drained = stream.synchronize();
+        res?;
+        Ok(drained?)
+    }
+}
+
+/// The report's path name for `gds_bytes` of `bytes` moved by cuFile.
+fn path_name(gds_bytes: u64, bytes: u64) -> &'static str {
+    match gds_bytes {
+        0 => "pipeline",
+        g if g >= bytes => "cufile",
+        _ => "cufile+pipeline",
+    }
+}
+
+/// Whether chunk `c` can take the cuFile read path: one piece covering the whole chunk (file
+/// offsets map onto device addresses one to one) with an aligned middle.
+fn gds_fits(c: &Chunk, pieces: &[Piece]) -> bool {
+    matches!(pieces, [p] if p.file_off == c.start && p.file_off + p.len == c.end)
+        && c.start.div_ceil(A) * A < (c.end & !(A - 1))
+}
+
+/// Reads chunk `c` (one piece `p`, see [`gds_fits`]) with cuFile for its aligned middle.
+/// Under `auto` (`on` false) the page cache is asked first (`RWF_NOWAIT`): what it holds is
+/// read into staging and copied as usual, and only the uncached rest goes to cuFile. Unaligned
+/// edges are read buffered into staging and copied on `stream`. Returns the offset reached
+/// (`c.end`, or less at end of file).
+#[allow(clippy::too_many_arguments)]
+fn read_chunk_gds(
+    h: &GdsHandle,
+    on: bool,
+    f: FileRef<'_>,
+    st: &mut Staging,
+    base: u64,
+    c: &Chunk,
+    p: Piece,
+    n: &Counters,
+    stream: &Stream,
+) -> Result<u64> {
+    let buf = st.mem.as_mut_slice();
+    let mut pos = c.start;
+    if !on && NOWAIT_WORKS.load(Ordering::Relaxed) {
+        match pread_nowait(
+            f.fd,
+            &mut buf[(c.start - base) as usize..(c.end - base) as usize],
+            c.start,
+        ) {
+            Ok(got) => {
+                pos += got as u64;
+                n.cached.fetch_add(got as u64, Ordering::Relaxed);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS)
+                ) =>
+            {
+                NOWAIT_WORKS.store(false, Ordering::Relaxed);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let (ma, mb) = (pos.div_ceil(A) * A, c.end & !(A - 1));
+    // Bytes [c.start, head_end) come from staging, then the middle from cuFile, then the tail.
+    let (head_end, tail) = if ma < mb {
+        let head_end = read_buffered(f.fd, buf, base, pos, ma, n)?;
+        if head_end < ma {
+            (head_end, None) // end of file before the middle
+        } else {
+            // SAFETY: [ma, mb) lies inside the piece, so its device range is inside the
+            // caller's buffer (caller's contract); nothing else uses it during the call.
+            let got = unsafe { h.read(p.dev + (ma - p.file_off), (mb - ma) as usize, ma) }? as u64;
+            n.gds.fetch_add(got, Ordering::Relaxed);
+            if got < mb - ma {
+                (ma, Some((mb, ma + got))) // end of file inside the middle: no tail
+            } else {
+                (
+                    ma,
+                    Some((mb, read_buffered(f.fd, buf, base, mb, c.end, n)?)),
+                )
+            }
+        }
+    } else {
+        (read_buffered(f.fd, buf, base, pos, c.end, n)?, None)
+    };
+    for (x, y) in [(c.start, head_end), tail.unwrap_or((0, 0))] {
+        if x < y {
+            // SAFETY: the source lies in the staging buffer, not touched again until the
+            // event recorded after this returns completes; the destination is inside the
+            // piece's device range (caller's contract).
+            unsafe {
+                driver::copy_htod_async(
+                    p.dev + (x - p.file_off),
+                    st.mem.as_ptr().add((x - base) as usize),
+                    (y - x) as usize,
+                    stream,
+                )?;
+            }
+        }
+    }
+    Ok(match tail {
+        Some((_, reached)) => reached,
+        None => head_end,
+    })
 }
 
 /// Ends a worker's run over `slot`: waits for its stream's copies (whatever `res` says, so no

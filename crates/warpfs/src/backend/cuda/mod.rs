@@ -6,6 +6,7 @@
 //!
 //! - [`driver`]: thin RAII wrappers (context, stream, event, device and pinned buffers).
 //! - [`bulk`]: the pipeline ([`CudaBulk`]).
+//! - [`gds`]: GPUDirect Storage through cuFile, probed once, used where it has DMA.
 //! - [`gpu_io`]: GPU-initiated I/O — kernels call `wfs_read`/`wfs_write` (`include/warpfs.cuh`)
 //!   through a channel in [`mapped`] (pinned, device-mapped) memory served by the daemon.
 //! - [`multi`]: several GPUs of one host — one file spread over them, or a file each.
@@ -18,10 +19,14 @@
 //!
 //! ## GPUDirect Storage
 //!
-//! `WARPFS_GDS=auto|on|off` (default `auto`) selects cuFile. This build has no cuFile path yet
-//! (the H100 machine has no nvidia-fs, so cuFile refuses `cuFileHandleRegister` there): `auto`
-//! and `off` run the pipeline and say so in [`TransferReport::path_reason`]; `on` is refused
-//! with a clear error rather than silently ignored.
+//! `WARPFS_GDS=auto|on|off` (default `auto`; [`BulkConfig::gds`] overrides it) selects cuFile
+//! ([`gds`]). `auto` uses cuFile only where its driver reports nvidia-fs or P2PDMA, and then
+//! only for aligned ranges the page cache does not hold (warm data comes from memory, faster
+//! than a disk); `on` uses cuFile for every aligned range (including cuFile's compat mode) and
+//! fails with a clear error when cuFile cannot take the file; `off` never loads it. Unaligned
+//! edges always go through the pipeline. The path taken is in [`TransferReport::path`],
+//! [`TransferReport::path_reason`] and [`TransferReport::gds_bytes`] (and the CLI's `--json`).
+//! The H100 machine has no nvidia-fs: `auto` runs the pipeline there.
 //!
 //! ## Stream-ordered form (plan)
 //!
@@ -35,6 +40,7 @@
 pub mod bulk;
 pub mod checksum;
 pub mod driver;
+pub mod gds;
 pub mod gpu_bench_kernels;
 pub mod gpu_cache;
 pub mod gpu_io;

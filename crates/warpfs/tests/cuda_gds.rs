@@ -1,0 +1,243 @@
+//! GPU tests of the cuFile (GPUDirect Storage) path of the CUDA bulk engine. They skip (with a
+//! message) without a CUDA driver or without `libcufile`. On a machine without nvidia-fs or
+//! P2PDMA (the H100 machine) cuFile runs in its compatibility mode, switched on for this test
+//! process by a `cufile.json` with `"allow_compat_mode": true` named by `CUFILE_ENV_PATH_JSON`:
+//! warpfs's side of the path (aligned middles through cuFile, edges through the pipeline, short
+//! counts at end of file) runs all the same. Every byte read or written is checked.
+#![cfg(feature = "cuda")]
+
+use rand::{Rng, SeedableRng};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use warpfs::backend::cuda::gds;
+use warpfs::backend::cuda::{available, pattern, BulkConfig, BulkFile, CudaBulk, GdsMode};
+
+const POISON: u8 = 0x5A;
+
+fn dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("warpfs-cuda-gds-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Whether the tests can run: a CUDA driver and `libcufile`. The first call points cuFile at a
+/// config that allows its compat mode (before anything in the process opens the driver).
+fn ready() -> bool {
+    static READY: OnceLock<bool> = OnceLock::new();
+    *READY.get_or_init(|| {
+        // SAFETY: only tries to dlopen the libraries.
+        let cuda = unsafe { cudarc::driver::sys::is_culib_present() } && available();
+        if !cuda {
+            println!("skipping: no CUDA driver on this machine");
+            return false;
+        }
+        // SAFETY: as above.
+        if !unsafe { cudarc::cufile::sys::is_culib_present() } {
+            println!("skipping: no libcufile on this machine");
+            return false;
+        }
+        let cfg = dir().join("cufile.json");
+        std::fs::write(
+            &cfg,
+            r#"{ "logging": { "level": "ERROR" }, "properties": { "allow_compat_mode": true } }"#,
+        )
+        .unwrap();
+        // Set once, before any thread of this process opens the cuFile driver.
+        std::env::set_var("CUFILE_ENV_PATH_JSON", &cfg);
+        let s = gds::support();
+        println!("{}", s.summary);
+        assert!(
+            s.driver_open,
+            "libcufile is present but its driver does not open: {}",
+            s.summary
+        );
+        true
+    })
+}
+
+fn engine(mode: GdsMode) -> CudaBulk {
+    let cfg = BulkConfig {
+        threads: 4,
+        chunk_bytes: 256 * 1024,
+        gds: Some(mode),
+        ..BulkConfig::default()
+    };
+    CudaBulk::new(0, cfg).expect("engine")
+}
+
+fn pattern_file(name: &str, len: usize) -> PathBuf {
+    let p = dir().join(name);
+    let mut v = vec![0u8; len];
+    pattern::fill(&mut v, 0);
+    std::fs::write(&p, v).unwrap();
+    std::fs::File::open(&p).unwrap().sync_all().unwrap();
+    p
+}
+
+fn drop_from_cache(p: &PathBuf) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(p).unwrap();
+    // SAFETY: plain advisory call on a live descriptor.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
+/// Whether `[off, off + len)` of a file of `size` bytes has a whole aligned page inside.
+fn has_aligned_middle(off: u64, len: u64, size: u64) -> bool {
+    let end = (off + len).min(size);
+    off.div_ceil(4096) * 4096 + 4096 <= end
+}
+
+#[test]
+fn gds_on_reads_random_ranges_through_cufile_every_byte_checked() {
+    if !ready() {
+        return;
+    }
+    let size = 3 * 1024 * 1024 + 12345;
+    let p = pattern_file("reads", size);
+    let eng = engine(GdsMode::On);
+    let f = BulkFile::open(&p).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut through_cufile = 0u64;
+    for i in 0..48 {
+        if i % 2 == 1 {
+            drop_from_cache(&p);
+        }
+        let off: u64 = match i % 4 {
+            0 => rng.random_range(0..size as u64),
+            1 => rng.random_range(0..(size as u64 / 4096)) * 4096,
+            2 => rng.random_range(0..size as u64) | 1,
+            _ => rng.random_range(size as u64 - 9000..size as u64 + 5000),
+        };
+        let len: u64 = match i % 3 {
+            0 => rng.random_range(0..200_000),
+            1 => rng.random_range(1..64) * 4096,
+            _ => rng.random_range(0..size as u64),
+        };
+        let dst_off = rng.random_range(0..4096usize);
+        let n = dst_off + len as usize + 100;
+        let mut d = eng.alloc(n).unwrap();
+        d.fill(POISON).unwrap();
+        let r = eng.read(&f, off, &mut d, dst_off as u64, len).unwrap();
+        let want = (size as u64).saturating_sub(off).min(len);
+        assert_eq!(r.bytes, want, "count of read {off}+{len}");
+        let mut h = vec![0u8; n];
+        d.copy_to_host(0, &mut h).unwrap();
+        let got = &h[dst_off..dst_off + want as usize];
+        if let Some(j) = pattern::first_mismatch(got, off) {
+            panic!(
+                "read {off}+{len}: byte at file offset {} is wrong",
+                off + j as u64
+            );
+        }
+        assert!(
+            h[..dst_off].iter().all(|&x| x == POISON),
+            "bytes before the range written"
+        );
+        assert!(
+            h[dst_off + want as usize..].iter().all(|&x| x == POISON),
+            "bytes after the range written"
+        );
+        if has_aligned_middle(off, len, size as u64) {
+            assert!(
+                r.gds_bytes > 0,
+                "read {off}+{len} has an aligned page but cuFile moved none"
+            );
+            assert!(r.path.starts_with("cufile"), "path {}", r.path);
+        } else {
+            assert_eq!(r.gds_bytes, 0);
+        }
+        assert!(r.gds_bytes <= r.bytes);
+        through_cufile += r.gds_bytes;
+    }
+    assert!(through_cufile > 0);
+    // Past the end: nothing, and no error.
+    let mut d = eng.alloc(4096).unwrap();
+    let r = eng.read(&f, size as u64 + 4096, &mut d, 0, 4096).unwrap();
+    assert_eq!(r.bytes, 0);
+}
+
+#[test]
+fn gds_on_writes_read_back() {
+    if !ready() {
+        return;
+    }
+    let eng = engine(GdsMode::On);
+    let p = dir().join("writes");
+    let out = BulkFile::create(&p).unwrap();
+    let n = 2 * 1024 * 1024 + 777;
+    let mut v = vec![0u8; n];
+    pattern::fill(&mut v, 0);
+    let mut src = eng.alloc(n).unwrap();
+    src.copy_from_host(0, &v).unwrap();
+    let r = eng.write(&out, 0, &src, 0, n as u64).unwrap();
+    assert_eq!(r.bytes, n as u64);
+    assert_eq!(
+        r.gds_bytes,
+        n as u64 & !4095,
+        "every aligned byte goes through cuFile"
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    // Random sub-ranges rewritten over a file first filled with something else.
+    let junk = vec![0xEEu8; n];
+    std::fs::write(&p, &junk).unwrap();
+    let mut want = junk.clone();
+    for _ in 0..24 {
+        let a = rng.random_range(0..n as u64);
+        let len = rng.random_range(0..(n as u64 - a).min(400_000));
+        eng.write(&out, a, &src, a, len).unwrap();
+        want[a as usize..(a + len) as usize].copy_from_slice(&v[a as usize..(a + len) as usize]);
+    }
+    // Extend past the end at an unaligned offset.
+    let tail_off = n as u64 + 4097;
+    let mut t = vec![0u8; 70_000];
+    pattern::fill(&mut t, tail_off);
+    let mut tsrc = eng.alloc(t.len()).unwrap();
+    tsrc.copy_from_host(0, &t).unwrap();
+    eng.write(&out, tail_off, &tsrc, 0, t.len() as u64).unwrap();
+    drop(out);
+    let back = std::fs::read(&p).unwrap();
+    assert_eq!(back.len(), tail_off as usize + t.len());
+    if let Some(i) = back[..n].iter().zip(&want).position(|(a, b)| a != b) {
+        panic!("byte {i} after the rewrites is wrong");
+    }
+    assert!(
+        back[n..tail_off as usize].iter().all(|&x| x == 0),
+        "hole must read as zeros"
+    );
+    assert_eq!(
+        pattern::first_mismatch(&back[tail_off as usize..], tail_off),
+        None
+    );
+}
+
+#[test]
+fn gds_auto_uses_cufile_only_where_it_has_dma() {
+    if !ready() {
+        return;
+    }
+    let size = 4 * 1024 * 1024;
+    let p = pattern_file("auto", size);
+    let eng = engine(GdsMode::Auto);
+    let f = BulkFile::open(&p).unwrap();
+    let s = gds::support();
+    for cold in [false, true] {
+        if cold {
+            drop_from_cache(&p);
+        }
+        let mut d = eng.alloc(size).unwrap();
+        d.fill(POISON).unwrap();
+        let r = eng.read(&f, 0, &mut d, 0, size as u64).unwrap();
+        assert_eq!(r.bytes, size as u64);
+        let mut h = vec![0u8; size];
+        d.copy_to_host(0, &mut h).unwrap();
+        assert_eq!(pattern::first_mismatch(&h, 0), None, "cold={cold}");
+        if !s.direct_dma() {
+            // No nvidia-fs, no P2PDMA: auto never takes cuFile, and says why.
+            assert_eq!(r.gds_bytes, 0);
+            assert_eq!(r.path, "pipeline");
+            assert_eq!(r.path_reason, s.summary);
+        } else if !cold {
+            assert_eq!(r.gds_bytes, 0, "warm data must come from the page cache");
+        }
+    }
+}

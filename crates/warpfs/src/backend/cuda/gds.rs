@@ -162,10 +162,11 @@ impl GdsHandle {
         if !s.driver_open {
             return Err(GdsError::Unavailable(s.summary.clone()));
         }
-        // SAFETY: plain-data descriptor, zeroed then filled: an fd handle, no fs_ops.
-        let mut descr: cfs::CUfileDescr_t = unsafe { std::mem::zeroed() };
-        descr.type_ = cfs::CUfileFileHandleType::CU_FILE_HANDLE_TYPE_OPAQUE_FD;
-        descr.handle.fd = fd;
+        let mut descr = cfs::CUfileDescr_t {
+            type_: cfs::CUfileFileHandleType::CU_FILE_HANDLE_TYPE_OPAQUE_FD,
+            handle: cfs::CUfileDescr_t__bindgen_ty_1 { fd },
+            fs_ops: std::ptr::null(),
+        };
         let mut fh: cfs::CUfileHandle_t = std::ptr::null_mut();
         // SAFETY: the driver is open; fh and descr are valid for the call.
         let r = unsafe { cfs::cuFileHandleRegister(&mut fh, &mut descr) };

@@ -524,13 +524,23 @@ impl CudaBulk {
                 }
             }
             GdsMode::On => {
-                let h = GdsHandle::register(f.direct_fd.unwrap_or(f.fd)).map_err(|e| {
-                    Error::Config(format!(
-                        "WARPFS_GDS=on, but cuFile cannot take the file: {e}"
-                    ))
-                })?;
+                // nvidia-fs wants the O_DIRECT descriptor; cuFile's compat mode may take only
+                // the buffered one.
+                let h = match f.direct_fd.map(GdsHandle::register) {
+                    Some(Ok(h)) => h,
+                    _ => GdsHandle::register(f.fd).map_err(|e| {
+                        Error::Config(format!(
+                            "WARPFS_GDS=on, but cuFile cannot take the file: {e}"
+                        ))
+                    })?,
+                };
                 Ok((Some(h), "WARPFS_GDS=on: cuFile for every aligned range"))
             }
+            #[cfg(feature = "fault-injection")]
+            GdsMode::Emulated => Ok((
+                Some(GdsHandle::emulated(f.fd)),
+                "cuFile emulated (tests): aligned ranges by pread/pwrite and synchronous copies",
+            )),
         }
     }
 
@@ -831,7 +841,7 @@ impl CudaBulk {
                 let base = c.start & !(A - 1);
                 if let Some(h) = gds.filter(|_| gds_fits(c, &sh.pieces[c.pieces.clone()])) {
                     let p = sh.pieces[c.pieces.start];
-                    let on = self.gds == GdsMode::On;
+                    let on = self.gds != GdsMode::Auto;
                     let reached = read_chunk_gds(h, on, f, st, base, c, p, &sh.n, stream)?;
                     if reached < c.end {
                         sh.eof.fetch_min(reached, Ordering::Relaxed);

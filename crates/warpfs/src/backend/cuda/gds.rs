@@ -113,7 +113,15 @@ fn probe() -> GdsSupport {
 /// system calls; register per bulk call.
 #[derive(Debug)]
 pub struct GdsHandle {
-    fh: cfs::CUfileHandle_t,
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    CuFile(cfs::CUfileHandle_t),
+    /// `pread`/`pwrite` on this descriptor plus synchronous copies (tests).
+    #[cfg(feature = "fault-injection")]
+    Emulated(RawFd),
 }
 
 // SAFETY: cuFile handles may be used from any thread; cuFileRead/cuFileWrite are thread safe
@@ -173,7 +181,19 @@ impl GdsHandle {
         if r.err != cfs::CUfileOpError::CU_FILE_SUCCESS {
             return Err(GdsError::Register(format!("{:?}", r.err)));
         }
-        Ok(Self { fh })
+        Ok(Self {
+            inner: Inner::CuFile(fh),
+        })
+    }
+
+    /// A stand-in for tests: reads and writes through buffered descriptor `fd` (which must
+    /// outlive the handle) and synchronous copies, in the current context, as cuFile's compat
+    /// mode would.
+    #[cfg(feature = "fault-injection")]
+    pub fn emulated(fd: RawFd) -> Self {
+        Self {
+            inner: Inner::Emulated(fd),
+        }
     }
 
     /// Reads up to `len` bytes at file `offset` into device memory at `dev`; returns the bytes
@@ -183,12 +203,19 @@ impl GdsHandle {
     /// `[dev, dev + len)` must be device memory of the current context that nothing else uses
     /// until this returns.
     pub unsafe fn read(&self, dev: u64, len: usize, offset: u64) -> Result<usize, GdsError> {
+        #[allow(clippy::infallible_destructuring_match)] // one variant without `fault-injection`
+        let fh = match self.inner {
+            Inner::CuFile(fh) => fh,
+            #[cfg(feature = "fault-injection")]
+            // SAFETY: forwarded to the caller's contract.
+            Inner::Emulated(fd) => return unsafe { emulated_read(fd, dev, len, offset) },
+        };
         let mut done = 0usize;
         while done < len {
             // SAFETY: the caller's contract covers [dev, dev + len); the handle is registered.
             let r = unsafe {
                 cfs::cuFileRead(
-                    self.fh,
+                    fh,
                     dev as *mut c_void,
                     len - done,
                     (offset + done as u64) as libc::off_t,
@@ -210,12 +237,19 @@ impl GdsHandle {
     /// `[dev, dev + len)` must be device memory of the current context that nothing writes
     /// until this returns.
     pub unsafe fn write(&self, dev: u64, len: usize, offset: u64) -> Result<(), GdsError> {
+        #[allow(clippy::infallible_destructuring_match)] // one variant without `fault-injection`
+        let fh = match self.inner {
+            Inner::CuFile(fh) => fh,
+            #[cfg(feature = "fault-injection")]
+            // SAFETY: forwarded to the caller's contract.
+            Inner::Emulated(fd) => return unsafe { emulated_write(fd, dev, len, offset) },
+        };
         let mut done = 0usize;
         while done < len {
             // SAFETY: as in `read`; cuFile only reads the device range.
             let r = unsafe {
                 cfs::cuFileWrite(
-                    self.fh,
+                    fh,
                     dev as *const c_void,
                     len - done,
                     (offset + done as u64) as libc::off_t,
@@ -249,8 +283,105 @@ fn io_error(op: &'static str, len: usize, offset: u64, r: isize) -> GdsError {
 
 impl Drop for GdsHandle {
     fn drop(&mut self) {
-        // SAFETY: registered in `register`, deregistered once; no read or write is running
-        // (they borrow self).
-        unsafe { cfs::cuFileHandleDeregister(self.fh) };
+        #[allow(irrefutable_let_patterns)] // one variant without `fault-injection`
+        if let Inner::CuFile(fh) = self.inner {
+            // SAFETY: registered in `register`, deregistered once; no read or write is
+            // running (they borrow self).
+            unsafe { cfs::cuFileHandleDeregister(fh) };
+        }
     }
+}
+
+/// Bytes per step of the emulated calls.
+#[cfg(feature = "fault-injection")]
+const EMULATED_STEP: usize = 1 << 20;
+
+/// `pread` into host memory, then a synchronous copy to the device; short at end of file.
+///
+/// # Safety
+/// As [`GdsHandle::read`].
+#[cfg(feature = "fault-injection")]
+unsafe fn emulated_read(fd: RawFd, dev: u64, len: usize, offset: u64) -> Result<usize, GdsError> {
+    let mut host = vec![0u8; EMULATED_STEP.min(len)];
+    let mut done = 0usize;
+    while done < len {
+        let want = (len - done).min(host.len());
+        // SAFETY: host holds at least `want` bytes.
+        let r = unsafe {
+            libc::pread(
+                fd,
+                host.as_mut_ptr().cast(),
+                want,
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        if r < 0 {
+            return Err(io_error("read", len, offset, -1));
+        }
+        if r == 0 {
+            break;
+        }
+        // SAFETY: the destination lies in the caller's device range (its contract); the
+        // source is `r` initialised bytes of host.
+        let c = unsafe {
+            cudarc::driver::sys::cuMemcpyHtoD_v2(
+                dev + done as u64,
+                host.as_ptr().cast(),
+                r as usize,
+            )
+        };
+        if c != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+            return Err(GdsError::Io {
+                op: "read",
+                len,
+                offset,
+                why: format!("emulated copy failed: {c:?}"),
+            });
+        }
+        done += r as usize;
+    }
+    Ok(done)
+}
+
+/// A synchronous copy from the device into host memory, then `pwrite`.
+///
+/// # Safety
+/// As [`GdsHandle::write`].
+#[cfg(feature = "fault-injection")]
+unsafe fn emulated_write(fd: RawFd, dev: u64, len: usize, offset: u64) -> Result<(), GdsError> {
+    let mut host = vec![0u8; EMULATED_STEP.min(len)];
+    let mut done = 0usize;
+    while done < len {
+        let n = (len - done).min(host.len());
+        // SAFETY: the source lies in the caller's device range; host holds n bytes.
+        let c = unsafe {
+            cudarc::driver::sys::cuMemcpyDtoH_v2(host.as_mut_ptr().cast(), dev + done as u64, n)
+        };
+        if c != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+            return Err(GdsError::Io {
+                op: "write",
+                len,
+                offset,
+                why: format!("emulated copy failed: {c:?}"),
+            });
+        }
+        let mut w = 0usize;
+        while w < n {
+            // SAFETY: host[w..n] is initialised.
+            let r = unsafe {
+                libc::pwrite(
+                    fd,
+                    host[w..n].as_ptr().cast(),
+                    n - w,
+                    (offset + (done + w) as u64) as libc::off_t,
+                )
+            };
+            if r <= 0 {
+                return Err(io_error("write", len, offset, if r == 0 { 0 } else { -1 }));
+            }
+            w += r as usize;
+        }
+        done += n;
+    }
+    Ok(())
 }

@@ -73,6 +73,12 @@ pub enum GdsMode {
     On,
     /// Never use cuFile.
     Off,
+    /// Tests only (feature `fault-injection`): every aligned range takes the cuFile path of
+    /// the engine, but the "cuFile" calls are done by `pread`/`pwrite` and synchronous copies
+    /// ([`gds::GdsHandle::emulated`]) — warpfs's side of the path tested where cuFile cannot
+    /// register files (no udev in a container, no nvidia-fs).
+    #[cfg(feature = "fault-injection")]
+    Emulated,
 }
 
 impl GdsMode {

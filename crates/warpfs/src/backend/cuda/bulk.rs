@@ -839,8 +839,8 @@ impl CudaBulk {
                     st.busy = false;
                 }
                 let base = c.start & !(A - 1);
-                if let Some(h) = gds.filter(|_| gds_fits(c, &sh.pieces[c.pieces.clone()])) {
-                    let p = sh.pieces[c.pieces.start];
+                let one = gds.and_then(|h| Some((h, gds_piece(c, &sh.pieces[c.pieces.clone()])?)));
+                if let Some((h, p)) = one {
                     let on = self.gds != GdsMode::Auto;
                     let reached = read_chunk_gds(h, on, f, st, base, c, p, &sh.n, stream)?;
                     if reached < c.end {
@@ -1002,14 +1002,27 @@ fn path_name(gds_bytes: u64, bytes: u64) -> &'static str {
     }
 }
 
-/// Whether chunk `c` can take the cuFile read path: one piece covering the whole chunk (file
-/// offsets map onto device addresses one to one) with an aligned middle.
-fn gds_fits(c: &Chunk, pieces: &[Piece]) -> bool {
-    matches!(pieces, [p] if p.file_off == c.start && p.file_off + p.len == c.end)
-        && c.start.div_ceil(A) * A < (c.end & !(A - 1))
+/// The one piece chunk `c` amounts to if it can take the cuFile read path: its pieces follow
+/// each other in the file and in device memory from `c.start` to `c.end` (so file offsets map
+/// onto device addresses one to one), and it holds an aligned middle.
+fn gds_piece(c: &Chunk, pieces: &[Piece]) -> Option<Piece> {
+    let first = *pieces.first()?;
+    let mut end = first;
+    for p in &pieces[1..] {
+        if p.file_off != end.file_off + end.len || p.dev != end.dev + end.len {
+            return None;
+        }
+        end = *p;
+    }
+    let whole = first.file_off == c.start && end.file_off + end.len == c.end;
+    (whole && c.start.div_ceil(A) * A < (c.end & !(A - 1))).then_some(Piece {
+        file_off: c.start,
+        len: c.end - c.start,
+        dev: first.dev,
+    })
 }
 
-/// Reads chunk `c` (one piece `p`, see [`gds_fits`]) with cuFile for its aligned middle.
+/// Reads chunk `c` (one piece `p`, see [`gds_piece`]) with cuFile for its aligned middle.
 /// Under `auto` (`on` false) the page cache is asked first (`RWF_NOWAIT`): what it holds is
 /// read into staging and copied as usual, and only the uncached rest goes to cuFile. Unaligned
 /// edges are read buffered into staging and copied on `stream`. Returns the offset reached

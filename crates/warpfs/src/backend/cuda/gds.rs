@@ -137,7 +137,7 @@ pub enum GdsError {
     #[error("{0}")]
     Unavailable(String),
     /// `cuFileHandleRegister` refused the file.
-    #[error("cuFileHandleRegister refused the file ({0}); without nvidia-fs or P2PDMA, cuFile needs \"allow_compat_mode\": true in the cufile.json named by CUFILE_ENV_PATH_JSON")]
+    #[error("cuFileHandleRegister refused the file ({0}); cuFile's log (cufile.log, or the logging dir of the cufile.json named by CUFILE_ENV_PATH_JSON) says why: e.g. no nvidia-fs with \"allow_compat_mode\" off, or no udev data for the volume (containers)")]
     Register(String),
     /// A read or write failed.
     #[error("cuFile {op} of {len} bytes at file offset {offset} failed: {why}")]

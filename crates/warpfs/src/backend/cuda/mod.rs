@@ -26,7 +26,8 @@
 //! fails with a clear error when cuFile cannot take the file; `off` never loads it. Unaligned
 //! edges always go through the pipeline. The path taken is in [`TransferReport::path`],
 //! [`TransferReport::path_reason`] and [`TransferReport::gds_bytes`] (and the CLI's `--json`).
-//! The H100 machine has no nvidia-fs: `auto` runs the pipeline there.
+//! The H100 machine has no nvidia-fs, and its container no udev (cuFile cannot read the volume's
+//! attributes and refuses every file): `auto` runs the pipeline there, `on` fails clearly.
 //!
 //! ## Stream-ordered form (plan)
 //!

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use warpfs::backend::cuda::{
     available, checksum, pattern, BulkConfig, BulkFile, ChecksumKernel, ColdReads, CudaBulk,
-    DeviceBuffer, Extent, StagingAlloc, Writes,
+    Extent, StagingAlloc, Writes,
 };
 
-const POISON: u8 = 0xA5;
+use common::{check, host, poisoned, POISON};
 
 fn gpu() -> bool {
     // SAFETY: only tries to dlopen libcuda.
@@ -42,57 +42,15 @@ fn default_engine() -> Arc<CudaBulk> {
         .clone()
 }
 
+mod common;
+use common::drop_from_cache;
+
 fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("warpfs-cuda-bulk-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::test_dir("cuda-bulk")
 }
 
 fn pattern_file(name: &str, len: usize) -> PathBuf {
-    let p = dir().join(name);
-    let mut v = vec![0u8; len];
-    pattern::fill(&mut v, 0);
-    std::fs::write(&p, v).unwrap();
-    // Written back, so that POSIX_FADV_DONTNEED can drop it (dirty pages stay cached).
-    std::fs::File::open(&p).unwrap().sync_all().unwrap();
-    p
-}
-
-fn drop_from_cache(p: &PathBuf) {
-    let f = std::fs::File::open(p).unwrap();
-    use std::os::fd::AsRawFd;
-    // SAFETY: plain advisory call on a live descriptor.
-    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-}
-
-fn poisoned(e: &CudaBulk, len: usize) -> DeviceBuffer {
-    let mut b = e.alloc(len).unwrap();
-    b.fill(POISON).unwrap();
-    b
-}
-
-fn host(b: &DeviceBuffer) -> Vec<u8> {
-    let mut v = vec![0u8; b.len()];
-    b.copy_to_host(0, &mut v).unwrap();
-    v
-}
-
-/// Checks dst[dst_off..dst_off+n] == pattern(file_off..) and that the rest is still poison.
-fn check(buf: &[u8], dst_off: usize, n: usize, file_off: u64, what: &str) {
-    if let Some(i) = pattern::first_mismatch(&buf[dst_off..dst_off + n], file_off) {
-        panic!(
-            "{what}: byte {i} of the range (file offset {}) is wrong",
-            file_off + i as u64
-        );
-    }
-    assert!(
-        buf[..dst_off].iter().all(|&x| x == POISON),
-        "{what}: bytes before the range were written"
-    );
-    assert!(
-        buf[dst_off + n..].iter().all(|&x| x == POISON),
-        "{what}: bytes after the range were written"
-    );
+    common::pattern_file(&dir(), name, len)
 }
 
 #[test]
@@ -119,18 +77,7 @@ fn random_ranges_warm_and_cold() {
             if cold {
                 drop_from_cache(&p);
             }
-            let off: u64 = match i % 4 {
-                0 => rng.random_range(0..size as u64),
-                1 => rng.random_range(0..(size as u64 / 4096)) * 4096,
-                2 => rng.random_range(0..size as u64) | 1,
-                _ => rng.random_range(size as u64 - 5000..size as u64 + 5000),
-            };
-            let len: u64 = match i % 3 {
-                0 => rng.random_range(0..200_000),
-                1 => rng.random_range(1..64) * 4096,
-                _ => rng.random_range(0..size as u64),
-            };
-            let dst_off = rng.random_range(0..4096usize);
+            let (off, len, dst_off) = common::random_read(&mut rng, i, size as u64);
             let mut d = poisoned(&eng, dst_off + len as usize + 100);
             let r = eng.read(&f, off, &mut d, dst_off as u64, len).unwrap();
             let want = (size as u64).saturating_sub(off).min(len);
@@ -281,14 +228,12 @@ fn device_to_file_writes_read_back() {
             }
             // Extend past the end at an unaligned offset.
             let tail_off = n as u64 + 77;
-            let mut t = vec![0u8; 10_000];
-            pattern::fill(&mut t, tail_off);
-            let mut tsrc = eng.alloc(t.len()).unwrap();
-            tsrc.copy_from_host(0, &t).unwrap();
-            eng.write(&out, tail_off, &tsrc, 0, t.len() as u64).unwrap();
+            let t_len = 10_000;
+            let tsrc = common::pattern_on_device(&eng, tail_off, t_len);
+            eng.write(&out, tail_off, &tsrc, 0, t_len as u64).unwrap();
             drop(out);
             let back = std::fs::read(&p).unwrap();
-            assert_eq!(back.len(), tail_off as usize + t.len());
+            assert_eq!(back.len(), tail_off as usize + t_len);
             assert_eq!(pattern::first_mismatch(&back[..n], 0), None, "{w:?}");
             assert!(
                 back[n..tail_off as usize].iter().all(|&x| x == 0),

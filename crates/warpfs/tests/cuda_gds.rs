@@ -16,12 +16,11 @@ use std::sync::OnceLock;
 use warpfs::backend::cuda::gds;
 use warpfs::backend::cuda::{available, pattern, BulkConfig, BulkFile, CudaBulk, GdsMode};
 
-const POISON: u8 = 0x5A;
+mod common;
+use common::{check, drop_from_cache, poisoned, POISON};
 
 fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("warpfs-cuda-gds-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::test_dir("cuda-gds")
 }
 
 /// Whether a CUDA driver is here. The first call points cuFile at a config that allows its
@@ -78,19 +77,7 @@ fn engine(mode: GdsMode) -> CudaBulk {
 }
 
 fn pattern_file(name: &str, len: usize) -> PathBuf {
-    let p = dir().join(name);
-    let mut v = vec![0u8; len];
-    pattern::fill(&mut v, 0);
-    std::fs::write(&p, v).unwrap();
-    std::fs::File::open(&p).unwrap().sync_all().unwrap();
-    p
-}
-
-fn drop_from_cache(p: &PathBuf) {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(p).unwrap();
-    // SAFETY: plain advisory call on a live descriptor.
-    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    common::pattern_file(&dir(), name, len)
 }
 
 /// Whether `[off, off + len)` of a file of `size` bytes has a whole aligned page inside.
@@ -112,40 +99,17 @@ fn reads_every_byte_checked(mode: GdsMode) {
         if i % 2 == 1 {
             drop_from_cache(&p);
         }
-        let off: u64 = match i % 4 {
-            0 => rng.random_range(0..size as u64),
-            1 => rng.random_range(0..(size as u64 / 4096)) * 4096,
-            2 => rng.random_range(0..size as u64) | 1,
-            _ => rng.random_range(size as u64 - 9000..size as u64 + 5000),
-        };
-        let len: u64 = match i % 3 {
-            0 => rng.random_range(0..200_000),
-            1 => rng.random_range(1..64) * 4096,
-            _ => rng.random_range(0..size as u64),
-        };
-        let dst_off = rng.random_range(0..4096usize);
-        let n = dst_off + len as usize + 100;
-        let mut d = eng.alloc(n).unwrap();
-        d.fill(POISON).unwrap();
+        let (off, len, dst_off) = common::random_read(&mut rng, i, size as u64);
+        let mut d = poisoned(&eng, dst_off + len as usize + 100);
         let r = eng.read(&f, off, &mut d, dst_off as u64, len).unwrap();
         let want = (size as u64).saturating_sub(off).min(len);
         assert_eq!(r.bytes, want, "count of read {off}+{len}");
-        let mut h = vec![0u8; n];
-        d.copy_to_host(0, &mut h).unwrap();
-        let got = &h[dst_off..dst_off + want as usize];
-        if let Some(j) = pattern::first_mismatch(got, off) {
-            panic!(
-                "read {off}+{len}: byte at file offset {} is wrong",
-                off + j as u64
-            );
-        }
-        assert!(
-            h[..dst_off].iter().all(|&x| x == POISON),
-            "bytes before the range written"
-        );
-        assert!(
-            h[dst_off + want as usize..].iter().all(|&x| x == POISON),
-            "bytes after the range written"
+        check(
+            &common::host(&d),
+            dst_off,
+            want as usize,
+            off,
+            &format!("read {off}+{len}"),
         );
         if has_aligned_middle(off, len, size as u64) {
             assert!(
@@ -197,14 +161,12 @@ fn writes_read_back(mode: GdsMode) {
     }
     // Extend past the end at an unaligned offset.
     let tail_off = n as u64 + 4097;
-    let mut t = vec![0u8; 70_000];
-    pattern::fill(&mut t, tail_off);
-    let mut tsrc = eng.alloc(t.len()).unwrap();
-    tsrc.copy_from_host(0, &t).unwrap();
-    eng.write(&out, tail_off, &tsrc, 0, t.len() as u64).unwrap();
+    let t_len = 70_000;
+    let tsrc = common::pattern_on_device(&eng, tail_off, t_len);
+    eng.write(&out, tail_off, &tsrc, 0, t_len as u64).unwrap();
     drop(out);
     let back = std::fs::read(&p).unwrap();
-    assert_eq!(back.len(), tail_off as usize + t.len());
+    assert_eq!(back.len(), tail_off as usize + t_len);
     if let Some(i) = back[..n].iter().zip(&want).position(|(a, b)| a != b) {
         panic!("byte {i} after the rewrites is wrong");
     }

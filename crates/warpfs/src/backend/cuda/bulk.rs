@@ -1042,26 +1042,8 @@ fn read_chunk_gds(
     let buf = st.mem.as_mut_slice();
     let mut pos = c.start;
     if !on && NOWAIT_WORKS.load(Ordering::Relaxed) {
-        match pread_nowait(
-            f.fd,
-            &mut buf[(c.start - base) as usize..(c.end - base) as usize],
-            c.start,
-        ) {
-            Ok(got) => {
-                pos += got as u64;
-                n.cached.fetch_add(got as u64, Ordering::Relaxed);
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS)
-                ) =>
-            {
-                NOWAIT_WORKS.store(false, Ordering::Relaxed);
-            }
-            Err(e) => return Err(e.into()),
-        }
+        let span = &mut buf[(c.start - base) as usize..(c.end - base) as usize];
+        pos += read_cached(f.fd, span, c.start, n)?.unwrap_or(0);
     }
     let (ma, mb) = (pos.div_ceil(A) * A, c.end & !(A - 1));
     // Bytes [c.start, head_end) come from staging, then the middle from cuFile, then the tail.
@@ -1142,23 +1124,14 @@ fn read_span(
     if !probe {
         return Ok((read_buffered(f.fd, buf, base, pos, b, n)?, false));
     }
-    match pread_nowait(f.fd, &mut buf[(a - base) as usize..(b - base) as usize], a) {
-        Ok(got) => {
-            pos += got as u64;
-            n.cached.fetch_add(got as u64, Ordering::Relaxed);
-        }
-        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS)
-            ) =>
-        {
-            tracing::info!(error = %e, "preadv2(RWF_NOWAIT) unsupported; reading through the page cache");
-            NOWAIT_WORKS.store(false, Ordering::Relaxed);
-            return Ok((read_buffered(f.fd, buf, base, pos, b, n)?, false));
-        }
-        Err(e) => return Err(e.into()),
+    match read_cached(
+        f.fd,
+        &mut buf[(a - base) as usize..(b - base) as usize],
+        a,
+        n,
+    )? {
+        Some(got) => pos += got,
+        None => return Ok((read_buffered(f.fd, buf, base, pos, b, n)?, false)),
     }
     if pos >= b {
         return Ok((b, false));
@@ -1230,6 +1203,30 @@ fn preallocate(f: FileRef<'_>, offset: u64, len: u64) -> Result<Option<u64>> {
             tracing::debug!(error = %e, "fallocate refused; writing without preallocation");
             Ok(None)
         }
+    }
+}
+
+/// Reads what the page cache holds of `buf.len()` bytes at `off` (`preadv2(RWF_NOWAIT)`):
+/// `Some(bytes)` from the start of the span (0 when its first page is not cached), or `None`
+/// when the kernel does not support the probe (it is then switched off for the process).
+fn read_cached(fd: RawFd, buf: &mut [u8], off: u64, n: &Counters) -> Result<Option<u64>> {
+    match pread_nowait(fd, buf, off) {
+        Ok(got) => {
+            n.cached.fetch_add(got as u64, Ordering::Relaxed);
+            Ok(Some(got as u64))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(Some(0)),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS)
+            ) =>
+        {
+            tracing::info!(error = %e, "preadv2(RWF_NOWAIT) unsupported; reading through the page cache");
+            NOWAIT_WORKS.store(false, Ordering::Relaxed);
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -2,7 +2,7 @@
 //! device buffer to a file (fdatasync included), or makes a pattern file to measure on.
 //!
 //! ```text
-//! cuda_load FILE [--threads N] [--chunk-mib M | --chunk-kib K] [--buffers B] [--cold-reads direct|buffered|readahead] [--readahead-mib R]
+//! cuda_load FILE [--threads N] [--chunk-mib M | --chunk-kib K] [--buffers B] [--cold-reads direct|buffered|readahead] [--readahead-mib R] [--read-engine uring|threads]
 //!                [--streams S] [--staging cudahost|huge] [--repeat R] [--drop-caches] [--label L] [--verify] [--copy-only]
 //! cuda_load --write FILE --size-gib G [--writes direct|buffered] [--no-prealloc] [--threads N] [--chunk-mib M]
 //! cuda_load --make FILE --size-gib G        # pattern content, written by 16 threads, fsync'd
@@ -41,7 +41,7 @@ fn parse() -> Args {
         copy_only: false,
     };
     let mut it = std::env::args().skip(1);
-    let usage = "usage: cuda_load [--make|--write] FILE [--size-gib G] [--threads N] [--chunk-mib M | --chunk-kib K] [--buffers B] [--cold-reads direct|buffered|readahead] [--readahead-mib R] [--writes direct|buffered] [--no-prealloc] [--streams S] [--staging cudahost|huge] [--repeat R] [--drop-caches] [--label L] [--verify] [--copy-only]";
+    let usage = "usage: cuda_load [--make|--write] FILE [--size-gib G] [--threads N] [--chunk-mib M | --chunk-kib K] [--buffers B] [--cold-reads direct|buffered|readahead] [--readahead-mib R] [--read-engine uring|threads] [--writes direct|buffered] [--no-prealloc] [--streams S] [--staging cudahost|huge] [--repeat R] [--drop-caches] [--label L] [--verify] [--copy-only]";
     while let Some(x) = it.next() {
         let mut val = || {
             it.next()
@@ -88,6 +88,13 @@ fn parse() -> Args {
                 }
             }
             "--no-prealloc" => a.cfg.preallocate = false,
+            "--read-engine" => {
+                a.cfg.read_engine = match val().as_str() {
+                    "uring" => warpfs::engine::EngineChoice::Uring,
+                    "threads" => warpfs::engine::EngineChoice::Threads,
+                    v => panic!("--read-engine {v}: uring or threads"),
+                }
+            }
             "--repeat" => a.repeat = val().parse().expect("--repeat"),
             "--drop-caches" => a.drop_caches = true,
             "--label" => a.label = val(),
@@ -127,7 +134,7 @@ fn main() -> warpfs::Result<()> {
     let setup = t.elapsed();
     let c = eng.config();
     let common = format!(
-        "\"threads_cfg\":{},\"chunk_kib\":{},\"readahead_mib\":{},\"buffers\":{},\"streams\":{},\"staging\":\"{:?}\",\"cold_reads\":\"{:?}\",\"writes\":\"{:?}\",\"preallocate\":{},\"setup_ms\":{:.1},\"device\":\"{}\"",
+        "\"threads_cfg\":{},\"chunk_kib\":{},\"readahead_mib\":{},\"buffers\":{},\"streams\":{},\"staging\":\"{:?}\",\"cold_reads\":\"{:?}\",\"writes\":\"{:?}\",\"preallocate\":{},\"read_engine\":\"{:?}\",\"setup_ms\":{:.1},\"device\":\"{}\"",
         c.threads,
         c.chunk_bytes >> 10,
         c.readahead_bytes >> 20,
@@ -137,6 +144,7 @@ fn main() -> warpfs::Result<()> {
         c.cold_reads,
         c.writes,
         c.preallocate,
+        warpfs::engine::probe(c.read_engine),
         setup.as_secs_f64() * 1e3,
         eng.context().name()
     );

@@ -36,6 +36,18 @@ fn engine(cold: ColdReads, writes: Writes) -> Arc<CudaBulk> {
     Arc::new(CudaBulk::new(0, cfg).expect("engine"))
 }
 
+/// Like [`engine`] with blocking `pread` for uncached reads instead of io_uring.
+fn pread_engine(cold: ColdReads) -> Arc<CudaBulk> {
+    let cfg = BulkConfig {
+        threads: 4,
+        chunk_bytes: 64 * 1024,
+        cold_reads: cold,
+        read_engine: warpfs::engine::EngineChoice::Threads,
+        ..BulkConfig::default()
+    };
+    Arc::new(CudaBulk::new(0, cfg).expect("engine"))
+}
+
 fn default_engine() -> Arc<CudaBulk> {
     static E: OnceLock<Arc<CudaBulk>> = OnceLock::new();
     E.get_or_init(|| Arc::new(CudaBulk::new(0, BulkConfig::default()).expect("engine")))
@@ -67,6 +79,9 @@ fn random_ranges_warm_and_cold() {
         (true, engine(ColdReads::Buffered, Writes::Direct)),
         (true, engine(ColdReads::Readahead, Writes::Direct)),
         (false, default_engine()),
+        (true, pread_engine(ColdReads::Direct)),
+        (true, pread_engine(ColdReads::Readahead)),
+        (false, pread_engine(ColdReads::Readahead)),
     ] {
         let f = BulkFile::open(&p).unwrap();
         assert!(
@@ -158,7 +173,11 @@ fn vectored_reads() {
     let size = 2 * 1024 * 1024 + 333;
     let p = pattern_file("vec", size);
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    for eng in [engine(ColdReads::Direct, Writes::Direct), default_engine()] {
+    for eng in [
+        engine(ColdReads::Direct, Writes::Direct),
+        default_engine(),
+        pread_engine(ColdReads::Direct),
+    ] {
         let f = BulkFile::open(&p).unwrap();
         let mut ext = Vec::new();
         let mut dst = 0u64;

@@ -832,22 +832,7 @@ impl CudaBulk {
             let pol = self.policy();
             let ahead = (self.cfg.readahead_bytes / self.cfg.chunk_bytes as u64) as usize;
             while let Some((i, c)) = sh.claim() {
-                if pol.cold_reads == ColdReads::Readahead
-                    && ahead > 0
-                    && sh.cold.load(Ordering::Relaxed)
-                {
-                    if let Some(h) = sh.chunks.get(i + ahead) {
-                        // SAFETY: advisory call on a descriptor borrowed for the call.
-                        unsafe {
-                            libc::posix_fadvise(
-                                f.fd,
-                                h.start as libc::off_t,
-                                (h.end - h.start) as libc::off_t,
-                                libc::POSIX_FADV_WILLNEED,
-                            )
-                        };
-                    }
-                }
+                hint_ahead(&pol, f, sh, i, ahead);
                 let st = &mut slot.bufs[k];
                 k = (k + 1) % nb;
                 if st.busy {
@@ -871,30 +856,7 @@ impl CudaBulk {
                 if cold && !sh.cold.load(Ordering::Relaxed) {
                     sh.cold.store(true, Ordering::Relaxed);
                 }
-                if reached < c.end {
-                    sh.eof.fetch_min(reached, Ordering::Relaxed);
-                }
-                for p in &sh.pieces[c.pieces.clone()] {
-                    let end = (p.file_off + p.len).min(reached);
-                    if end <= p.file_off {
-                        continue;
-                    }
-                    let at = (p.file_off - base) as usize;
-                    // SAFETY: the source lies inside the staging buffer (spans fit its
-                    // chunk_bytes + 2·DIO_ALIGN bytes) and is not touched again until `done`
-                    // completes (checked before reuse above and by the final stream sync); the
-                    // destination is inside the caller's device range (caller's contract).
-                    unsafe {
-                        driver::copy_htod_async(
-                            p.dev,
-                            st.mem.as_ptr().add(at),
-                            (end - p.file_off) as usize,
-                            stream,
-                        )?;
-                    }
-                }
-                st.done.record(stream)?;
-                st.busy = true;
+                self.finish_chunk(st, base, c, reached, sh, stream)?;
             }
             Ok(())
         };
@@ -981,6 +943,7 @@ impl CudaBulk {
                         more = false;
                         break;
                     };
+                    hint_ahead(&pol, f, sh, i, ahead);
                     if st.busy {
                         st.done.synchronize()?;
                         st.busy = false;
@@ -1000,19 +963,6 @@ impl CudaBulk {
                         continue;
                     }
                     sh.cold.store(true, Ordering::Relaxed);
-                    if pol.cold_reads == ColdReads::Readahead && ahead > 0 {
-                        if let Some(h) = sh.chunks.get(i + ahead) {
-                            // SAFETY: advisory call on a descriptor borrowed for the call.
-                            unsafe {
-                                libc::posix_fadvise(
-                                    f.fd,
-                                    h.start as libc::off_t,
-                                    (h.end - h.start) as libc::off_t,
-                                    libc::POSIX_FADV_WILLNEED,
-                                )
-                            };
-                        }
-                    }
                     // O_DIRECT for chunks ending on an alignment boundary (a file's unaligned
                     // last chunk goes buffered: a short direct read at end of file would be
                     // resumed at an unaligned offset).
@@ -1436,6 +1386,25 @@ fn preallocate(f: FileRef<'_>, offset: u64, len: u64) -> Result<Option<u64>> {
             tracing::debug!(error = %e, "fallocate refused; writing without preallocation");
             Ok(None)
         }
+    }
+}
+
+/// Under `ColdReads::Readahead`, once the call has met uncached data, asks the kernel to
+/// start reading the chunk `ahead` chunks after chunk `i` (`POSIX_FADV_WILLNEED`).
+fn hint_ahead(pol: &Policy, f: FileRef<'_>, sh: &Shared<'_>, i: usize, ahead: usize) {
+    if pol.cold_reads != ColdReads::Readahead || ahead == 0 || !sh.cold.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Some(h) = sh.chunks.get(i + ahead) {
+        // SAFETY: advisory call on a descriptor borrowed for the call.
+        unsafe {
+            libc::posix_fadvise(
+                f.fd,
+                h.start as libc::off_t,
+                (h.end - h.start) as libc::off_t,
+                libc::POSIX_FADV_WILLNEED,
+            )
+        };
     }
 }
 

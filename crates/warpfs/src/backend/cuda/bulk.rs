@@ -24,6 +24,16 @@
 //! offset and length always agree). Warm data thus always comes from the page cache, cold data
 //! skips it. With `ColdReads::Buffered`, or no direct descriptor, plain `pread` is used.
 //!
+//! Where io_uring can be set up (`BulkConfig::read_engine`, default auto), the uncached part of
+//! a chunk is not read with a blocking call: it is queued on the worker's own ring
+//! (`READ_FIXED`: the staging buffers are registered with the ring once, when the engine is
+//! built), and the worker goes on to probe and fill its next buffer; whichever read completes
+//! first is copied first. Warm data is copied by the probe in either case. With `GdsMode`
+//! taking cuFile, aligned uncached middles go through cuFile instead ([`super::gds`]).
+//!
+//! Writes preallocate the written range (`fallocate`) before `O_DIRECT` writes that extend the
+//! file, so that the workers' direct writes run concurrently (see `BulkConfig::preallocate`).
+//!
 //! ## How a write runs
 //!
 //! The reverse: each worker keeps up to `buffers_per_thread` chunks in flight — `cuMemcpyDtoHAsync`

@@ -684,12 +684,13 @@ impl CudaBulk {
             .checked_add(len)
             .ok_or_else(|| Error::Range("file offset + length overflows".into()))?;
         let (chunks, pieces) = plan_writes(offset, len, src, self.cfg.chunk_bytes as u64);
+        // cuFile first: a refusal under `on` must not leave the file grown.
+        let (gds, path_reason) = self.gds_for(file)?;
         let grown = if self.cfg.preallocate && self.policy().direct_writes(file) {
             preallocate(file, offset, len)?
         } else {
             None
         };
-        let (gds, path_reason) = self.gds_for(file)?;
         let sh = Shared::new(&chunks, &pieces, u64::MAX);
         let threads = match self.run_workers(&sh, |slot, sh| match &gds {
             Some(h) => self.write_worker_gds(slot, file, h, sh),
@@ -969,7 +970,7 @@ impl CudaBulk {
                     };
                     let pos = c.start + got;
                     if pos >= c.end {
-                        self.copy_chunk(st, base, c, c.end, sh, stream)?;
+                        self.finish_chunk(st, base, c, c.end, sh, stream)?;
                         continue;
                     }
                     sh.cold.store(true, Ordering::Relaxed);
@@ -1051,7 +1052,9 @@ impl CudaBulk {
         Ok(drained?)
     }
 
-    /// Notes end of file at `reached` (< `c.end`) and copies the chunk's bytes up to it.
+    /// Notes end of file if `reached` < `c.end`, queues the host→device copies of chunk `c`'s
+    /// pieces up to file offset `reached` from staging buffer `st` (holding file offset `base`
+    /// at index 0) and records its event.
     fn finish_chunk(
         &self,
         st: &mut Staging,
@@ -1064,20 +1067,6 @@ impl CudaBulk {
         if reached < c.end {
             sh.eof.fetch_min(reached, Ordering::Relaxed);
         }
-        self.copy_chunk(st, base, c, reached, sh, stream)
-    }
-
-    /// Queues the host→device copies of chunk `c`'s pieces up to file offset `reached` from
-    /// staging buffer `st` (holding file offset `base` at index 0) and records its event.
-    fn copy_chunk(
-        &self,
-        st: &mut Staging,
-        base: u64,
-        c: &Chunk,
-        reached: u64,
-        sh: &Shared<'_>,
-        stream: &Stream,
-    ) -> Result<()> {
         for p in &sh.pieces[c.pieces.clone()] {
             let end = (p.file_off + p.len).min(reached);
             if end <= p.file_off {

@@ -1195,7 +1195,7 @@ __device__ __noinline__ long long write_back_all(const wfs_ctx_t *ctx, const Wfs
  * as `view_page`; a load of that page is then a copy from the view by the whole warp (no
  * request to the daemon). With `in_place`, a miss that finds no never-used frame evicts
  * nothing and comes back WFS_BYPASS_RESULT (the caller reads the view in place, counted as
- * in_place, not bypassed).
+ * in_place, not bypassed); with `stream` as well, every miss does (nothing is loaded).
  */
 #define WFS_BYPASS_RESULT (-(1ll << 40))
 /* What one acquire_round adds to the statistics, per lane (leaders only); the caller adds it
@@ -1215,7 +1215,7 @@ __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpu
                                               u32 group, bool want, u32 fh, u64 page, u64 deadline,
                                               u32 &leader_out, u32 &frame_out, long long &res_out,
                                               RoundStats &stats_out, const unsigned char *view_page = 0,
-                                              bool in_place = false) {
+                                              bool in_place = false, bool stream = false) {
     const u32 lane = lane_id();
     const u32 wmask = vote(group, want);
     u32 peers = 0;
@@ -1244,8 +1244,9 @@ __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpu
         rounds = round + 1;
 #endif
         if (is_leader && status == WFS_ACQ_RETRY)
-            status = acquire_page(ctx, c, fh, page, in_place ? WFS_INSERT_FRESH : WFS_INSERT_ANY, deadline, f,
-                                  clean);
+            status = acquire_page(ctx, c, fh, page,
+                                  in_place ? (stream ? WFS_INSERT_NONE : WFS_INSERT_FRESH) : WFS_INSERT_ANY,
+                                  deadline, f, clean);
         if (vote(group, is_leader && status == WFS_ACQ_RETRY) == 0) break;
         const bool shut = (round & 7) == 7 && closing(ctx);
         const bool late = now_ns() > deadline;
@@ -1321,7 +1322,7 @@ __device__ __forceinline__ void acquire_round(const wfs_ctx_t *ctx, const WfsGpu
         res = -WFS_ETIMEDOUT;
     } else if (is_leader && status == WFS_ACQ_SHUTDOWN) {
         res = -WFS_ESHUTDOWN;
-    } else if (is_leader && status == WFS_ACQ_BYPASS) {
+    } else if (is_leader && (status == WFS_ACQ_BYPASS || status == WFS_ACQ_ABSENT)) {
         res = WFS_BYPASS_RESULT;
     }
     if (is_leader && res < 0 && f != WFS_NO_FRAME) {
@@ -1779,7 +1780,8 @@ __device__ __forceinline__ void array_set(const wfs_ctx_t *ctx, u32 fh, u64 byte
 template <typename T>
 __device__ __forceinline__ void array_pin(const wfs_ctx_t *ctx, u32 fh, u64 byte_offset, u64 len, u64 i,
                                           const T *&p, u64 &count, u32 &frame, u32 &leader,
-                                          const unsigned char *view = 0, u64 view_len = 0) {
+                                          const unsigned char *view = 0, u64 view_len = 0,
+                                          bool stream = false) {
     const WfsGpuCache *c = cache_of(ctx);
     const u32 group = calling_lanes();
     p = 0;
@@ -1798,7 +1800,7 @@ __device__ __forceinline__ void array_pin(const wfs_ctx_t *ctx, u32 fh, u64 byte
     RoundStats rs;
     const bool in_view = want && view != 0 && pos < view_len && view_len - pos >= sizeof(T);
     acquire_round(ctx, c, group, want, fh, pos >> c->page_shift, deadline, leader, f, res, rs,
-                  in_view ? view_page_of(view, view_len, pos, c->page_shift) : 0, in_view);
+                  in_view ? view_page_of(view, view_len, pos, c->page_shift) : 0, in_view, stream);
     add_round_stats(c, group, rs);
     if (want && in_view && res == WFS_BYPASS_RESULT) {
         /* A miss of a full cache: the elements in place in the view, to the end of the page
@@ -2185,6 +2187,20 @@ template <typename T> struct wfs_array {
     __device__ __forceinline__ wfs_span<T> pin(unsigned long long i) const {
         wfs_span<T> s;
         wfs_detail::array_pin<T>(ctx, fh, byte_offset, len, i, s.p, s.count, s.frame, s.leader, view, view_len);
+        return s;
+    }
+
+    /**
+     * pin() for elements read once (a scan): a page the GPU cache holds is pinned as pin()
+     * does, but with a file view a page it does not hold is never loaded: its elements come
+     * back in place (span.in_place(), host memory read over PCIe, nothing pinned), to the end
+     * of the page. Loading 4 KiB to read 32 bytes of it costs a page of PCIe traffic and a
+     * frame; reading in place moves the 32-byte sectors touched. Without a view: pin().
+     */
+    __device__ __forceinline__ wfs_span<T> pin_stream(unsigned long long i) const {
+        wfs_span<T> s;
+        wfs_detail::array_pin<T>(ctx, fh, byte_offset, len, i, s.p, s.count, s.frame, s.leader, view, view_len,
+                                 true);
         return s;
     }
 

@@ -11,7 +11,8 @@ use warpfs::backend::cuda::graph_bfs::{
 use warpfs::backend::cuda::{available, BulkConfig, CudaBulk};
 use warpfs::graph::bfs::first_difference;
 use warpfs::graph::{
-    bfs_parallel, generate, CsrFile, CsrView, EdgeModel, GenerateOptions, GraphSpec,
+    bfs_parallel, generate, BfsMode, CsrFile, CsrView, Direction, EdgeModel, GenerateOptions,
+    GraphSpec,
 };
 use warpfs::{OpenOptions, Runtime, RuntimeConfig};
 
@@ -52,7 +53,15 @@ fn bfs_kernels_compile_with_nvrtc_for_sm90() {
         }
         Err(e) => panic!("NVRTC: {e}"),
     };
-    for k in ["bfs_level_mem", "bfs_level_wfs", "bfs_wfs_errors"] {
+    for k in [
+        "bfs_level_mem",
+        "bfs_level_wfs",
+        "bfs_bottom_up_mem",
+        "bfs_bottom_up_wfs",
+        "bfs_frontier_bits",
+        "bfs_load_offsets",
+        "bfs_wfs_errors",
+    ] {
         assert!(
             ptx.contains(&format!(".entry {k}")),
             "kernel {k} missing from the PTX"
@@ -86,7 +95,9 @@ fn gpu_bfs_both_ways_equals_cpu_bfs() {
         panic!("4-byte indices")
     };
     let src = (0..g.vertices()).max_by_key(|&v| g.degree(v)).unwrap();
-    let cpu = bfs_parallel(&g, src).unwrap();
+    let cpu = bfs_parallel(&g, src, BfsMode::TopDown).unwrap();
+    let cpu_do = bfs_parallel(&g, src, BfsMode::DirectionOptimizing).unwrap();
+    assert!(cpu_do.directions.contains(&Direction::BottomUp));
 
     let rt = Runtime::new(RuntimeConfig::default()).unwrap();
     let fh = rt.open(&path, OpenOptions::read_only()).unwrap();
@@ -94,34 +105,48 @@ fn gpu_bfs_both_ways_equals_cpu_bfs() {
     let kernels = BfsKernels::new(&gpu).unwrap();
     let bulk = CudaBulk::new(0, BulkConfig::default()).unwrap();
 
-    let (mem, load) = bfs_in_gpu_memory(&gpu, &kernels, &bulk, &file, src).unwrap();
-    assert_eq!(load.bytes, file.header().file_bytes());
-    assert_eq!(
-        first_difference(&mem.levels, &cpu.levels),
-        None,
-        "in-memory GPU BFS"
-    );
-    assert_eq!(mem.depth, cpu.depth);
+    // Lists longer than 64 entries shared out to every warp (more than the 1024 slots: the
+    // rest read by the warp that found them), as a hub's list is on a large graph.
+    let split = BfsKernels::with_options(&gpu, &["-DBFS_SPLIT=64ull"]).unwrap();
+    // Both ways, both modes, both builds: the CPU's levels, and the CPU's direction at every
+    // level.
+    for (kernels, mode, want) in [
+        (&kernels, BfsMode::TopDown, &cpu),
+        (&kernels, BfsMode::DirectionOptimizing, &cpu_do),
+        (&split, BfsMode::TopDown, &cpu),
+        (&split, BfsMode::DirectionOptimizing, &cpu_do),
+    ] {
+        let (mem, load) = bfs_in_gpu_memory(&gpu, kernels, &bulk, &file, src, mode).unwrap();
+        assert_eq!(load.bytes, file.header().file_bytes());
+        assert_eq!(
+            first_difference(&mem.levels, &cpu.levels),
+            None,
+            "in-memory GPU BFS, {mode:?}"
+        );
+        assert_eq!(mem.depth, cpu.depth);
+        assert_eq!(mem.directions, want.directions, "{mode:?}");
 
-    let wfs = bfs_through_warpfs(&gpu, &kernels, fh.raw(), file.header(), src).unwrap();
-    assert_eq!(wfs.array_errors, 0, "file-backed array reads failed");
-    assert_eq!(
-        first_difference(&wfs.levels, &cpu.levels),
-        None,
-        "warpfs GPU BFS"
-    );
-    assert_eq!(wfs.depth, cpu.depth);
-    assert_eq!(wfs.frontier_sizes, mem.frontier_sizes);
+        let wfs = bfs_through_warpfs(&gpu, kernels, fh.raw(), file.header(), src, mode).unwrap();
+        assert_eq!(wfs.array_errors, 0, "file-backed array reads failed");
+        assert_eq!(
+            first_difference(&wfs.levels, &cpu.levels),
+            None,
+            "warpfs GPU BFS, {mode:?}"
+        );
+        assert_eq!(wfs.depth, cpu.depth);
+        assert_eq!(wfs.frontier_sizes, mem.frontier_sizes);
+        assert_eq!(wfs.directions, want.directions, "{mode:?}");
+        assert!(wfs.offsets_load.is_some());
+    }
 
     // A BFS through a cache of 64 pages, far smaller than the graph and than the warps' pins,
     // the file mapped into the device (GpuIo::map_file) or not; every level checked. Returns
     // the cache's counters, the bytes of lists read in place and the daemon's requests.
-    let small_search = |map: bool| {
-        let what = if map {
-            "small cache, file view"
-        } else {
-            "small cache"
-        };
+    let small_search = |map: bool, mode: BfsMode| {
+        let what = format!(
+            "small cache{}, {mode:?}",
+            if map { ", file view" } else { "" }
+        );
         let rt = Runtime::new(RuntimeConfig::default()).unwrap();
         let fh = rt.open(&path, OpenOptions::read_only()).unwrap();
         let mut gpu =
@@ -131,7 +156,7 @@ fn gpu_bfs_both_ways_equals_cpu_bfs() {
         }
         let kernels = BfsKernels::new(&gpu).unwrap();
         let before = rt.stats().daemon.requests;
-        let r = bfs_through_warpfs(&gpu, &kernels, fh.raw(), file.header(), src).unwrap();
+        let r = bfs_through_warpfs(&gpu, &kernels, fh.raw(), file.header(), src, mode).unwrap();
         assert_eq!(r.array_errors, 0, "file-backed array reads failed ({what})");
         assert_eq!(
             first_difference(&r.levels, &cpu.levels),
@@ -148,18 +173,33 @@ fn gpu_bfs_both_ways_equals_cpu_bfs() {
     };
     // Through the daemon: evictions, pins that find no frame (the kernel falls back to element
     // reads).
-    let (st, _, _) = small_search(false);
-    assert!(st.evictions > 0, "{st:?}");
+    for mode in [BfsMode::TopDown, BfsMode::DirectionOptimizing] {
+        let (st, _, _) = small_search(false, mode);
+        assert!(st.evictions > 0, "{st:?}");
+    }
     // Mapped: pages load from the view, a full cache reads in place and evicts nothing; no
     // daemon round trips beyond the file's last partial page.
-    let (st, in_place_bytes, requests) = small_search(true);
-    assert!(st.in_place > 0 && in_place_bytes > 0, "{st:?}");
-    assert_eq!(st.evictions, 0, "{st:?}");
-    assert!(
-        requests < 1000,
-        "{requests} daemon requests for a mapped file"
-    );
+    for mode in [BfsMode::TopDown, BfsMode::DirectionOptimizing] {
+        let (st, in_place_bytes, requests) = small_search(true, mode);
+        assert!(st.in_place > 0 && in_place_bytes > 0, "{st:?}");
+        assert_eq!(st.evictions, 0, "{st:?}");
+        assert!(
+            requests < 1000,
+            "{requests} daemon requests for a mapped file"
+        );
+    }
 
     // A source outside the graph is an error, not a launch.
-    assert!(bfs_in_gpu_memory(&gpu, &kernels, &bulk, &file, g.vertices()).is_err());
+    assert!(
+        bfs_in_gpu_memory(&gpu, &kernels, &bulk, &file, g.vertices(), BfsMode::TopDown).is_err()
+    );
+    assert!(bfs_through_warpfs(
+        &gpu,
+        &kernels,
+        fh.raw(),
+        file.header(),
+        g.vertices(),
+        BfsMode::DirectionOptimizing
+    )
+    .is_err());
 }

@@ -2,11 +2,11 @@
 
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
-use warpfs::graph::bfs::{first_difference, traversal};
+use warpfs::graph::bfs::{first_difference, needed_bytes, traversal};
 use warpfs::graph::format::{write_csr, FLAG_SYMMETRIC, HEADER_BYTES};
 use warpfs::graph::{
-    bfs_parallel, bfs_sequential, generate, Csr, CsrFile, CsrView, EdgeModel, GenerateOptions,
-    GraphError, GraphSpec, UNREACHED,
+    bfs_parallel, bfs_sequential, generate, BfsMode, Csr, CsrFile, CsrView, Direction, EdgeModel,
+    GenerateOptions, GraphError, GraphSpec, UNREACHED,
 };
 
 fn dir() -> PathBuf {
@@ -296,10 +296,27 @@ fn bfs_on_a_generated_graph_matches_sequential_and_counts_are_right() {
     let f = CsrFile::open(&p).unwrap();
     let g = u32_view(&f);
     let src = (0..g.vertices()).max_by_key(|&v| g.degree(v)).unwrap();
-    let par = bfs_parallel(&g, src).unwrap();
+    let par = bfs_parallel(&g, src, BfsMode::TopDown).unwrap();
     let seq = bfs_sequential(&g, src).unwrap();
     assert_eq!(first_difference(&par.levels, &seq.levels), None);
     assert_eq!(par.depth, seq.depth);
+    assert_eq!(par.examined, seq.examined);
+    assert!(par.directions.iter().all(|&d| d == Direction::TopDown));
+    // Direction-optimizing: the same levels, some levels bottom-up, fewer entries read.
+    let dop = bfs_parallel(&g, src, BfsMode::DirectionOptimizing).unwrap();
+    assert_eq!(first_difference(&dop.levels, &seq.levels), None);
+    assert_eq!(dop.depth, seq.depth);
+    assert!(
+        dop.directions.contains(&Direction::BottomUp),
+        "{:?}",
+        dop.directions
+    );
+    assert!(
+        dop.examined < par.examined / 2,
+        "{} vs {}",
+        dop.examined,
+        par.examined
+    );
     let t = traversal(&g, &par.levels);
     // Counted the slow way.
     let visited: Vec<u64> = (0..g.vertices())
@@ -312,6 +329,11 @@ fn bfs_on_a_generated_graph_matches_sequential_and_counts_are_right() {
     assert_eq!(t.visited, visited.len() as u64);
     assert_eq!(t.traversed_edges, deg / 2);
     assert_eq!(t.needed_bytes, entries.len() as u64 * 8 + deg * 4);
+    assert_eq!(needed_bytes(&g, &t, &par), t.needed_bytes);
+    assert_eq!(
+        needed_bytes(&g, &t, &dop),
+        (g.vertices() + 1) * 8 + dop.examined * 4
+    );
     assert!(t.visited > 1000, "the hub's component is large");
 }
 
@@ -324,12 +346,31 @@ fn bfs_rejects_a_source_outside_the_graph() {
         neighbours: &nb,
     };
     assert!(matches!(
-        bfs_parallel(&g, 2),
+        bfs_parallel(&g, 2, BfsMode::DirectionOptimizing),
         Err(GraphError::BadSource {
             source_vertex: 2,
             vertices: 2
         })
     ));
+}
+
+/// The CSR graph with every edge (u, v) also stored as (v, u).
+fn symmetrised(offsets: &[u64], nb: &[u32]) -> (Vec<u64>, Vec<u32>) {
+    let n = offsets.len() - 1;
+    let mut lists = vec![Vec::new(); n];
+    for u in 0..n {
+        for &v in &nb[offsets[u] as usize..offsets[u + 1] as usize] {
+            lists[u].push(v);
+            lists[v as usize].push(u as u32);
+        }
+    }
+    let mut o = vec![0u64];
+    let mut out = Vec::new();
+    for l in lists {
+        out.extend(l);
+        o.push(out.len() as u64);
+    }
+    (o, out)
 }
 
 /// A random directed graph as CSR (repeats and self-loops allowed: BFS must cope).
@@ -355,11 +396,23 @@ proptest! {
     #[test]
     fn parallel_bfs_equals_sequential_bfs((offsets, nb, src) in random_csr()) {
         let g = Csr { offsets: &offsets, neighbours: &nb };
-        let par = bfs_parallel(&g, src).unwrap();
+        let par = bfs_parallel(&g, src, BfsMode::TopDown).unwrap();
         let seq = bfs_sequential(&g, src).unwrap();
         prop_assert_eq!(&par.levels, &seq.levels);
         prop_assert_eq!(par.depth, seq.depth);
         prop_assert_eq!(par.levels[src as usize], 0);
+    }
+
+    /// On a symmetric graph the direction-optimizing search finds the sequential search's
+    /// levels whichever directions it takes.
+    #[test]
+    fn direction_optimizing_bfs_equals_sequential_bfs((offsets, nb, src) in random_csr()) {
+        let (offsets, nb) = symmetrised(&offsets, &nb);
+        let g = Csr { offsets: &offsets, neighbours: &nb };
+        let dop = bfs_parallel(&g, src, BfsMode::DirectionOptimizing).unwrap();
+        let seq = bfs_sequential(&g, src).unwrap();
+        prop_assert_eq!(&dop.levels, &seq.levels);
+        prop_assert_eq!(dop.depth, seq.depth);
     }
 
     #[test]
@@ -422,9 +475,13 @@ proptest! {
         if let Ok(f) = CsrFile::open(&p) {
             if let CsrView::U32(g) = f.view() {
                 for s in 0..g.vertices().min(8) {
-                    let a = bfs_parallel(&g, s).unwrap();
+                    let a = bfs_parallel(&g, s, BfsMode::TopDown).unwrap();
                     let q = bfs_sequential(&g, s).unwrap();
-                    prop_assert_eq!(a.levels, q.levels);
+                    prop_assert_eq!(&a.levels, &q.levels);
+                    // A file need not be symmetric: bottom-up levels may then differ, but
+                    // never fail or leave the graph.
+                    let d = bfs_parallel(&g, s, BfsMode::DirectionOptimizing).unwrap();
+                    prop_assert_eq!(d.levels.len(), q.levels.len());
                 }
             }
         }

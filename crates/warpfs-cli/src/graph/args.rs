@@ -83,6 +83,16 @@ pub enum GpuReads {
     Daemon,
 }
 
+/// Which way the BFS levels run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DirectionArg {
+    /// Beamer's direction-optimizing BFS: bottom-up levels while the frontier is large
+    /// (needs a symmetric graph; others run top-down, with a note).
+    Optimizing,
+    /// Every level top-down: every list of the component read once.
+    TopDown,
+}
+
 /// `warpfs graph bfs` arguments.
 #[derive(Debug, Clone, Args)]
 pub struct BfsArgs {
@@ -91,6 +101,9 @@ pub struct BfsArgs {
     /// Source vertex [default: the vertex of highest degree].
     #[arg(long)]
     pub source: Option<u64>,
+    /// Level directions of every search (CPU, GPU memory, warpfs alike).
+    #[arg(long, value_enum, default_value_t = DirectionArg::Optimizing)]
+    pub direction: DirectionArg,
     /// GPU page cache for the warpfs BFS: a size (2G, 512M) or a percentage of the edge
     /// (neighbour) bytes (25%).
     #[arg(long, value_parser = CacheSize::parse, default_value = "25%", value_name = "SIZE|PCT")]

@@ -2,11 +2,12 @@
 //! file-backed arrays on the GPU (at one or several GPU cache sizes), the whole graph in GPU
 //! memory, the parallel CPU BFS — each checked against the CPU's levels.
 
+use super::args::DirectionArg;
 use super::report::{render, Report, Row};
 use super::BfsArgs;
 use crate::error::{bail, Context, Result, EXIT_MISMATCH};
-use warpfs::graph::bfs::traversal;
-use warpfs::graph::{bfs_parallel, CsrFile, CsrView};
+use warpfs::graph::bfs::{needed_bytes, traversal};
+use warpfs::graph::{bfs_parallel, BfsMode, CsrFile, CsrView};
 
 /// What `--cold` did before one search: `true` dropped, `false` not asked (or not root). The
 /// graph's own mapping (the CPU BFS reads `file` through it) lets go of its pages first: the
@@ -58,11 +59,23 @@ pub fn run(a: &BfsArgs) -> Result<i32> {
         bail!("source vertex {source} has no edges, so there is nothing to traverse: pick one with at least one edge (the default is the vertex of highest degree)");
     }
     let mut skipped = Vec::new();
+    let mode = match a.direction {
+        DirectionArg::TopDown => BfsMode::TopDown,
+        DirectionArg::Optimizing if h.symmetric() => BfsMode::DirectionOptimizing,
+        DirectionArg::Optimizing => {
+            skipped.push(format!(
+                "bottom-up levels: {} is not marked symmetric (a bottom-up level finds a vertex's parents in its own list), so every search ran top-down",
+                a.file.display()
+            ));
+            BfsMode::TopDown
+        }
+    };
 
     // CPU BFS: the reference.
     let cold = maybe_cold(a.cold, &file, &mut skipped);
-    let cpu = bfs_parallel(&g, source)?;
-    let t = traversal(&g, &cpu.levels);
+    let cpu = bfs_parallel(&g, source, mode)?;
+    let mut t = traversal(&g, &cpu.levels);
+    t.needed_bytes = needed_bytes(&g, &t, &cpu);
     let teps = |secs: f64| t.traversed_edges as f64 / secs;
     #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
     let mut rows = vec![Row {
@@ -80,7 +93,7 @@ pub fn run(a: &BfsArgs) -> Result<i32> {
     }];
 
     #[cfg(feature = "cuda")]
-    let device = super::gpu::run(a, &file, source, &cpu.levels, &t, &mut rows, &mut skipped)?;
+    let device = super::gpu::run(a, &file, source, mode, &cpu, &t, &mut rows, &mut skipped)?;
     #[cfg(not(feature = "cuda"))]
     let device: Option<String> = {
         skipped.push(format!(
@@ -102,6 +115,8 @@ pub fn run(a: &BfsArgs) -> Result<i32> {
         depth: cpu.depth,
         traversed_edges: t.traversed_edges,
         needed_bytes: t.needed_bytes,
+        mode,
+        directions: cpu.directions.clone(),
         page_cache: if cold {
             "cold (dropped before each search)".into()
         } else if a.cold {

@@ -11,16 +11,18 @@ use warpfs::backend::cuda::graph_bfs::{
     bfs_in_gpu_memory, bfs_through_warpfs, cache_counters, gpu_io_config, BfsKernels,
 };
 use warpfs::backend::cuda::{self, BulkConfig, CudaBulk};
-use warpfs::graph::bfs::{first_difference, Traversal};
-use warpfs::graph::CsrFile;
+use warpfs::graph::bfs::{first_difference, BfsResult, Traversal};
+use warpfs::graph::{BfsMode, CsrFile, Direction};
 use warpfs::{OpenOptions, Runtime};
 
 /// Runs the GPU searches, appending rows; returns the device name.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     a: &BfsArgs,
     file: &CsrFile,
     source: u64,
-    cpu: &[u32],
+    mode: BfsMode,
+    cpu_search: &BfsResult,
     t: &Traversal,
     rows: &mut Vec<Row>,
     skipped: &mut Vec<String>,
@@ -30,6 +32,7 @@ pub fn run(
         return Ok(None);
     }
     let h = *file.header();
+    let cpu = &cpu_search.levels[..];
     let teps = |secs: f64| t.traversed_edges as f64 / secs;
     let mut cfg = warpfs::RuntimeConfig {
         readahead_pages: a.readahead,
@@ -52,9 +55,10 @@ pub fn run(
         let kernels = BfsKernels::new(&gpu)?;
         let bulk = CudaBulk::new(a.device, BulkConfig::default())?;
         let cold = maybe_cold(a.cold, file, skipped);
-        let (r, load) = bfs_in_gpu_memory(&gpu, &kernels, &bulk, file, source)
+        let (r, load) = bfs_in_gpu_memory(&gpu, &kernels, &bulk, file, source, mode)
             .ctx(|| "BFS with the graph in GPU memory".into())?;
         let (ok, note) = check(&r.levels, cpu);
+        let turns = other_directions(&r.directions, &cpu_search.directions);
         let secs = r.elapsed.as_secs_f64();
         rows.push(Row {
             method: "GPU memory".into(),
@@ -75,6 +79,7 @@ pub fn run(
                     if cold { " (cold)" } else { "" }
                 )),
                 note,
+                turns,
             ]
             .into_iter()
             .flatten()
@@ -120,7 +125,7 @@ pub fn run(
             },
         };
         let before = (rt.stats(), cache_counters(&gpu));
-        let r = bfs_through_warpfs(&gpu, &kernels, fh.raw(), &h, source)
+        let r = bfs_through_warpfs(&gpu, &kernels, fh.raw(), &h, source, mode)
             .ctx(|| "BFS through warpfs file-backed arrays".into())?;
         let after = (rt.stats(), cache_counters(&gpu));
         let gpu_stats = match (after.1, before.1) {
@@ -138,6 +143,13 @@ pub fn run(
         };
         let (mut ok, note) = check(&r.levels, cpu);
         let mut notes: Vec<String> = note.into_iter().collect();
+        notes.extend(other_directions(&r.directions, &cpu_search.directions));
+        if let Some(o) = r.offsets_load {
+            notes.push(format!(
+                "offsets copied into GPU memory in {:.1} ms (counted)",
+                o.as_secs_f64() * 1e3
+            ));
+        }
         if r.array_errors > 0 {
             ok = false;
             notes.push(format!("{} array reads failed", r.array_errors));
@@ -182,6 +194,13 @@ pub fn run(
         bail!("no search ran");
     }
     Ok(Some(device))
+}
+
+/// A note where a GPU search turned at other levels than the CPU's (the same rule on the same
+/// counts should not: worth a look, not a failure).
+fn other_directions(gpu: &[Direction], cpu: &[Direction]) -> Option<String> {
+    let s = |d: &[Direction]| d.iter().map(|x| x.short()).collect::<Vec<_>>().join(" ");
+    (gpu != cpu).then(|| format!("levels ran {} (CPU: {})", s(gpu), s(cpu)))
 }
 
 /// Checks `levels` against the CPU's: `(matches, note)`.

@@ -2,6 +2,7 @@
 
 use crate::units::{fmt_bytes, fmt_count};
 use serde::Serialize;
+use warpfs::graph::{BfsMode, Direction};
 
 /// One search's figures.
 #[derive(Debug, Clone, Serialize)]
@@ -51,8 +52,14 @@ pub struct Report {
     pub depth: u32,
     /// Graph500 traversed edges (undirected edges of the component).
     pub traversed_edges: u64,
-    /// Bytes a top-down search needs (offsets + neighbour lists of visited vertices).
+    /// Bytes the search needs: top-down, the offsets and lists of the visited vertices; with
+    /// bottom-up levels, the whole offsets array and the entries examined
+    /// (`warpfs::graph::bfs::needed_bytes`).
     pub needed_bytes: u64,
+    /// Top-down only or direction-optimizing.
+    pub mode: BfsMode,
+    /// The direction of each level (the CPU search's; the GPU searches are checked to agree).
+    pub directions: Vec<Direction>,
     /// "warm", "cold" or "warm (cold skipped: not root)".
     pub page_cache: String,
     /// CPU threads of the rayon BFS.
@@ -85,7 +92,7 @@ fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
 pub fn render(r: &Report) -> String {
     let mut out = format!(
         "warpfs {} graph bfs · {} · {} vertices, {} neighbour entries (edges {}) · source {}\n\
-         reached {} vertices in {} levels · {} traversed edges · traversal needs {} · page cache: {} · CPU threads {}{}\n\n",
+         reached {} vertices in {} levels ({}) · {} traversed edges · traversal needs {} · page cache: {} · CPU threads {}{}\n\n",
         r.version,
         r.file,
         r.vertices,
@@ -94,6 +101,11 @@ pub fn render(r: &Report) -> String {
         r.source,
         r.visited,
         r.depth,
+        r.directions
+            .iter()
+            .map(|d| d.short())
+            .collect::<Vec<_>>()
+            .join(" "),
         r.traversed_edges,
         fmt_bytes(r.needed_bytes),
         r.page_cache,
@@ -202,6 +214,8 @@ mod tests {
             depth: 3,
             traversed_edges: 1_000_000_000,
             needed_bytes: 100,
+            mode: BfsMode::DirectionOptimizing,
+            directions: vec![Direction::TopDown, Direction::BottomUp, Direction::TopDown],
             page_cache: "warm".into(),
             cpu_threads: 16,
             device: Some("H100".into()),
@@ -226,6 +240,7 @@ mod tests {
             "{w}"
         );
         assert!(t.contains("all searches match"));
+        assert!(t.contains("3 levels (TD BU TD)"), "{t}");
         let bad = report(vec![
             row("CPU (rayon)", 2.0, true),
             row("GPU memory", 0.1, false),

@@ -1,8 +1,10 @@
-//! Breadth-first search on the CPU: a parallel level-synchronous BFS (rayon, top-down) — the
-//! baseline the GPU BFS is measured against and checked with — and a plain sequential one
-//! that checks it. Plus the Graph500 counts of a finished search.
+//! Breadth-first search on the CPU: a parallel level-synchronous BFS (rayon; top-down or
+//! direction-optimizing, [`super::direction`]) — the baseline the GPU BFS is measured against
+//! and checked with — and a plain sequential one that checks it. Plus the Graph500 counts of
+//! a finished search.
 
 use super::csr::{Csr, VertexIndex};
+use super::direction::{BfsMode, Direction, DirectionPolicy};
 use super::error::{GraphError, Result};
 use rayon::prelude::*;
 use std::collections::VecDeque;
@@ -24,6 +26,11 @@ pub struct BfsResult {
     pub depth: u32,
     /// Wall time of the search itself.
     pub elapsed: Duration,
+    /// The direction of each level expanded, in order (empty for the sequential search).
+    pub directions: Vec<Direction>,
+    /// Neighbour entries the search read (a bottom-up level stops reading a list at the first
+    /// parent it finds).
+    pub examined: u64,
 }
 
 /// Counts of a finished search, as Graph500 and the I/O figures need them.
@@ -49,53 +56,126 @@ fn check_source(vertices: u64, source: u64) -> Result<()> {
     Ok(())
 }
 
-/// Parallel level-synchronous top-down BFS from `source` on rayon's pool: each level's
-/// frontier is split into chunks; a thread claims an unvisited neighbour with one
-/// compare-and-swap on its level and appends it to its chunk's part of the next frontier.
-/// Costs O(n + m) work and one atomic per claim; memory: 4 bytes per vertex + frontiers.
-pub fn bfs_parallel<I: VertexIndex>(g: &Csr<'_, I>, source: u64) -> Result<BfsResult> {
+/// Parallel level-synchronous BFS from `source` on rayon's pool, top-down only or
+/// direction-optimizing (`mode`). A top-down level splits the frontier into chunks; a thread
+/// claims an unvisited neighbour with one compare-and-swap on its level and appends it to its
+/// chunk's part of the next frontier. A bottom-up level splits the vertices into chunks; each
+/// unvisited vertex reads its list until a neighbour is in the frontier (a bitmap, one bit per
+/// vertex) and takes the next level. Costs O(n + m) work top-down (bottom-up levels scan all n
+/// vertices but read a fraction of the lists); memory: 4 bytes per vertex, the frontier, and
+/// n / 8 bytes for the bitmap.
+pub fn bfs_parallel<I: VertexIndex>(
+    g: &Csr<'_, I>,
+    source: u64,
+    mode: BfsMode,
+) -> Result<BfsResult> {
     check_source(g.vertices(), source)?;
     let t = Instant::now();
+    let n = g.vertices() as usize;
     let mut levels: Vec<AtomicU32> = Vec::new();
-    levels.resize_with(g.vertices() as usize, || AtomicU32::new(UNREACHED));
+    levels.resize_with(n, || AtomicU32::new(UNREACHED));
     levels[source as usize].store(0, Ordering::Relaxed);
-    let mut frontier = vec![source];
-    let mut depth = 0u32;
-    while !frontier.is_empty() {
-        depth += 1;
-        let next_level = depth;
-        let parts: Vec<Vec<u64>> = frontier
-            .par_chunks(FRONTIER_CHUNK)
-            .map(|chunk| {
-                let mut out = Vec::new();
-                for &u in chunk {
-                    for &w in g.neighbours_of(u) {
-                        let w = w.to_u64();
-                        let slot = &levels[w as usize];
-                        if slot.load(Ordering::Relaxed) == UNREACHED
-                            && slot
-                                .compare_exchange(
-                                    UNREACHED,
-                                    next_level,
-                                    Ordering::Relaxed,
-                                    Ordering::Relaxed,
-                                )
-                                .is_ok()
-                        {
-                            out.push(w);
+    let mut policy = DirectionPolicy::new(mode, g.vertices(), g.edges(), g.degree(source));
+    // The frontier as a list of vertices, when the last level was top-down.
+    let mut queue = Some(vec![source]);
+    let mut frontier_len = 1u64;
+    let mut directions = Vec::new();
+    let mut examined = 0u64;
+    let mut bits: Vec<u64> = Vec::new();
+    while frontier_len > 0 {
+        let cur = directions.len() as u32;
+        let next_level = cur + 1;
+        let dir = policy.next(frontier_len);
+        directions.push(dir);
+        match dir {
+            Direction::TopDown => {
+                let frontier = match queue.take() {
+                    Some(q) => q,
+                    None => (0..n)
+                        .into_par_iter()
+                        .with_min_len(4096)
+                        .filter(|&v| levels[v].load(Ordering::Relaxed) == cur)
+                        .map(|v| v as u64)
+                        .collect(),
+                };
+                let parts: Vec<(Vec<u64>, u64, u64)> = frontier
+                    .par_chunks(FRONTIER_CHUNK)
+                    .map(|chunk| {
+                        let (mut out, mut scout, mut read) = (Vec::new(), 0u64, 0u64);
+                        for &u in chunk {
+                            let list = g.neighbours_of(u);
+                            read += list.len() as u64;
+                            for &w in list {
+                                let w = w.to_u64();
+                                let slot = &levels[w as usize];
+                                if slot.load(Ordering::Relaxed) == UNREACHED
+                                    && slot
+                                        .compare_exchange(
+                                            UNREACHED,
+                                            next_level,
+                                            Ordering::Relaxed,
+                                            Ordering::Relaxed,
+                                        )
+                                        .is_ok()
+                                {
+                                    scout += g.degree(w);
+                                    out.push(w);
+                                }
+                            }
+                        }
+                        (out, scout, read)
+                    })
+                    .collect();
+                let scout = parts.iter().map(|p| p.1).sum();
+                examined += parts.iter().map(|p| p.2).sum::<u64>();
+                let next: Vec<u64> = parts.into_iter().flat_map(|p| p.0).collect();
+                frontier_len = next.len() as u64;
+                queue = Some(next);
+                policy.done(scout);
+            }
+            Direction::BottomUp => {
+                queue = None;
+                bits.clear();
+                bits.resize(n.div_ceil(64), 0);
+                bits.par_iter_mut().enumerate().for_each(|(i, word)| {
+                    let end = (i * 64 + 64).min(n);
+                    for (b, l) in levels[i * 64..end].iter().enumerate() {
+                        if l.load(Ordering::Relaxed) == cur {
+                            *word |= 1 << b;
                         }
                     }
-                }
-                out
-            })
-            .collect();
-        frontier = parts.concat();
+                });
+                let bits = &bits;
+                let (awake, read) = (0..n)
+                    .into_par_iter()
+                    .with_min_len(4096)
+                    .filter(|&v| levels[v].load(Ordering::Relaxed) == UNREACHED)
+                    .map(|v| {
+                        let mut read = 0u64;
+                        for &w in g.neighbours_of(v as u64) {
+                            read += 1;
+                            let w = w.to_u64() as usize;
+                            if bits[w / 64] >> (w % 64) & 1 != 0 {
+                                levels[v].store(next_level, Ordering::Relaxed);
+                                return (1u64, read);
+                            }
+                        }
+                        (0, read)
+                    })
+                    .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+                examined += read;
+                frontier_len = awake;
+                policy.done(0);
+            }
+        }
     }
     let levels: Vec<u32> = levels.into_iter().map(AtomicU32::into_inner).collect();
     Ok(BfsResult {
         levels,
-        depth,
+        depth: directions.len() as u32,
         elapsed: t.elapsed(),
+        directions,
+        examined,
     })
 }
 
@@ -108,8 +188,10 @@ pub fn bfs_sequential<I: VertexIndex>(g: &Csr<'_, I>, source: u64) -> Result<Bfs
     levels[source as usize] = 0;
     let mut queue = VecDeque::from([source]);
     let mut max_level = 0;
+    let mut examined = 0u64;
     while let Some(u) = queue.pop_front() {
         let next = levels[u as usize] + 1;
+        examined += g.degree(u);
         for &w in g.neighbours_of(u) {
             let w = w.to_u64() as usize;
             if levels[w] == UNREACHED {
@@ -123,6 +205,8 @@ pub fn bfs_sequential<I: VertexIndex>(g: &Csr<'_, I>, source: u64) -> Result<Bfs
         levels,
         depth: max_level + 1,
         elapsed: t.elapsed(),
+        directions: Vec::new(),
+        examined,
     })
 }
 
@@ -145,6 +229,18 @@ pub fn traversal<I: VertexIndex>(g: &Csr<'_, I>, levels: &[u32]) -> Traversal {
         traversed_edges: degree_sum / 2,
         needed_bytes: offset_entries * 8 + degree_sum * width,
     }
+}
+
+/// Bytes the search `r` (on `g`, with the counts `t` of its levels) had to read: for a
+/// top-down search [`Traversal::needed_bytes`]; with a bottom-up level, the whole offsets
+/// array ((n + 1) × 8: a bottom-up level reads the bounds of every unvisited vertex, so the GPU
+/// searches hold the array in device memory) plus the neighbour entries it examined × the
+/// index width.
+pub fn needed_bytes<I: VertexIndex>(g: &Csr<'_, I>, t: &Traversal, r: &BfsResult) -> u64 {
+    if !r.directions.contains(&Direction::BottomUp) {
+        return t.needed_bytes;
+    }
+    (g.vertices() + 1) * 8 + r.examined * std::mem::size_of::<I>() as u64
 }
 
 /// The first vertex whose level differs between two searches, with both levels.

@@ -57,6 +57,12 @@ pub struct CsrHeader {
 }
 
 impl CsrHeader {
+    /// Whether the header says every edge is stored in both directions ([`FLAG_SYMMETRIC`]):
+    /// what a bottom-up BFS level needs (it reads a vertex's list to find its parents).
+    pub fn symmetric(&self) -> bool {
+        self.flags & FLAG_SYMMETRIC != 0
+    }
+
     /// The header of a file with `vertices` vertices and `edges` neighbour entries, laid out
     /// as the format prescribes (index width 4 unless `vertices` > 2^32).
     pub fn new(vertices: u64, edges: u64, flags: u64) -> Self {

@@ -9,12 +9,15 @@
 //! - [`csr`]: an opened, validated CSR file and its typed views.
 //! - [`edges`]: seeded edge streams (Kronecker, uniform) and the vertex permutation.
 //! - [`generate`]: edge stream → symmetric, deduplicated CSR file in bounded memory.
-//! - [`bfs`]: parallel and sequential CPU BFS, Graph500 counts.
+//! - [`direction`]: top-down or bottom-up per level (Beamer's direction-optimizing rule).
+//! - [`bfs`]: parallel (top-down or direction-optimizing) and sequential CPU BFS, Graph500
+//!   counts.
 //! - [`bam`]: import of BaM/EMOGI `.col` + `.dst` CSR pairs.
 
 pub mod bam;
 pub mod bfs;
 pub mod csr;
+pub mod direction;
 pub mod edges;
 pub mod error;
 pub mod format;
@@ -23,6 +26,7 @@ pub mod mapped_file;
 
 pub use bfs::{bfs_parallel, bfs_sequential, traversal, BfsResult, Traversal, UNREACHED};
 pub use csr::{Csr, CsrFile, CsrView, VertexIndex};
+pub use direction::{BfsMode, Direction};
 pub use edges::{EdgeModel, EdgeStream, GraphSpec};
 pub use error::GraphError;
 pub use format::{CsrHeader, CsrWriter};

@@ -593,7 +593,8 @@ impl<'rt> GpuIo<'rt> {
     }
 
     /// Waits up to `limit` for the kernels queued on the context's legacy default stream (where
-    /// [`Kernel::launch`] queues them) to finish, polling `cuStreamQuery` every millisecond
+    /// [`Kernel::launch`] queues them) to finish, polling `cuStreamQuery` (10 µs apart at first,
+    /// then an eighth of the time waited, at most 1 ms)
     /// instead of blocking in `cuCtxSynchronize`. `Ok(true)` once they finished, `Ok(false)` if
     /// `limit` passed first (a watchdog then calls [`GpuIo::abort_device_waits`]).
     pub fn wait_kernels(&self, limit: Duration) -> Result<bool> {
@@ -608,10 +609,16 @@ impl<'rt> GpuIo<'rt> {
                 sys::CUresult::CUDA_ERROR_NOT_READY => {}
                 other => check(other, "cuStreamQuery")?,
             }
-            if start.elapsed() >= limit {
+            let waited = start.elapsed();
+            if waited >= limit {
                 return Ok(false);
             }
-            std::thread::sleep(Duration::from_millis(1));
+            // Polls 10 µs apart at first, then an eighth of the time waited so far (at most
+            // 1 ms): a kernel is seen ending within 12.5% of its run, where a fixed 1 ms sleep
+            // added up to a millisecond to every short kernel (a BFS level: ~1 ms each).
+            std::thread::sleep(
+                (waited / 8).clamp(Duration::from_micros(10), Duration::from_millis(1)),
+            );
         }
     }
 

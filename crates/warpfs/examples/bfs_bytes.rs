@@ -1,6 +1,5 @@
 //! Analysis for issue 6: how many bytes of a CSR file a BFS touches, top-down only against
-//! direction-optimizing (Beamer et al.: bottom-up levels once the frontier's edges exceed the
-//! unvisited vertices' edges / ALPHA, back to top-down when the frontier falls below n / BETA).
+//! direction-optimizing (the searches' own rule, `warpfs::graph::direction::DirectionPolicy`).
 //! Counts, per level, the distinct 32-byte sectors and 4 KiB pages of the offsets and
 //! neighbour arrays that the level reads (what a GPU reading the file in place, or through a
 //! page cache, must move), on one CPU thread. Both searches' levels are checked equal.
@@ -10,10 +9,9 @@
 //! ```
 
 use std::collections::HashSet;
+use warpfs::graph::direction::{BfsMode, Direction, DirectionPolicy};
 use warpfs::graph::{CsrFile, CsrView};
 
-const ALPHA: u64 = 14;
-const BETA: u64 = 24;
 const SECTOR: u64 = 32;
 const PAGE: u64 = 4096;
 
@@ -62,8 +60,12 @@ fn main() {
         let mut level = vec![u32::MAX; n as usize];
         level[src as usize] = 0;
         let mut frontier = vec![src];
-        let mut unvisited_edges: u64 = g.edges() - g.degree(src);
-        let mut bottom_up = false;
+        let mode = if optimizing {
+            BfsMode::DirectionOptimizing
+        } else {
+            BfsMode::TopDown
+        };
+        let mut policy = DirectionPolicy::new(mode, n, g.edges(), g.degree(src));
         let mut d = 0u32;
         println!(
             "{}",
@@ -74,14 +76,7 @@ fn main() {
             }
         );
         while !frontier.is_empty() {
-            let frontier_edges: u64 = frontier.iter().map(|&v| g.degree(v)).sum();
-            if optimizing {
-                if !bottom_up && frontier_edges > unvisited_edges / ALPHA {
-                    bottom_up = true;
-                } else if bottom_up && (frontier.len() as u64) < n / BETA {
-                    bottom_up = false;
-                }
-            }
+            let bottom_up = policy.next(frontier.len() as u64) == Direction::BottomUp;
             let mut t = Touched::default();
             let mut examined = 0u64;
             let mut next = Vec::new();
@@ -120,7 +115,7 @@ fn main() {
                     }
                 }
             }
-            unvisited_edges -= next.iter().map(|&v| g.degree(v)).sum::<u64>();
+            policy.done(next.iter().map(|&v| g.degree(v)).sum::<u64>());
             let (sb, pb) = (t.sectors.len() as u64 * SECTOR, t.pages.len() as u64 * PAGE);
             println!(
                 "  level {d} {:9} frontier {:10} examined {:12} sectors {:8.1} MB pages {:8.1} MB",

@@ -172,6 +172,40 @@ fn graph_gen_then_bfs_checks_and_reports() {
     assert!(r["traversed_edges"].as_u64().unwrap() > 0);
     assert_eq!(r["rows"][0]["method"], "CPU (rayon)");
     assert_eq!(r["rows"][0]["matches_cpu"], true);
+    // Direction-optimizing by default (the generator marks its graphs symmetric), from the hub:
+    // bottom-up levels, fewer bytes needed than top-down.
+    assert_eq!(r["mode"], "direction-optimizing");
+    let dirs = r["directions"].as_array().unwrap();
+    assert_eq!(dirs.len() as u64, r["depth"].as_u64().unwrap());
+    assert!(dirs.iter().any(|d| d == "bottom-up"), "{dirs:?}");
+    let out = warpfs(&["graph", "bfs", g, "--json", "--direction", "top-down"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let td: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(td["mode"], "top-down");
+    assert!(td["directions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d == "top-down"));
+    assert_eq!(td["visited"], r["visited"]);
+    assert!(td["needed_bytes"].as_u64() > r["needed_bytes"].as_u64());
+    // A file not marked symmetric runs top-down, and says why.
+    let asym = dir.join("asym.csr");
+    let mut bytes = std::fs::read(g).unwrap();
+    bytes[48..56].copy_from_slice(&0u64.to_le_bytes());
+    std::fs::write(&asym, bytes).unwrap();
+    let out = warpfs(&["graph", "bfs", asym.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let a: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(a["mode"], "top-down");
+    assert!(
+        a["skipped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s.as_str().unwrap().contains("not marked symmetric")),
+        "{a}"
+    );
 
     // A corrupt file is refused with the reason, exit code 2.
     let bad = dir.join("bad.csr");

@@ -189,6 +189,17 @@ __device__ __forceinline__ unsigned long long sector_bytes(const void *p, unsign
 /* Vertices a warp takes from the level's cursor at a time. */
 #define BFS_CHUNK 256ull
 
+/* The warp's next BFS_CHUNK vertex ids from the level's cursor, [c0, c1); false when none are
+ * left. Every lane calls. */
+__device__ __forceinline__ bool bfs_take_chunk(unsigned long long *cursor, unsigned long long vertices,
+                                               unsigned lane, unsigned long long &c0, unsigned long long &c1) {
+    c0 = 0;
+    if (lane == 0) c0 = atomicAdd(cursor, BFS_CHUNK);
+    c0 = __shfl_sync(0xFFFFFFFFu, c0, 0);
+    c1 = c0 + BFS_CHUNK < vertices ? c0 + BFS_CHUNK : vertices;
+    return c0 < vertices;
+}
+
 /* Both searches pin the first page of every frontier list of a 32-vertex group at once (one
  * cache round for up to 32 lists, where one round per list left a warp waiting on one lookup
  * after another through the levels of many short lists); a list that ends inside its first
@@ -205,37 +216,50 @@ __device__ __forceinline__ unsigned long long sector_bytes(const void *p, unsign
 #define BFS_SHORT 128u
 #endif
 
-/* Expands together the lists the lanes in `shorts` hold whole at q (n entries each, lane
- * order); the other lanes pass n = 0. Returns the 32-byte sectors of the lists of lanes whose
- * `here` is set (read in place over PCIe), summed over the warp. */
-__device__ __forceinline__ unsigned long long bfs_claim_short(const unsigned *q, unsigned n, bool here,
-                                                              const bfs_level_ctx &L, unsigned lane) {
+/* An exclusive scan of each lane's n over the warp: the lane's start; `total` the sum. */
+__device__ __forceinline__ unsigned warp_exclusive_scan(unsigned n, unsigned lane, unsigned &total) {
     unsigned incl = n;
 #pragma unroll
     for (unsigned d = 1; d < 32; d <<= 1) {
         const unsigned t = __shfl_up_sync(0xFFFFFFFFu, incl, d);
         if (lane >= d) incl += t;
     }
-    const unsigned start = incl - n;
-    const unsigned total = __shfl_sync(0xFFFFFFFFu, incl, 31);
+    total = __shfl_sync(0xFFFFFFFFu, incl, 31);
+    return incl - n;
+}
+
+/* Entry e of a round whose pieces the lanes hold (each lane `start` = its piece's place in the
+ * round, from warp_exclusive_scan, and q = its piece): the entry (0xFFFFFFFF past `total`) and,
+ * in `owner`, its lane — the last lane whose start is at most e (lanes of empty pieces before
+ * it share its start; none after it has a start ≤ e). Every lane calls. */
+__device__ __forceinline__ unsigned piece_entry(const unsigned *q, unsigned start, unsigned total, unsigned e,
+                                                unsigned &owner) {
+    owner = 0;
+#pragma unroll
+    for (unsigned step = 16; step != 0; step >>= 1) {
+        const unsigned st = __shfl_sync(0xFFFFFFFFu, start, owner + step);
+        if (st <= e) owner += step;
+    }
+    const unsigned long long qo = __shfl_sync(0xFFFFFFFFu, reinterpret_cast<unsigned long long>(q), owner);
+    const unsigned so = __shfl_sync(0xFFFFFFFFu, start, owner);
+    return e < total ? reinterpret_cast<const unsigned *>(qo)[e - so] : 0xFFFFFFFFu;
+}
+
+/* Expands together the lists the lanes in `shorts` hold whole at q (n entries each, lane
+ * order); the other lanes pass n = 0. Returns the 32-byte sectors of the lists of lanes whose
+ * `here` is set (read in place over PCIe), summed over the warp. */
+__device__ __forceinline__ unsigned long long bfs_claim_short(const unsigned *q, unsigned n, bool here,
+                                                              const bfs_level_ctx &L, unsigned lane) {
+    unsigned total;
+    const unsigned start = warp_exclusive_scan(n, lane, total);
     unsigned claimed = 0;
     unsigned long long scout = 0;
     for (unsigned base = 0; base < total; base += 32u * BFS_UNROLL) {
         unsigned w[BFS_UNROLL];
 #pragma unroll
         for (unsigned u = 0; u < BFS_UNROLL; ++u) {
-            const unsigned e = base + 32u * u + lane;
-            /* The entry's list: the last lane whose start is at most e (lanes of empty lists
-             * before it share its start; none after it has a start ≤ e). */
-            unsigned owner = 0;
-#pragma unroll
-            for (unsigned step = 16; step != 0; step >>= 1) {
-                const unsigned s = __shfl_sync(0xFFFFFFFFu, start, owner + step);
-                if (s <= e) owner += step;
-            }
-            const unsigned long long qo = __shfl_sync(0xFFFFFFFFu, reinterpret_cast<unsigned long long>(q), owner);
-            const unsigned so = __shfl_sync(0xFFFFFFFFu, start, owner);
-            w[u] = e < total ? reinterpret_cast<const unsigned *>(qo)[e - so] : 0xFFFFFFFFu;
+            unsigned owner;
+            w[u] = piece_entry(q, start, total, base + 32u * u + lane, owner);
         }
 #pragma unroll
         for (unsigned u = 0; u < BFS_UNROLL; ++u) bfs_visit(w[u], L, claimed, scout);
@@ -371,14 +395,10 @@ __device__ void bfs_expand(const bfs_level_ctx &L, Neighbours neighbours, unsign
     const unsigned cur_level = L.next_level - 1;
     /* Elements in a whole cache page (one descriptor read for the launch, not one per page). */
     const unsigned long long pe = neighbours.page_elems();
-    for (;;) {
-        /* Warps take chunks of vertex ids in increasing order, so the warps at work read
-         * neighbouring lists: a sliding window of the file, each page loaded about once. */
-        unsigned long long c0 = 0;
-        if (lane == 0) c0 = atomicAdd(cursor, BFS_CHUNK);
-        c0 = __shfl_sync(0xFFFFFFFFu, c0, 0);
-        if (c0 >= vertices) break;
-        const unsigned long long c1 = c0 + BFS_CHUNK < vertices ? c0 + BFS_CHUNK : vertices;
+    /* Warps take chunks of vertex ids in increasing order, so the warps at work read
+     * neighbouring lists: a sliding window of the file, each page loaded about once. */
+    unsigned long long c0, c1;
+    while (bfs_take_chunk(cursor, vertices, lane, c0, c1)) {
         for (unsigned long long v0 = c0; v0 < c1; v0 += 32) {
             const unsigned long long v = v0 + lane;
             unsigned todo = __ballot_sync(0xFFFFFFFFu, v < c1 && levels[v] == cur_level);
@@ -466,12 +486,8 @@ __device__ void bfs_bottom_up(const bfs_level_ctx &L, Neighbours neighbours, uns
     unsigned long long in_place = 0;
     unsigned claimed = 0;
     unsigned long long scout = 0;
-    for (;;) {
-        unsigned long long c0 = 0;
-        if (lane == 0) c0 = atomicAdd(cursor, BFS_CHUNK);
-        c0 = __shfl_sync(0xFFFFFFFFu, c0, 0);
-        if (c0 >= vertices) break;
-        const unsigned long long c1 = c0 + BFS_CHUNK < vertices ? c0 + BFS_CHUNK : vertices;
+    unsigned long long c0, c1;
+    while (bfs_take_chunk(cursor, vertices, lane, c0, c1)) {
         for (unsigned long long v0 = c0; v0 < c1; v0 += 32) {
             const unsigned long long v = v0 + lane;
             bool searching = v < c1 && L.levels[v] == BFS_UNREACHED;
@@ -502,35 +518,16 @@ __device__ void bfs_bottom_up(const bfs_level_ctx &L, Neighbours neighbours, uns
                     if (n > hi - pos) n = hi - pos;
                     take = (unsigned)n;
                 }
-                /* The pieces' entries shared out: an exclusive scan of the takes, then entry e
-                 * of the round belongs to the last lane whose start is at most e. */
-                unsigned incl = take;
-#pragma unroll
-                for (unsigned d = 1; d < 32; d <<= 1) {
-                    const unsigned t = __shfl_up_sync(0xFFFFFFFFu, incl, d);
-                    if (lane >= d) incl += t;
-                }
-                const unsigned start = incl - take;
-                const unsigned total = __shfl_sync(0xFFFFFFFFu, incl, 31);
+                /* The pieces' entries shared out among the lanes. */
+                unsigned total;
+                const unsigned start = warp_exclusive_scan(take, lane, total);
                 unsigned found = 0; /* bit k: lane k's list has a parent in this round */
                 for (unsigned base = 0; base < total; base += 32u * BFS_UNROLL) {
                     unsigned w[BFS_UNROLL];
                     unsigned owner_of[BFS_UNROLL];
 #pragma unroll
-                    for (unsigned u = 0; u < BFS_UNROLL; ++u) {
-                        const unsigned e = base + 32u * u + lane;
-                        unsigned owner = 0;
-#pragma unroll
-                        for (unsigned step = 16; step != 0; step >>= 1) {
-                            const unsigned st = __shfl_sync(0xFFFFFFFFu, start, owner + step);
-                            if (st <= e) owner += step;
-                        }
-                        const unsigned long long qo =
-                            __shfl_sync(0xFFFFFFFFu, reinterpret_cast<unsigned long long>(s.p), owner);
-                        const unsigned so = __shfl_sync(0xFFFFFFFFu, start, owner);
-                        w[u] = e < total ? reinterpret_cast<const unsigned *>(qo)[e - so] : 0xFFFFFFFFu;
-                        owner_of[u] = owner;
-                    }
+                    for (unsigned u = 0; u < BFS_UNROLL; ++u)
+                        w[u] = piece_entry(s.p, start, total, base + 32u * u + lane, owner_of[u]);
 #pragma unroll
                     for (unsigned u = 0; u < BFS_UNROLL; ++u)
                         if (w[u] < vertices && ((front[w[u] >> 5] >> (w[u] & 31)) & 1u)) found |= 1u << owner_of[u];

@@ -16,7 +16,7 @@
 
 use super::bulk::{BulkFile, CudaBulk, TransferReport};
 use super::driver::DeviceBuffer;
-use super::gpu_io::{GpuIo, GpuIoConfig, GpuModule, KernelArg};
+use super::gpu_io::{GpuIo, GpuIoConfig, GpuModule, Kernel, KernelArg};
 use crate::error::{Error, Result};
 use crate::graph::direction::{BfsMode, Direction, DirectionPolicy};
 use crate::graph::{CsrFile, CsrHeader, UNREACHED};
@@ -191,6 +191,42 @@ struct Level {
     split: u64,
     /// 1: top-down kernels add claimed vertices' degrees (direction-optimizing searches).
     scout: u32,
+}
+
+impl Level {
+    /// The level kernel's arguments: `head` (the search's own), then the level's (levels, the
+    /// frontier's bits for a bottom-up level, cursor, counts, next level), `tail`, and for a
+    /// top-down level the long lists' state and the scout flag — the order of the
+    /// `bfs_level_*` / `bfs_bottom_up_*` parameters.
+    fn args(&self, head: &[KernelArg], tail: &[KernelArg]) -> Vec<KernelArg> {
+        let mut a = head.to_vec();
+        a.push(KernelArg::U64(self.levels));
+        if self.direction == Direction::BottomUp {
+            a.push(KernelArg::U64(self.front));
+        }
+        a.extend([
+            KernelArg::U64(self.cursor),
+            KernelArg::U64(self.counts),
+            KernelArg::U32(self.next_level),
+        ]);
+        a.extend_from_slice(tail);
+        if self.direction == Direction::TopDown {
+            a.extend([KernelArg::U64(self.split), KernelArg::U32(self.scout)]);
+        }
+        a
+    }
+
+    /// The kernel of this level's direction.
+    fn kernel<'a, 'm>(
+        &self,
+        top_down: &'a Kernel<'m>,
+        bottom_up: &'a Kernel<'m>,
+    ) -> &'a Kernel<'m> {
+        match self.direction {
+            Direction::TopDown => top_down,
+            Direction::BottomUp => bottom_up,
+        }
+    }
 }
 
 /// What one search starts from.
@@ -371,37 +407,28 @@ pub fn bfs_in_gpu_memory(
         at: Instant::now(),
     };
     let r = level_loop(gpu, kernels, &h, start, |l| {
-        let mut args = vec![
+        let head = [
             KernelArg::U64(offs),
             KernelArg::U64(nb),
             KernelArg::U64(h.vertices),
             KernelArg::U64(h.edges),
-            KernelArg::U64(l.levels),
         ];
-        if l.direction == Direction::BottomUp {
-            args.push(KernelArg::U64(l.front));
+        // SAFETY: Level::args gives bfs_level_mem's / bfs_bottom_up_mem's parameters in order
+        // (front only for the latter, split and scout only for the former; split is the
+        // search's zeroed buffer of SPLIT_BYTES, the size of struct bfs_split); offs/nb point
+        // into `dev` (the whole file, alive for the call; the header was validated, so n + 1
+        // offsets and m neighbours lie inside it, and the kernels cut list bounds to m);
+        // levels/front/cursor/counts into the search's buffers of n u32 / n / 32 u32 / one
+        // u64 / two u64; the kernels write levels[v] only for v < n and add to the cursor and
+        // the counts only; level_loop synchronises before the buffers go.
+        unsafe {
+            l.kernel(&top_down, &bottom_up).launch(
+                (l.grid, 1, 1),
+                (BLOCK_THREADS, 1, 1),
+                0,
+                &l.args(&head, &[]),
+            )
         }
-        args.extend([
-            KernelArg::U64(l.cursor),
-            KernelArg::U64(l.counts),
-            KernelArg::U32(l.next_level),
-        ]);
-        if l.direction == Direction::TopDown {
-            args.extend([KernelArg::U64(l.split), KernelArg::U32(l.scout)]);
-        }
-        let k = match l.direction {
-            Direction::TopDown => &top_down,
-            Direction::BottomUp => &bottom_up,
-        };
-        // SAFETY: the arguments match bfs_level_mem's / bfs_bottom_up_mem's parameters (front
-        // only for the latter, split and scout only for the former; split is the search's
-        // zeroed buffer of SPLIT_BYTES, the size of struct bfs_split); offs/nb point into `dev` (the whole file, alive for the call;
-        // the header was validated, so n + 1 offsets and m neighbours lie inside it, and the
-        // kernels cut list bounds to m); levels/front/cursor/counts into the search's buffers
-        // of n u32 / n / 32 u32 / one u64 / two u64; the kernels write levels[v] only for
-        // v < n and add to the cursor and the counts only; level_loop synchronises before the
-        // buffers go.
-        unsafe { k.launch((l.grid, 1, 1), (BLOCK_THREADS, 1, 1), 0, &args) }
     });
     drop(dev);
     Ok((r?, load))
@@ -485,41 +512,31 @@ pub fn bfs_through_warpfs(
         at: t,
     };
     let mut r = level_loop(gpu, kernels, &h, start, |l| {
-        let mut args = vec![
+        let head = [
             KernelArg::U64(ctx),
             KernelArg::U32(fh),
             KernelArg::U64(offs),
             KernelArg::U64(h.vertices),
             KernelArg::U64(h.neighbours_at),
             KernelArg::U64(h.edges),
-            KernelArg::U64(l.levels),
         ];
-        if l.direction == Direction::BottomUp {
-            args.push(KernelArg::U64(l.front));
-        }
-        args.extend([
-            KernelArg::U64(l.cursor),
-            KernelArg::U64(l.counts),
-            KernelArg::U32(l.next_level),
-            KernelArg::U64(moved_ptr),
-        ]);
-        if l.direction == Direction::TopDown {
-            args.extend([KernelArg::U64(l.split), KernelArg::U32(l.scout)]);
-        }
-        let k = match l.direction {
-            Direction::TopDown => &top_down,
-            Direction::BottomUp => &bottom_up,
-        };
-        // SAFETY: the arguments match bfs_level_wfs's / bfs_bottom_up_wfs's parameters
+        // SAFETY: Level::args gives bfs_level_wfs's / bfs_bottom_up_wfs's parameters in order
         // (front only for the latter, split and scout only for the former; split is the
-        // search's zeroed buffer of SPLIT_BYTES, the size of struct bfs_split); ctx is gpu's live context (gpu outlives the call;
-        // level_loop synchronises); offs is the device copy of the n + 1 offsets (alive until
-        // after the loop; the kernels cut list bounds to m whatever it holds);
-        // levels/front/cursor/counts are the search's buffers (n u32, n / 32 u32, one u64,
-        // two u64); the kernels write levels[v] only for v < n (checked in the kernel,
-        // whatever the file holds) and add to the cursor, the counts and `moved` (one u64,
-        // alive until after the loop) only.
-        unsafe { k.launch((l.grid, 1, 1), (BLOCK_THREADS, 1, 1), 0, &args) }
+        // search's zeroed buffer of SPLIT_BYTES, the size of struct bfs_split); ctx is gpu's
+        // live context (gpu outlives the call; level_loop synchronises); offs is the device
+        // copy of the n + 1 offsets (alive until after the loop; the kernels cut list bounds
+        // to m whatever it holds); levels/front/cursor/counts are the search's buffers (n u32,
+        // n / 32 u32, one u64, two u64); the kernels write levels[v] only for v < n (checked
+        // in the kernel, whatever the file holds) and add to the cursor, the counts and
+        // `moved` (one u64, alive until after the loop) only.
+        unsafe {
+            l.kernel(&top_down, &bottom_up).launch(
+                (l.grid, 1, 1),
+                (BLOCK_THREADS, 1, 1),
+                0,
+                &l.args(&head, &[KernelArg::U64(moved_ptr)]),
+            )
+        }
     })?;
     drop(offsets);
     r.offsets_load = Some(offsets_load);

@@ -241,6 +241,7 @@ impl Runtime {
     }
 
     /// The registered file behind raw `handle`, if any (for backends that map files).
+    #[cfg(feature = "cuda")]
     pub(crate) fn file_entry(&self, handle: u32) -> Option<Arc<FileEntry>> {
         self.files.get(handle)
     }

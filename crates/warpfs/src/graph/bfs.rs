@@ -76,6 +76,7 @@ pub fn bfs_parallel<I: VertexIndex>(
     levels.resize_with(n, || AtomicU32::new(UNREACHED));
     levels[source as usize].store(0, Ordering::Relaxed);
     let mut policy = DirectionPolicy::new(mode, g.vertices(), g.edges(), g.degree(source));
+    let want_scout = mode == BfsMode::DirectionOptimizing;
     // The frontier as a list of vertices, when the last level was top-down.
     let mut queue = Some(vec![source]);
     let mut frontier_len = 1u64;
@@ -118,7 +119,11 @@ pub fn bfs_parallel<I: VertexIndex>(
                                         )
                                         .is_ok()
                                 {
-                                    scout += g.degree(w);
+                                    // The policy's input; top-down-only searches skip
+                                    // the extra read per claim.
+                                    if want_scout {
+                                        scout += g.degree(w);
+                                    }
                                     out.push(w);
                                 }
                             }

@@ -80,9 +80,9 @@ impl DirectionPolicy {
         if self.mode == BfsMode::TopDown {
             return Direction::TopDown;
         }
+        let growing = frontier >= self.awake_before;
+        self.awake_before = frontier;
         if self.current == Direction::BottomUp {
-            let growing = frontier >= self.awake_before;
-            self.awake_before = frontier;
             if growing || frontier > self.vertices / BETA {
                 return Direction::BottomUp;
             }
@@ -90,7 +90,6 @@ impl DirectionPolicy {
             self.scout = 1;
             self.current = Direction::TopDown;
         }
-        self.awake_before = frontier;
         if self.scout > self.edges_to_check / ALPHA {
             self.current = Direction::BottomUp;
         } else {
